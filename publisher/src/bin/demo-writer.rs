@@ -1,0 +1,54 @@
+//! `demo-writer` — realistic profile traffic for the demo and for load.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use publisher::demo::{ProfileWriter, Traffic};
+use publisher::telemetry;
+
+/// Writes profile traffic to the table as the User Profile service would: sign-ups,
+/// edits (optimistic concurrency on `version`), deletions and re-creations of deleted
+/// profiles (new `created_at`, version restarting at 1).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Profile table to write to.
+    #[arg(long, env = "PUBLISHER_TABLE", default_value = "profiles")]
+    table: String,
+    /// Mutations to perform.
+    #[arg(long, env = "DEMO_COUNT", default_value = "500")]
+    count: u64,
+    /// Mutations per second (0 = as fast as the table takes them).
+    #[arg(long, env = "DEMO_RATE", default_value = "50")]
+    rate: u32,
+    /// Distinct profiles to create before mostly editing.
+    #[arg(long, env = "DEMO_KEYS", default_value = "100")]
+    keys: usize,
+    /// Key prefix (`<prefix>-000001`, …).
+    #[arg(long, env = "DEMO_PREFIX", default_value = "user")]
+    prefix: String,
+    /// Log format: auto, json or text.
+    #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
+    log_format: telemetry::LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let shutdown = telemetry::shutdown_on_signals();
+    let client = aws_sdk_dynamodb::Client::new(&publisher::aws_config().await);
+    let writer = ProfileWriter::new(client, cli.table.clone());
+    let mut traffic = Traffic::new(&cli.prefix);
+    let mut rng = rand::rng();
+    let result = traffic.run(&writer, &mut rng, cli.keys, cli.count, cli.rate, true, &shutdown).await;
+    let s = &traffic.stats;
+    tracing::info!(creates = s.creates, updates = s.updates, deletes = s.deletes, recreates = s.recreates, live = traffic.live.len(), "Demo traffic written.");
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "Demo writer failed.");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Typed settings of `publisher`, read once from flags or the environment.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use contracts::SchemaVersion;
+
+use crate::telemetry::LogFormat;
+
+/// Where to start a shard that has no checkpoint yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartPosition {
+    /// The oldest record the stream still holds (up to 24 hours back).
+    TrimHorizon,
+    /// Only records written after the publisher starts.
+    Latest,
+}
+
+/// A schema version a publisher can emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EmitVersion {
+    #[value(name = "1")]
+    V1,
+    #[value(name = "2")]
+    V2,
+}
+
+impl From<EmitVersion> for SchemaVersion {
+    fn from(v: EmitVersion) -> Self {
+        match v {
+            EmitVersion::V1 => SchemaVersion::V1,
+            EmitVersion::V2 => SchemaVersion::V2,
+        }
+    }
+}
+
+/// Settings of the stream → SNS publisher (container mode).
+///
+/// AWS endpoints, region and credentials come from the standard AWS variables
+/// (`AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_DYNAMODB`,
+/// `AWS_ENDPOINT_URL_DYNAMODB_STREAMS`, `AWS_ENDPOINT_URL_SNS`, `AWS_ENDPOINT_URL_SQS`,
+/// `AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, …) as every AWS SDK reads them.
+#[derive(Debug, Clone, Args)]
+pub struct PublisherConfig {
+    /// Source DynamoDB table; its stream must be enabled with NEW_AND_OLD_IMAGES.
+    #[arg(long, env = "PUBLISHER_TABLE")]
+    pub table: String,
+
+    /// ARN of the SNS topic to publish to (a `.fifo` topic gets MessageGroupId = key and
+    /// MessageDeduplicationId = event id).
+    #[arg(long, env = "PUBLISHER_TOPIC_ARN", value_parser = parse_arn)]
+    pub topic_arn: String,
+
+    /// DynamoDB table holding the lease and per-shard checkpoints (key attribute `pk`, S).
+    #[arg(long, env = "PUBLISHER_CHECKPOINT_TABLE")]
+    pub checkpoint_table: String,
+
+    /// SQS queue URL where records that can never be published are parked whole, with
+    /// their reason. Without it such a record stops its shard (it is never skipped).
+    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_parser = parse_url)]
+    pub failure_queue_url: Option<String>,
+
+    /// Where a shard without a checkpoint starts.
+    #[arg(long, env = "PUBLISHER_START_POSITION", value_enum, default_value = "trim-horizon")]
+    pub start_position: StartPosition,
+
+    /// Contract schema version to publish. 2 is current; 1 acts as a publisher that
+    /// predates v2 (for rolling deploys).
+    #[arg(long, env = "PUBLISHER_SCHEMA_VERSION", value_enum, default_value = "2")]
+    pub schema_version: EmitVersion,
+
+    /// This publisher's name in the lease. Default: host name and process id.
+    #[arg(long, env = "PUBLISHER_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Lease length in seconds; renewed every third of it. A crashed publisher's
+    /// successor waits at most this long.
+    #[arg(long, env = "PUBLISHER_LEASE_TTL_SECS", default_value = "30", value_parser = parse_secs)]
+    pub lease_ttl: Duration,
+
+    /// Shortest pause, in milliseconds, before polling a shard that returned no records.
+    #[arg(long, env = "PUBLISHER_IDLE_POLL_MIN_MS", default_value = "200", value_parser = parse_millis)]
+    pub idle_poll_min: Duration,
+
+    /// Longest pause, in milliseconds, between polls of an idle shard (the pause doubles
+    /// from the minimum while the shard stays idle). DynamoDB allows 5 reads/s per shard.
+    #[arg(long, env = "PUBLISHER_IDLE_POLL_MAX_MS", default_value = "1000", value_parser = parse_millis)]
+    pub idle_poll_max: Duration,
+
+    /// Seconds between looks for new shards (children of split shards).
+    #[arg(long, env = "PUBLISHER_SHARD_DISCOVERY_SECS", default_value = "10", value_parser = parse_secs)]
+    pub shard_discovery: Duration,
+
+    /// Most shards read at once.
+    #[arg(long, env = "PUBLISHER_MAX_SHARDS", default_value = "64")]
+    pub max_shards: NonZeroUsize,
+
+    /// Log format: auto (JSON when stderr is not a terminal), json or text. Filter with
+    /// RUST_LOG (default `info`).
+    #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+}
+
+impl PublisherConfig {
+    /// The lease owner name: the configured one, or host name and process id.
+    pub fn owner(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "publisher".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+/// Parses a whole number of seconds (> 0).
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+        _ => Err(format!("{s:?} is not a whole number of seconds greater than 0")),
+    }
+}
+
+/// Parses a whole number of milliseconds (> 0).
+pub fn parse_millis(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_millis(n)),
+        _ => Err(format!("{s:?} is not a whole number of milliseconds greater than 0")),
+    }
+}
+
+/// Checks that a value is an absolute http(s) URL.
+pub fn parse_url(s: &str) -> Result<String, String> {
+    match url::Url::parse(s) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(s.to_owned()),
+        Ok(u) => Err(format!("{s:?} is a {} URL; an http(s) queue URL is expected", u.scheme())),
+        Err(e) => Err(format!("{s:?} is not a URL: {e}")),
+    }
+}
+
+/// Checks that a value looks like an ARN (`arn:partition:service:region:account:resource`).
+pub fn parse_arn(s: &str) -> Result<String, String> {
+    let parts: Vec<&str> = s.splitn(6, ':').collect();
+    if parts.len() == 6 && parts[0] == "arn" && !parts[2].is_empty() && !parts[5].is_empty() {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not an ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use clap::error::ErrorKind;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        config: PublisherConfig,
+    }
+
+    fn args(overrides: &[(&'static str, &'static str)]) -> Vec<&'static str> {
+        let mut settings = vec![
+            ("--table", "profiles"),
+            ("--topic-arn", "arn:aws:sns:us-east-1:123456789012:profile-changes"),
+            ("--checkpoint-table", "cp"),
+        ];
+        for (flag, value) in overrides {
+            settings.retain(|(f, _)| f != flag);
+            settings.push((flag, value));
+        }
+        std::iter::once("publisher").chain(settings.into_iter().flat_map(|(f, v)| [f, v])).collect()
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let cli = Cli::try_parse_from(args(&[])).unwrap();
+        assert_eq!(cli.config.lease_ttl, Duration::from_secs(30));
+        assert_eq!(cli.config.start_position, StartPosition::TrimHorizon);
+        assert_eq!(SchemaVersion::from(cli.config.schema_version), SchemaVersion::V2);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_setting() {
+        for (flag, value) in [
+            ("--topic-arn", "profile-changes"),
+            ("--failure-queue-url", "not a url"),
+            ("--lease-ttl-secs", "0"),
+            ("--start-position", "yesterday"),
+            ("--schema-version", "3"),
+        ] {
+            let err = Cli::try_parse_from(args(&[(flag, value)])).unwrap_err();
+            assert!(
+                matches!(err.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation),
+                "{flag}: {err}"
+            );
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The publisher: DynamoDB stream records → versioned change events → SNS.
+//!
+//! # Layout
+//! - [`config`] — typed settings of the `publisher` binary (flags mirrored by env vars).
+//! - [`record`] — PURE stream record → [`contracts::ChangeEvent`]; the one
+//!   [`record::StreamRecord`] type both the SDK and (later) the Lambda event convert into.
+//! - [`stream`] — shards, lineage (parents before children), iterators, `GetRecords`.
+//! - [`checkpoint`] — the lease and per-shard checkpoints in a DynamoDB table.
+//! - [`sink`] — SNS `PublishBatch`, retrying only the entries that failed.
+//! - [`park`] — the failure queue for records that can never be published.
+//! - [`pipeline`] — the container-mode loop tying them together.
+//! - [`bootstrap`] — creates every AWS resource the pipeline needs, idempotently.
+//! - [`demo`] — a stand-in profile service writing realistic traffic.
+//! - [`telemetry`] — log setup and the shutdown signal for the binaries.
+//!
+//! Binaries: `publisher` (run the pipeline), `bootstrap`, `demo-writer`.
+
+pub mod bootstrap;
+pub mod checkpoint;
+pub mod config;
+pub mod demo;
+pub mod park;
+pub mod pipeline;
+pub mod record;
+pub mod sink;
+pub mod stream;
+pub mod telemetry;
+
+/// The AWS SDK configuration from the standard environment (region, credentials,
+/// `AWS_ENDPOINT_URL*`), with the SDK's standard retry mode. Built once per process.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+        .load()
+        .await
+}

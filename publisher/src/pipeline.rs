@@ -1,0 +1,528 @@
+//! The container-mode loop: lease → shards → records → events → SNS → checkpoint.
+//!
+//! Delivery discipline: a shard's checkpoint moves only after every record up to it is
+//! accepted by SNS or parked in the failure queue, so a crash at any point re-publishes
+//! (at least once), never skips. Shutdown is observed only around waits (`GetRecords`,
+//! idle and back-off sleeps): a batch that was read is published and checkpointed
+//! before the loop stops.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use contracts::SchemaVersion;
+use time::OffsetDateTime;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
+use crate::config::{PublisherConfig, StartPosition};
+use crate::park::{FailureQueue, ParkError, ParkedRecord};
+use crate::record::{Origin, StreamRecord, to_event};
+use crate::sink::{Encoded, PublishError, SnsSink};
+use crate::stream::{StartAt, StreamError, StreamReader, ready_shards};
+
+/// Why the publisher stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("table {table:?} has no stream; enable one with StreamViewType NEW_AND_OLD_IMAGES")]
+    NoStream { table: String },
+    #[error("stream {stream_arn} has view type {view_type}; NEW_AND_OLD_IMAGES is required")]
+    WrongViewType { stream_arn: String, view_type: String },
+    #[error("describing table {table:?}: {message}")]
+    DescribeTable { table: String, message: String },
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("record {sequence_number} of shard {shard_id} can be neither published nor parked: {source}")]
+    Park {
+        shard_id: String,
+        sequence_number: String,
+        source: ParkError,
+    },
+}
+
+/// Counters over the life of one run, shared by the shard tasks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub records_read: AtomicU64,
+    pub events_published: AtomicU64,
+    pub records_skipped: AtomicU64,
+    pub records_parked: AtomicU64,
+    pub publish_retries: AtomicU64,
+    pub checkpoints_written: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Poll pacing of idle shards.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    pub idle_min: Duration,
+    pub idle_max: Duration,
+    pub discovery: Duration,
+}
+
+/// Everything a shard task needs, built once.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub reader: StreamReader,
+    pub sink: SnsSink,
+    pub checkpoints: CheckpointStore,
+    pub failures: FailureQueue,
+    pub origin: Origin,
+    pub emit: SchemaVersion,
+    pub start_position: StartPosition,
+    pub pacing: Pacing,
+    pub lease_ttl: Duration,
+    pub max_shards: usize,
+    pub stats: Stats,
+}
+
+/// The clients the publisher talks through, built once from one SDK config.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub streams: aws_sdk_dynamodbstreams::Client,
+    pub sns: aws_sdk_sns::Client,
+    pub sqs: aws_sdk_sqs::Client,
+}
+
+impl Clients {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Clients {
+            dynamodb: aws_sdk_dynamodb::Client::new(config),
+            streams: aws_sdk_dynamodbstreams::Client::new(config),
+            sns: aws_sdk_sns::Client::new(config),
+            sqs: aws_sdk_sqs::Client::new(config),
+        }
+    }
+}
+
+/// The stream ARN of a table, checked to carry both images.
+///
+/// # Errors
+/// [`PipelineError`] when the table has no stream or the wrong view type.
+pub async fn resolve_stream(clients: &Clients, table: &str) -> Result<String, PipelineError> {
+    let out = clients
+        .dynamodb
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| PipelineError::DescribeTable {
+            table: table.to_owned(),
+            message: DisplayErrorContext(&e).to_string(),
+        })?;
+    let desc = out.table.ok_or_else(|| PipelineError::NoStream { table: table.to_owned() })?;
+    let stream_arn = desc
+        .latest_stream_arn
+        .filter(|_| desc.stream_specification.as_ref().is_some_and(|s| s.stream_enabled))
+        .ok_or_else(|| PipelineError::NoStream { table: table.to_owned() })?;
+    let view = desc
+        .stream_specification
+        .and_then(|s| s.stream_view_type)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    if view != "NEW_AND_OLD_IMAGES" {
+        return Err(PipelineError::WrongViewType { stream_arn, view_type: view });
+    }
+    Ok(stream_arn)
+}
+
+impl Pipeline {
+    /// Builds the pipeline for `config`'s table.
+    ///
+    /// # Errors
+    /// [`PipelineError`] when the table or its stream is unusable.
+    pub async fn build(config: &PublisherConfig, clients: &Clients) -> Result<Pipeline, PipelineError> {
+        let stream_arn = resolve_stream(clients, &config.table).await?;
+        Ok(Pipeline {
+            reader: StreamReader::new(clients.streams.clone(), stream_arn.clone()),
+            sink: SnsSink::new(clients.sns.clone(), config.topic_arn.clone()),
+            checkpoints: CheckpointStore::new(
+                clients.dynamodb.clone(),
+                config.checkpoint_table.clone(),
+                stream_arn.clone(),
+                config.owner(),
+            ),
+            failures: FailureQueue::new(clients.sqs.clone(), config.failure_queue_url.clone()),
+            origin: Origin {
+                table: config.table.clone(),
+                stream_arn,
+            },
+            emit: config.schema_version.into(),
+            start_position: config.start_position,
+            pacing: Pacing {
+                idle_min: config.idle_poll_min,
+                idle_max: config.idle_poll_max.max(config.idle_poll_min),
+                discovery: config.shard_discovery,
+            },
+            lease_ttl: config.lease_ttl,
+            max_shards: config.max_shards.get(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Runs until `shutdown` fires (then returns `Ok`) or a fatal error.
+    ///
+    /// # Errors
+    /// [`PipelineError`] on a lost lease, an unreachable checkpoint table, or a record
+    /// that can be neither published nor parked.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), PipelineError> {
+        if !self.acquire_lease(&shutdown).await? {
+            return Ok(());
+        }
+        let work = shutdown.child_token();
+        let lease_lost = CancellationToken::new();
+        let renewer = tokio::spawn(self.clone().renew_lease(work.clone(), lease_lost.clone()));
+        let result = self.schedule_shards(&work).await;
+        work.cancel();
+        let _ = renewer.await;
+        if lease_lost.is_cancelled() {
+            return Err(CheckpointError::LeaseLost {
+                stream_arn: self.origin.stream_arn.clone(),
+            }
+            .into());
+        }
+        if let Err(e) = self.checkpoints.release().await {
+            warn!(error = %e, "Releasing the lease failed; a successor waits for it to expire.");
+        }
+        self.log_stats();
+        result
+    }
+
+    fn log_stats(&self) {
+        let s = &self.stats;
+        info!(
+            records_read = s.records_read.load(Ordering::Relaxed),
+            events_published = s.events_published.load(Ordering::Relaxed),
+            records_skipped = s.records_skipped.load(Ordering::Relaxed),
+            records_parked = s.records_parked.load(Ordering::Relaxed),
+            publish_retries = s.publish_retries.load(Ordering::Relaxed),
+            checkpoints_written = s.checkpoints_written.load(Ordering::Relaxed),
+            "Publisher stopped."
+        );
+    }
+
+    /// Waits for the lease. `Ok(false)` when shutdown came first.
+    async fn acquire_lease(&self, shutdown: &CancellationToken) -> Result<bool, PipelineError> {
+        let mut announced = false;
+        loop {
+            match self.checkpoints.acquire(self.lease_ttl).await {
+                Ok(None) => {
+                    info!(owner = %self.checkpoints.owner(), stream_arn = %self.origin.stream_arn, "Lease acquired.");
+                    return Ok(true);
+                }
+                Ok(Some(holder)) if !announced => {
+                    info!(holder = %holder.owner, expires_at_ms = holder.expires_at_ms, "Stream leased by another publisher; waiting.");
+                    announced = true;
+                }
+                Ok(Some(_)) => {}
+                Err(e) => warn!(error = %e, "Lease request failed, will retry."),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.lease_ttl / 6) => {}
+                _ = shutdown.cancelled() => return Ok(false),
+            }
+        }
+    }
+
+    async fn renew_lease(self: Arc<Self>, work: CancellationToken, lost: CancellationToken) {
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.lease_ttl / 3) => {}
+                _ = work.cancelled() => return,
+            }
+            match self.checkpoints.acquire(self.lease_ttl).await {
+                Ok(None) => last_renewed = tokio::time::Instant::now(),
+                Ok(Some(holder)) => {
+                    error!(holder = %holder.owner, "Lease lost to another publisher; stopping.");
+                    lost.cancel();
+                    work.cancel();
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "Lease renewal failed, will retry.");
+                    // Stop reading well before the lease can expire under us.
+                    if last_renewed.elapsed() > self.lease_ttl * 2 / 3 {
+                        error!("Lease could not be renewed in time; stopping.");
+                        lost.cancel();
+                        work.cancel();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn schedule_shards(self: &Arc<Self>, work: &CancellationToken) -> Result<(), PipelineError> {
+        let mut finished: HashSet<String> = HashSet::new();
+        let mut known: HashMap<String, Option<Checkpoint>> = HashMap::new();
+        let mut active: HashSet<String> = HashSet::new();
+        let mut tasks: JoinSet<(String, Result<bool, PipelineError>)> = JoinSet::new();
+        let mut outcome = Ok(());
+        'outer: while !work.is_cancelled() {
+            match self.reader.describe().await {
+                Ok((_, shards)) => {
+                    for shard in &shards {
+                        if known.contains_key(&shard.shard_id) {
+                            continue;
+                        }
+                        let cp = self.checkpoints.load(&shard.shard_id).await?;
+                        if cp == Some(Checkpoint::Finished) {
+                            finished.insert(shard.shard_id.clone());
+                        }
+                        known.insert(shard.shard_id.clone(), cp);
+                    }
+                    for shard_id in ready_shards(&shards, &finished, &active) {
+                        if active.len() >= self.max_shards {
+                            break;
+                        }
+                        let start = match known.get(&shard_id).cloned().flatten() {
+                            Some(Checkpoint::At(seq)) => StartAt::After(seq),
+                            _ => match self.start_position {
+                                StartPosition::TrimHorizon => StartAt::TrimHorizon,
+                                StartPosition::Latest => StartAt::Latest,
+                            },
+                        };
+                        info!(%shard_id, ?start, "Reading shard.");
+                        active.insert(shard_id.clone());
+                        let me = self.clone();
+                        let token = work.clone();
+                        let span = info_span!("shard", %shard_id);
+                        tasks.spawn(
+                            async move {
+                                let result = me.read_shard(&shard_id, start, &token).await;
+                                (shard_id, result)
+                            }
+                            .instrument(span),
+                        );
+                    }
+                }
+                Err(e) => warn!(error = %e, "DescribeStream failed, will retry."),
+            }
+            // Wait for a shard to end (its children may be ready), the next discovery
+            // tick, or shutdown.
+            let tick = tokio::time::sleep(self.pacing.discovery);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                        let (shard_id, result) = joined.expect("shard tasks do not panic");
+                        active.remove(&shard_id);
+                        match result {
+                            Ok(true) => {
+                                info!(%shard_id, "Shard finished.");
+                                finished.insert(shard_id.clone());
+                                known.insert(shard_id, Some(Checkpoint::Finished));
+                                continue 'outer;
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                error!(%shard_id, error = %e, "Shard stopped; stopping the publisher.");
+                                outcome = Err(e);
+                                work.cancel();
+                                break 'outer;
+                            }
+                        }
+                    }
+                    _ = &mut tick => continue 'outer,
+                    _ = work.cancelled() => break 'outer,
+                }
+            }
+        }
+        // Shards finish the batch they hold, then stop.
+        while let Some(joined) = tasks.join_next().await {
+            let (shard_id, result) = joined.expect("shard tasks do not panic");
+            if let Err(e) = result {
+                error!(%shard_id, error = %e, "Shard stopped with an error.");
+                if outcome.is_ok() {
+                    outcome = Err(e);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Reads one shard until it ends (`Ok(true)`) or work stops (`Ok(false)`).
+    async fn read_shard(&self, shard_id: &str, mut start: StartAt, work: &CancellationToken) -> Result<bool, PipelineError> {
+        let mut iterator: Option<String> = None;
+        let mut idle = self.pacing.idle_min;
+        let mut failures: u32 = 0;
+        loop {
+            if work.is_cancelled() {
+                return Ok(false);
+            }
+            let current = match iterator.take() {
+                Some(it) => it,
+                None => match self.reader.iterator(shard_id, &start).await {
+                    Ok(it) => it,
+                    Err(StreamError::Trimmed) => {
+                        error!(%shard_id, ?start, "Checkpoint is older than the stream's retention: records were lost to this publisher; resuming at the trim horizon. Run a snapshot backfill.");
+                        start = StartAt::TrimHorizon;
+                        continue;
+                    }
+                    Err(e) if e.is_retryable() => {
+                        failures += 1;
+                        warn!(%shard_id, error = %e, attempt = failures, "GetShardIterator failed, will retry.");
+                        if !self.pause(backoff(failures), work).await {
+                            return Ok(false);
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            let batch = tokio::select! {
+                b = self.reader.get_records(&current) => b,
+                _ = work.cancelled() => return Ok(false),
+            };
+            let batch = match batch {
+                Ok(b) => {
+                    failures = 0;
+                    b
+                }
+                Err(StreamError::IteratorExpired) => {
+                    debug!(%shard_id, "Iterator expired; re-acquiring from the last position.");
+                    continue;
+                }
+                Err(StreamError::Trimmed) => {
+                    error!(%shard_id, "Records trimmed before they were read; resuming at the trim horizon.");
+                    start = StartAt::TrimHorizon;
+                    continue;
+                }
+                Err(e) if e.is_retryable() => {
+                    failures += 1;
+                    warn!(%shard_id, error = %e, attempt = failures, "GetRecords failed, will retry.");
+                    iterator = Some(current);
+                    if !self.pause(backoff(failures), work).await {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let had_records = !batch.records.is_empty();
+            if had_records {
+                match self.publish_records(shard_id, batch.records, work).await? {
+                    Published::Through(Some(last)) => start = StartAt::After(last),
+                    Published::Through(None) => {}
+                    Published::Interrupted => return Ok(false),
+                }
+                idle = self.pacing.idle_min;
+            }
+            match batch.next_iterator {
+                None => {
+                    self.checkpoints.save(shard_id, &Checkpoint::Finished).await?;
+                    return Ok(true);
+                }
+                Some(next) => iterator = Some(next),
+            }
+            if !had_records {
+                if !self.pause(idle, work).await {
+                    return Ok(false);
+                }
+                idle = (idle * 2).min(self.pacing.idle_max);
+            }
+        }
+    }
+
+    /// Sleeps unless work stops first; `false` when it did.
+    async fn pause(&self, d: Duration, work: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = work.cancelled() => false,
+        }
+    }
+
+    /// Decodes, publishes, parks what cannot be published, then checkpoints the last
+    /// record. Returns the checkpointed sequence number.
+    async fn publish_records(
+        &self,
+        shard_id: &str,
+        records: Vec<StreamRecord>,
+        work: &CancellationToken,
+    ) -> Result<Published, PipelineError> {
+        Stats::add(&self.stats.records_read, records.len());
+        let now = OffsetDateTime::now_utc();
+        let mut encoded = Vec::with_capacity(records.len());
+        let mut by_event: HashMap<String, usize> = HashMap::new();
+        for (i, record) in records.iter().enumerate() {
+            match to_event(record, &self.origin, now) {
+                Ok(Some(event)) => {
+                    by_event.insert(event.event_id.clone(), i);
+                    encoded.push(Encoded::new(&event, self.emit));
+                }
+                Ok(None) => Stats::add(&self.stats.records_skipped, 1),
+                Err(e) => self.park(shard_id, record, e.reason_code(), e.to_string()).await?,
+            }
+        }
+        let count = encoded.len();
+        // Every entry is tried at least once even during shutdown, so the batch in flight
+        // completes; only entries that keep failing are abandoned at shutdown, without a
+        // checkpoint, and are read again by the next publisher.
+        let report = match self.sink.publish(encoded, work).await {
+            Ok(r) => r,
+            Err(PublishError::Interrupted { pending }) => {
+                warn!(%shard_id, pending, "Shutdown while publishing; this batch will be read again.");
+                return Ok(Published::Interrupted);
+            }
+        };
+        Stats::add(&self.stats.events_published, report.published);
+        Stats::add(&self.stats.publish_retries, report.retries);
+        for (enc, rejected) in &report.rejected {
+            let record = by_event.get(&enc.event_id).map(|i| &records[*i]).expect("rejected events come from this batch");
+            self.park(shard_id, record, rejected.reason_code, rejected.detail.clone()).await?;
+        }
+        let last = records.iter().rev().find_map(|r| r.sequence_number.clone());
+        if let Some(seq) = &last {
+            self.checkpoints.save(shard_id, &Checkpoint::At(seq.clone())).await?;
+            Stats::add(&self.stats.checkpoints_written, 1);
+        }
+        debug!(%shard_id, records = records.len(), events = count, checkpoint = last.as_deref().unwrap_or("-"), "Batch published.");
+        Ok(Published::Through(last))
+    }
+
+    async fn park(&self, shard_id: &str, record: &StreamRecord, reason: &str, detail: String) -> Result<(), PipelineError> {
+        let parked = ParkedRecord {
+            reason: reason.to_owned(),
+            detail,
+            stream_arn: self.origin.stream_arn.clone(),
+            shard_id: shard_id.to_owned(),
+            record: record.clone(),
+        };
+        self.failures.park(&parked).await.map_err(|source| PipelineError::Park {
+            shard_id: shard_id.to_owned(),
+            sequence_number: record.sequence_number.clone().unwrap_or_default(),
+            source,
+        })?;
+        Stats::add(&self.stats.records_parked, 1);
+        Ok(())
+    }
+}
+
+/// How far a batch got.
+#[derive(Debug)]
+enum Published {
+    /// Published and checkpointed through this sequence number.
+    Through(Option<String>),
+    /// Shutdown while entries were still failing; nothing was checkpointed.
+    Interrupted,
+}
+
+/// Exponential back-off with full jitter: 100 ms doubling to 20 s.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(100).saturating_mul(1u32 << attempt.min(8)).min(Duration::from_secs(20));
+    let millis = rand::random_range(0..=cap.as_millis() as u64);
+    Duration::from_millis(millis.max(10))
+}

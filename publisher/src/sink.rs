@@ -1,0 +1,353 @@
+//! Publishing change events to SNS with `PublishBatch`.
+//!
+//! The request builder ([`plan_batches`], [`entry_for`]) is pure; [`SnsSink`] is the
+//! one-method adapter. Entries that SNS rejects as the sender's fault (too large,
+//! invalid) are returned to the caller to park; other failed entries — and only those —
+//! are retried with exponential back-off and jitter until they succeed or shutdown.
+
+use std::time::Duration;
+
+use aws_sdk_sns as sns;
+use aws_sdk_sns::error::DisplayErrorContext;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use contracts::{ChangeEvent, SchemaVersion};
+use sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// Most entries in one `PublishBatch` call.
+///
+/// <https://docs.aws.amazon.com/sns/latest/api/API_PublishBatch.html>
+pub const MAX_BATCH_ENTRIES: usize = 10;
+/// Largest message, and largest sum of messages in one batch, SNS accepts (256 KiB).
+///
+/// <https://docs.aws.amazon.com/sns/latest/api/API_PublishBatch.html>
+pub const MAX_PAYLOAD_BYTES: usize = 262_144;
+/// Room kept per entry for message attributes, which count towards the payload size.
+const ATTRIBUTE_ALLOWANCE: usize = 128;
+/// Longest `MessageDeduplicationId` SNS accepts on a FIFO topic.
+///
+/// <https://docs.aws.amazon.com/sns/latest/api/API_PublishBatchRequestEntry.html>
+pub const MAX_DEDUPLICATION_ID: usize = 128;
+
+/// One event encoded for publishing.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub event_id: String,
+    pub key: String,
+    pub event_type: &'static str,
+    pub schema_version: SchemaVersion,
+    pub body: String,
+}
+
+impl Encoded {
+    pub fn new(event: &ChangeEvent, as_version: SchemaVersion) -> Self {
+        let body = String::from_utf8(event.encode(as_version)).expect("serde_json writes UTF-8");
+        Encoded {
+            event_id: event.event_id.clone(),
+            key: event.key.clone(),
+            event_type: event.change.event_type().as_str(),
+            schema_version: as_version,
+            body,
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.body.len() + ATTRIBUTE_ALLOWANCE
+    }
+}
+
+/// An event SNS will never accept as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub event_id: String,
+    pub reason_code: &'static str,
+    pub detail: String,
+}
+
+/// Splits events into `PublishBatch` calls within both SNS limits; a message too large to
+/// publish at all is rejected up front.
+pub fn plan_batches(events: Vec<Encoded>) -> (Vec<Vec<Encoded>>, Vec<(Encoded, Rejected)>) {
+    let mut batches: Vec<Vec<Encoded>> = Vec::new();
+    let mut rejected = Vec::new();
+    let mut current: Vec<Encoded> = Vec::new();
+    let mut current_size = 0;
+    for event in events {
+        let size = event.size();
+        if size > MAX_PAYLOAD_BYTES {
+            let r = Rejected {
+                event_id: event.event_id.clone(),
+                reason_code: "message_too_large",
+                detail: format!("{} bytes encoded, SNS accepts at most {MAX_PAYLOAD_BYTES}", event.body.len()),
+            };
+            rejected.push((event, r));
+            continue;
+        }
+        if current.len() == MAX_BATCH_ENTRIES || current_size + size > MAX_PAYLOAD_BYTES {
+            batches.push(std::mem::take(&mut current));
+            current_size = 0;
+        }
+        current_size += size;
+        current.push(event);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    (batches, rejected)
+}
+
+/// The request entry for one event; `id` is its index in the batch.
+pub fn entry_for(id: usize, event: &Encoded, fifo: bool) -> PublishBatchRequestEntry {
+    let string_attr = |v: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .expect("data type is set")
+    };
+    let mut entry = PublishBatchRequestEntry::builder()
+        .id(id.to_string())
+        .message(event.body.clone())
+        .message_attributes("event_type", string_attr(event.event_type))
+        .message_attributes(
+            "schema_version",
+            MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(event.schema_version.number().to_string())
+                .build()
+                .expect("data type is set"),
+        );
+    if fifo {
+        entry = entry
+            .message_group_id(event.key.clone())
+            .message_deduplication_id(dedup_id(&event.event_id));
+    }
+    entry.build().expect("id and message are set")
+}
+
+/// A FIFO deduplication id from an event id: the id itself when it fits the 128
+/// characters SNS allows, its SHA-256 otherwise.
+fn dedup_id(event_id: &str) -> String {
+    let fits = event_id.len() <= MAX_DEDUPLICATION_ID
+        && event_id.bytes().all(|b| b.is_ascii_graphic());
+    if fits {
+        event_id.to_owned()
+    } else {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(event_id.as_bytes()))
+    }
+}
+
+/// Publishing stopped before every event was accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Shutdown was asked for while entries were still failing; nothing after them may
+    /// be checkpointed.
+    #[error("shutdown while {pending} events were still unpublished")]
+    Interrupted { pending: usize },
+}
+
+/// What a publish call achieved: everything not rejected is accepted by SNS.
+#[derive(Debug, Default)]
+pub struct PublishReport {
+    pub published: usize,
+    pub retries: usize,
+    pub rejected: Vec<(Encoded, Rejected)>,
+}
+
+/// The SNS topic events are published to.
+#[derive(Debug, Clone)]
+pub struct SnsSink {
+    client: sns::Client,
+    topic_arn: String,
+    fifo: bool,
+    backoff: ExponentialBuilder,
+}
+
+impl SnsSink {
+    pub fn new(client: sns::Client, topic_arn: String) -> Self {
+        let fifo = topic_arn.ends_with(".fifo");
+        SnsSink {
+            client,
+            topic_arn,
+            fifo,
+            backoff: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(20))
+                .with_jitter()
+                .without_max_times(),
+        }
+    }
+
+    pub fn topic_arn(&self) -> &str {
+        &self.topic_arn
+    }
+
+    /// Publishes every event; each batch is retried entry by entry until SNS accepts it.
+    /// On a FIFO topic batches go one after another to keep each key's order.
+    ///
+    /// # Errors
+    /// [`PublishError::Interrupted`] if `shutdown` fires while entries keep failing.
+    pub async fn publish(
+        &self,
+        events: Vec<Encoded>,
+        shutdown: &CancellationToken,
+    ) -> Result<PublishReport, PublishError> {
+        let (batches, rejected) = plan_batches(events);
+        let mut report = PublishReport {
+            rejected,
+            ..PublishReport::default()
+        };
+        let concurrency = if self.fifo { 1 } else { 4 };
+        use futures::StreamExt;
+        let results: Vec<_> = futures::stream::iter(batches)
+            .map(|batch| self.publish_batch(batch, shutdown))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let mut pending = 0;
+        for result in results {
+            match result {
+                Ok(r) => {
+                    report.published += r.published;
+                    report.retries += r.retries;
+                    report.rejected.extend(r.rejected);
+                }
+                Err(PublishError::Interrupted { pending: p }) => pending += p,
+            }
+        }
+        if pending > 0 {
+            return Err(PublishError::Interrupted { pending });
+        }
+        Ok(report)
+    }
+
+    async fn publish_batch(
+        &self,
+        mut batch: Vec<Encoded>,
+        shutdown: &CancellationToken,
+    ) -> Result<PublishReport, PublishError> {
+        let mut report = PublishReport::default();
+        let mut delays = self.backoff.build();
+        loop {
+            let entries: Vec<_> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, e)| entry_for(i, e, self.fifo))
+                .collect();
+            let result = self
+                .client
+                .publish_batch()
+                .topic_arn(&self.topic_arn)
+                .set_publish_batch_request_entries(Some(entries))
+                .send()
+                .await;
+            let mut retry: Vec<Encoded> = Vec::new();
+            match result {
+                Ok(out) => {
+                    let mut taken: Vec<Option<Encoded>> = batch.into_iter().map(Some).collect();
+                    report.published += out.successful().len();
+                    for failed in out.failed() {
+                        let Some(event) = failed.id().parse::<usize>().ok().and_then(|i| taken.get_mut(i)?.take()) else {
+                            continue;
+                        };
+                        if failed.sender_fault() {
+                            let r = Rejected {
+                                event_id: event.event_id.clone(),
+                                reason_code: "rejected_by_sns",
+                                detail: format!("{}: {}", failed.code(), failed.message().unwrap_or_default()),
+                            };
+                            report.rejected.push((event, r));
+                        } else {
+                            warn!(event_id = %event.event_id, code = failed.code(), "Publish entry failed, will retry.");
+                            retry.push(event);
+                        }
+                    }
+                    // An entry SNS neither accepted nor failed would be lost silently:
+                    // send it again.
+                    for (i, event) in taken.into_iter().enumerate() {
+                        let Some(event) = event else { continue };
+                        if !out.successful().iter().any(|s| s.id() == Some(i.to_string().as_str())) {
+                            retry.push(event);
+                        }
+                    }
+                }
+                Err(err) => {
+                    warn!(error = %DisplayErrorContext(&err), entries = batch.len(), "PublishBatch failed, will retry.");
+                    retry = batch;
+                }
+            }
+            if retry.is_empty() {
+                return Ok(report);
+            }
+            report.retries += retry.len();
+            let delay = delays.next().unwrap_or(Duration::from_secs(20));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return Err(PublishError::Interrupted { pending: retry.len() }),
+            }
+            batch = retry;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(id: usize, size: usize) -> Encoded {
+        Encoded {
+            event_id: format!("e{id}"),
+            key: format!("k{id}"),
+            event_type: "profile.upserted",
+            schema_version: SchemaVersion::V2,
+            body: "x".repeat(size),
+        }
+    }
+
+    #[test]
+    fn batches_hold_at_most_ten_entries() {
+        let (batches, rejected) = plan_batches((0..25).map(|i| encoded(i, 10)).collect());
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 5]);
+        assert!(rejected.is_empty());
+    }
+
+    #[test]
+    fn batches_stay_under_the_payload_limit() {
+        let (batches, _) = plan_batches((0..5).map(|i| encoded(i, 100_000)).collect());
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+        for b in &batches {
+            assert!(b.iter().map(Encoded::size).sum::<usize>() <= MAX_PAYLOAD_BYTES);
+        }
+    }
+
+    #[test]
+    fn an_oversize_message_is_rejected_without_blocking_the_rest() {
+        let (batches, rejected) = plan_batches(vec![encoded(0, 10), encoded(1, 300_000), encoded(2, 10)]);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].len(), 2);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].1.reason_code, "message_too_large");
+    }
+
+    #[test]
+    fn fifo_entries_group_by_key_and_deduplicate_by_event_id() {
+        let entry = entry_for(3, &encoded(7, 10), true);
+        assert_eq!(entry.id(), "3");
+        assert_eq!(entry.message_group_id(), Some("k7"));
+        assert_eq!(entry.message_deduplication_id(), Some("e7"));
+        let attrs = entry.message_attributes().unwrap();
+        assert_eq!(attrs["event_type"].string_value(), Some("profile.upserted"));
+        assert_eq!(attrs["schema_version"].data_type(), "Number");
+        assert_eq!(attrs["schema_version"].string_value(), Some("2"));
+        let standard = entry_for(0, &encoded(7, 10), false);
+        assert_eq!(standard.message_group_id(), None);
+    }
+
+    #[test]
+    fn long_event_ids_are_hashed_into_a_valid_deduplication_id() {
+        let id = dedup_id(&"é".repeat(100));
+        assert_eq!(id.len(), 64);
+        assert_eq!(dedup_id("abc"), "abc");
+    }
+}

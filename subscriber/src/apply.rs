@@ -1,0 +1,887 @@
+//! SQL: a batch of change events → the analytics store, set-based.
+//!
+//! A batch is two statements whatever its size: one insert of every event into the
+//! append-only history (`ON CONFLICT DO NOTHING`, so a redelivered change is one row),
+//! and one version-guarded upsert of the latest event per key into the current state.
+//! Both run on the caller's connection, normally inside one transaction
+//! ([`apply_atomically`]), so history and state never disagree.
+//!
+//! The guard compares positions as a PostgreSQL row: a write lands only when
+//! `(stored.generation, stored.version, stored.deleted::int) <
+//! (excluded.generation, excluded.version, excluded.deleted::int)`. That makes the apply
+//! idempotent and order-independent, which is what lets standard (unordered, at least
+//! once) SNS/SQS feed several concurrent workers.
+
+use std::collections::BTreeMap;
+
+use contracts::{Change, ChangeEvent};
+use sqlx::{PgConnection, PgPool};
+use tracing::instrument;
+
+/// What a batch did to the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// History rows written: source changes seen for the first time.
+    pub history_inserted: u64,
+    /// Events already in the history: a redelivery, a duplicate within the batch, or the
+    /// same source change under another event id (stream vs snapshot).
+    pub history_duplicates: u64,
+    /// State rows inserted or replaced (at most one per key in the batch).
+    pub applied: u64,
+    /// Events that did not change the state: superseded by a greater event for the same
+    /// key in the batch, or not newer than the stored row.
+    /// `applied + stale` is the number of events in the batch.
+    pub stale: u64,
+}
+
+impl ApplyReport {
+    /// Adds another report's counts to this one (isolated applies sum up to a batch).
+    pub fn add(&mut self, other: ApplyReport) {
+        self.history_inserted += other.history_inserted;
+        self.history_duplicates += other.history_duplicates;
+        self.applied += other.applied;
+        self.stale += other.stale;
+    }
+}
+
+/// How a failed apply should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The database or the network is briefly unavailable (connection loss, failover,
+    /// deadlock, serialization failure, resource exhaustion): retry the same batch later.
+    Transient,
+    /// The database refuses every batch alike (missing table or column, permissions,
+    /// authentication, an internal error): retrying cannot succeed until an operator acts
+    /// (runs the migrations, fixes grants), but parking would dead-letter every good
+    /// message in the meantime. So it is retried, and logged at ERROR.
+    NeedsOperator,
+    /// Something in this batch's data is refused (data exception, constraint violation):
+    /// the same batch fails forever. Isolate the offending event and park it.
+    Permanent,
+}
+
+/// Why a batch could not be applied. Nothing of it is committed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// No transaction could be started (usually: no connection).
+    #[error("could not begin a transaction")]
+    Begin(#[source] sqlx::Error),
+    /// The history insert failed.
+    #[error("could not insert {events} events into the history")]
+    History {
+        events: usize,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The state upsert failed.
+    #[error("could not upsert {keys} profiles")]
+    State {
+        keys: usize,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The commit failed. The outcome is unknown to us, which is harmless: a retry of an
+    /// idempotent batch has one effect either way.
+    #[error("could not commit")]
+    Commit(#[source] sqlx::Error),
+}
+
+impl ApplyError {
+    fn sqlx(&self) -> &sqlx::Error {
+        match self {
+            ApplyError::Begin(e) | ApplyError::Commit(e) => e,
+            ApplyError::History { source, .. } | ApplyError::State { source, .. } => source,
+        }
+    }
+
+    /// How to handle this failure; see [`FailureKind`].
+    pub fn kind(&self) -> FailureKind {
+        classify(self.sqlx())
+    }
+
+    /// `true` unless the batch's own data is refused ([`FailureKind::Permanent`]).
+    pub fn is_retryable(&self) -> bool {
+        self.kind() != FailureKind::Permanent
+    }
+
+    /// The PostgreSQL SQLSTATE, when the server answered with an error.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self.sqlx() {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// Classifies a sqlx error by its kind and SQLSTATE; never by message text.
+///
+/// An error this function does not know is [`FailureKind::NeedsOperator`]: retried (a good
+/// message is never parked because of a server problem we did not foresee) and logged
+/// at ERROR. The queue's redrive policy still bounds the retries of a truly poisonous
+/// message.
+pub fn classify(err: &sqlx::Error) -> FailureKind {
+    match err {
+        sqlx::Error::Database(db) => classify_sqlstate(db.code().as_deref().unwrap_or("")),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => FailureKind::Transient,
+        // A value of this batch could not be encoded for the wire.
+        sqlx::Error::Encode(_) => FailureKind::Permanent,
+        // Decoding, configuration, type lookups: a bug or a schema drift, not this data.
+        _ => FailureKind::NeedsOperator,
+    }
+}
+
+/// Classifies a PostgreSQL SQLSTATE.
+///
+/// <https://www.postgresql.org/docs/current/errcodes-appendix.html>
+pub fn classify_sqlstate(code: &str) -> FailureKind {
+    match code {
+        // lock_not_available, query_canceled (statement timeout),
+        // idle_in_transaction_session_timeout: the next attempt may well pass.
+        "55P03" | "57014" | "25P03" => return FailureKind::Transient,
+        _ => {}
+    }
+    match code.get(..2).unwrap_or("") {
+        // connection exception; transaction rollback (serialization failure 40001,
+        // deadlock 40P01); insufficient resources; operator intervention (admin or crash
+        // shutdown, cannot connect now: a failover or restart); system (I/O) error.
+        "08" | "40" | "53" | "57" | "58" => FailureKind::Transient,
+        // data exception (bad text, out-of-range value); integrity constraint violation;
+        // program limit exceeded (a value too large to index).
+        "22" | "23" | "54" => FailureKind::Permanent,
+        // Syntax error or access rule violation (42P01 undefined table, 42703 undefined
+        // column, 42501 insufficient privilege), invalid schema, invalid authorization,
+        // internal error and anything else: the store, not the batch, needs fixing.
+        _ => FailureKind::NeedsOperator,
+    }
+}
+
+/// The rank that orders an event among its key's events: its position, a delete above
+/// an upsert of the same position. The store's guard compares exactly this triple.
+pub fn rank(event: &ChangeEvent) -> (i64, i64, bool) {
+    (
+        event.position.generation,
+        event.position.version,
+        matches!(event.change, Change::Deleted(_)),
+    )
+}
+
+/// The greatest event per key by [`rank`], sorted by key.
+///
+/// One `INSERT … ON CONFLICT DO UPDATE` cannot touch the same row twice, so the state
+/// upsert gets one event per key; and sorted keys make concurrent workers lock rows in
+/// the same order, so they cannot deadlock on each other. Of two events of equal rank
+/// (the same source change) the first is kept, as the store's guard would.
+pub fn latest_per_key(events: &[ChangeEvent]) -> Vec<&ChangeEvent> {
+    let mut latest: BTreeMap<&str, &ChangeEvent> = BTreeMap::new();
+    for event in events {
+        latest
+            .entry(event.key.as_str())
+            .and_modify(|kept| {
+                if rank(event) > rank(kept) {
+                    *kept = event;
+                }
+            })
+            .or_insert(event);
+    }
+    latest.into_values().collect()
+}
+
+/// Applies a batch on `conn`: every event into the history, the latest event per key
+/// into the state. Does not begin or commit; see [`apply_atomically`].
+///
+/// # Errors
+/// [`ApplyError::History`] or [`ApplyError::State`] with the failing statement's error;
+/// the caller must roll back (dropping the transaction does).
+#[instrument(skip_all, fields(events = events.len()))]
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    events: &[ChangeEvent],
+) -> Result<ApplyReport, ApplyError> {
+    if events.is_empty() {
+        return Ok(ApplyReport::default());
+    }
+    let history_inserted =
+        insert_history(conn, events)
+            .await
+            .map_err(|source| ApplyError::History {
+                events: events.len(),
+                source,
+            })?;
+    let latest = latest_per_key(events);
+    let applied = upsert_state(conn, &latest)
+        .await
+        .map_err(|source| ApplyError::State {
+            keys: latest.len(),
+            source,
+        })?;
+    let total = events.len() as u64;
+    Ok(ApplyReport {
+        history_inserted,
+        history_duplicates: total - history_inserted,
+        applied,
+        stale: total - applied,
+    })
+}
+
+/// Applies a batch in its own transaction: BEGIN; [`apply_batch`]; COMMIT.
+///
+/// # Errors
+/// Any [`ApplyError`]; nothing is committed then.
+pub async fn apply_atomically(
+    pool: &PgPool,
+    events: &[ChangeEvent],
+) -> Result<ApplyReport, ApplyError> {
+    let mut tx = pool.begin().await.map_err(ApplyError::Begin)?;
+    let report = apply_batch(&mut tx, events).await?;
+    tx.commit().await.map_err(ApplyError::Commit)?;
+    Ok(report)
+}
+
+const INSERT_HISTORY: &str = r#"
+WITH inserted AS (
+    INSERT INTO analytics.profile_changes
+        (event_id, key, generation, version, deleted, event_type, reason, schema_version,
+         data, occurred_at, published_at, source_sequence_number)
+    SELECT e.event_id, e.key, e.generation, e.version, e.deleted, e.event_type, e.reason,
+           e.schema_version, e.data::jsonb, e.occurred_at, e.published_at,
+           e.source_sequence_number
+    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bool[], $6::text[],
+                $7::text[], $8::int2[], $9::text[], $10::timestamptz[], $11::timestamptz[],
+                $12::text[])
+         WITH ORDINALITY
+         AS e(event_id, key, generation, version, deleted, event_type, reason,
+              schema_version, data, occurred_at, published_at, source_sequence_number, n)
+    ORDER BY e.n
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM inserted
+"#;
+
+/// Inserts every event into the history, in (key, rank) order so that concurrent
+/// workers take the unique-index locks in the same order. Returns the rows written.
+async fn insert_history(conn: &mut PgConnection, events: &[ChangeEvent]) -> sqlx::Result<u64> {
+    let mut sorted: Vec<&ChangeEvent> = events.iter().collect();
+    sorted.sort_by(|a, b| (a.key.as_str(), rank(a)).cmp(&(b.key.as_str(), rank(b))));
+
+    let n = sorted.len();
+    let mut event_id = Vec::with_capacity(n);
+    let mut key = Vec::with_capacity(n);
+    let mut generation = Vec::with_capacity(n);
+    let mut version = Vec::with_capacity(n);
+    let mut deleted = Vec::with_capacity(n);
+    let mut event_type = Vec::with_capacity(n);
+    let mut reason = Vec::with_capacity(n);
+    let mut schema_version = Vec::with_capacity(n);
+    let mut data = Vec::with_capacity(n);
+    let mut occurred_at = Vec::with_capacity(n);
+    let mut published_at = Vec::with_capacity(n);
+    let mut sequence_number = Vec::with_capacity(n);
+    for e in sorted {
+        event_id.push(e.event_id.as_str());
+        key.push(e.key.as_str());
+        generation.push(e.position.generation);
+        version.push(e.position.version);
+        deleted.push(matches!(e.change, Change::Deleted(_)));
+        event_type.push(e.change.event_type().as_str());
+        reason.push(match e.change {
+            Change::Deleted(reason) => Some(reason.as_str()),
+            _ => None,
+        });
+        schema_version.push(i16::from(e.published_schema.number()));
+        // As text, cast to jsonb by the server: the profile's numbers are decimal
+        // strings already, so nothing passes through a float.
+        data.push(e.change.profile().map(|p| {
+            serde_json::to_string(p).expect("a profile has string keys and always serialises")
+        }));
+        occurred_at.push(e.occurred_at);
+        published_at.push(e.published_at);
+        sequence_number.push(e.source.sequence_number.as_deref());
+    }
+    let inserted: i64 = sqlx::query_scalar(INSERT_HISTORY)
+        .bind(event_id)
+        .bind(key)
+        .bind(generation)
+        .bind(version)
+        .bind(deleted)
+        .bind(event_type)
+        .bind(reason)
+        .bind(schema_version)
+        .bind(data)
+        .bind(occurred_at)
+        .bind(published_at)
+        .bind(sequence_number)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(u64::try_from(inserted).expect("count(*) is never negative"))
+}
+
+const UPSERT_STATE: &str = r#"
+WITH written AS (
+    INSERT INTO analytics.user_profiles AS stored
+        (user_id, email, display_name, country, plan, marketing_email, marketing_sms,
+         locale, time_zone, lifetime_value_cents, created_at, updated_at, deleted,
+         deleted_reason, generation, version, last_event_id, occurred_at)
+    SELECT s.user_id, s.email, s.display_name, s.country, s.plan, s.marketing_email,
+           s.marketing_sms, s.locale, s.time_zone, s.lifetime_value_cents::numeric,
+           s.created_at, s.updated_at, s.deleted, s.deleted_reason, s.generation,
+           s.version, s.last_event_id, s.occurred_at
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
+                $7::bool[], $8::text[], $9::text[], $10::text[], $11::timestamptz[],
+                $12::timestamptz[], $13::bool[], $14::text[], $15::int8[], $16::int8[],
+                $17::text[], $18::timestamptz[])
+         WITH ORDINALITY
+         AS s(user_id, email, display_name, country, plan, marketing_email, marketing_sms,
+              locale, time_zone, lifetime_value_cents, created_at, updated_at, deleted,
+              deleted_reason, generation, version, last_event_id, occurred_at, n)
+    ORDER BY s.n
+    ON CONFLICT (user_id) DO UPDATE SET
+        email                = excluded.email,
+        display_name         = excluded.display_name,
+        country              = excluded.country,
+        plan                 = excluded.plan,
+        marketing_email      = excluded.marketing_email,
+        marketing_sms        = excluded.marketing_sms,
+        locale               = excluded.locale,
+        time_zone            = excluded.time_zone,
+        lifetime_value_cents = excluded.lifetime_value_cents,
+        created_at           = excluded.created_at,
+        updated_at           = excluded.updated_at,
+        deleted              = excluded.deleted,
+        deleted_reason       = excluded.deleted_reason,
+        generation           = excluded.generation,
+        version              = excluded.version,
+        last_event_id        = excluded.last_event_id,
+        occurred_at          = excluded.occurred_at,
+        applied_at           = now()
+    WHERE (stored.generation, stored.version, stored.deleted::int)
+        < (excluded.generation, excluded.version, excluded.deleted::int)
+    RETURNING 1
+)
+SELECT count(*) FROM written
+"#;
+
+/// Upserts one event per key (already reduced and sorted by [`latest_per_key`]) into the
+/// state under the position guard. A delete writes a tombstone: the profile columns
+/// are NULL. Returns the rows written.
+async fn upsert_state(conn: &mut PgConnection, latest: &[&ChangeEvent]) -> sqlx::Result<u64> {
+    let n = latest.len();
+    let mut user_id = Vec::with_capacity(n);
+    let mut email = Vec::with_capacity(n);
+    let mut display_name = Vec::with_capacity(n);
+    let mut country = Vec::with_capacity(n);
+    let mut plan = Vec::with_capacity(n);
+    let mut marketing_email = Vec::with_capacity(n);
+    let mut marketing_sms = Vec::with_capacity(n);
+    let mut locale = Vec::with_capacity(n);
+    let mut time_zone = Vec::with_capacity(n);
+    let mut lifetime_value_cents = Vec::with_capacity(n);
+    let mut created_at = Vec::with_capacity(n);
+    let mut updated_at = Vec::with_capacity(n);
+    let mut deleted = Vec::with_capacity(n);
+    let mut deleted_reason = Vec::with_capacity(n);
+    let mut generation = Vec::with_capacity(n);
+    let mut version = Vec::with_capacity(n);
+    let mut last_event_id = Vec::with_capacity(n);
+    let mut occurred_at = Vec::with_capacity(n);
+    for e in latest {
+        let profile = e.change.profile();
+        user_id.push(e.key.as_str());
+        email.push(profile.map(|p| p.email.as_str()));
+        display_name.push(profile.map(|p| p.display_name.as_str()));
+        country.push(profile.and_then(|p| p.country.as_deref()));
+        plan.push(profile.map(|p| p.plan.as_str()));
+        marketing_email.push(profile.map(|p| p.consents.marketing_email));
+        marketing_sms.push(profile.map(|p| p.consents.marketing_sms));
+        locale.push(profile.and_then(|p| p.locale.as_deref()));
+        time_zone.push(profile.and_then(|p| p.time_zone.as_deref()));
+        // Bound as text and cast to numeric by the server: up to 38 significant digits
+        // survive exactly, which no binary float could promise.
+        lifetime_value_cents
+            .push(profile.and_then(|p| p.lifetime_value_cents.as_ref().map(|v| v.as_str())));
+        created_at.push(profile.map(|p| p.created_at));
+        updated_at.push(profile.map(|p| p.updated_at));
+        deleted.push(matches!(e.change, Change::Deleted(_)));
+        deleted_reason.push(match e.change {
+            Change::Deleted(reason) => Some(reason.as_str()),
+            _ => None,
+        });
+        generation.push(e.position.generation);
+        version.push(e.position.version);
+        last_event_id.push(e.event_id.as_str());
+        occurred_at.push(e.occurred_at);
+    }
+    let written: i64 = sqlx::query_scalar(UPSERT_STATE)
+        .bind(user_id)
+        .bind(email)
+        .bind(display_name)
+        .bind(country)
+        .bind(plan)
+        .bind(marketing_email)
+        .bind(marketing_sms)
+        .bind(locale)
+        .bind(time_zone)
+        .bind(lifetime_value_cents)
+        .bind(created_at)
+        .bind(updated_at)
+        .bind(deleted)
+        .bind(deleted_reason)
+        .bind(generation)
+        .bind(version)
+        .bind(last_event_id)
+        .bind(occurred_at)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(u64::try_from(written).expect("count(*) is never negative"))
+}
+
+#[cfg(test)]
+pub(crate) mod test_events {
+    //! Event builders shared by this crate's tests.
+
+    use contracts::{
+        Change, ChangeEvent, Consents, DeleteReason, Position, Profile, SchemaVersion, Source,
+    };
+    use time::OffsetDateTime;
+    use time::macros::datetime;
+
+    const AT: OffsetDateTime = datetime!(2026-11-25 01:02:03.5 UTC);
+
+    fn event(key: &str, generation: i64, version: i64, change: Change) -> ChangeEvent {
+        let kind = change.event_type().as_str();
+        ChangeEvent {
+            event_id: format!("{key}/{generation}/{version}/{kind}"),
+            key: key.to_owned(),
+            position: Position {
+                generation,
+                version,
+            },
+            occurred_at: AT,
+            published_at: AT,
+            source: Source {
+                table: "profiles".to_owned(),
+                stream_arn: None,
+                sequence_number: Some(format!("{generation}{version:020}")),
+            },
+            published_schema: SchemaVersion::V2,
+            change,
+        }
+    }
+
+    pub fn profile(key: &str, email: &str) -> Profile {
+        Profile {
+            user_id: key.to_owned(),
+            email: email.to_owned(),
+            display_name: format!("User {key}"),
+            country: Some("GB".to_owned()),
+            plan: "pro".to_owned(),
+            consents: Consents {
+                marketing_email: true,
+                marketing_sms: false,
+            },
+            locale: Some("en-GB".to_owned()),
+            time_zone: Some("Europe/London".to_owned()),
+            lifetime_value_cents: Some("1234".parse().expect("valid number")),
+            created_at: datetime!(2026-11-20 09:30:00.123456 UTC),
+            updated_at: AT,
+        }
+    }
+
+    pub fn upsert(key: &str, generation: i64, version: i64, email: &str) -> ChangeEvent {
+        event(
+            key,
+            generation,
+            version,
+            Change::Upserted(profile(key, email)),
+        )
+    }
+
+    pub fn snapshot(key: &str, generation: i64, version: i64, email: &str) -> ChangeEvent {
+        event(
+            key,
+            generation,
+            version,
+            Change::Snapshot(profile(key, email)),
+        )
+    }
+
+    pub fn delete(key: &str, generation: i64, version: i64) -> ChangeEvent {
+        event(
+            key,
+            generation,
+            version,
+            Change::Deleted(DeleteReason::Deleted),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_events::*;
+    use super::*;
+
+    #[test]
+    fn latest_per_key_keeps_the_greatest_position_and_sorts_by_key() {
+        let events = vec![
+            upsert("b", 1, 2, "b2@x"),
+            upsert("a", 1, 5, "a5@x"),
+            upsert("b", 1, 3, "b3@x"),
+            upsert("a", 1, 4, "a4@x"),
+            upsert("b", 1, 1, "b1@x"),
+        ];
+        let latest = latest_per_key(&events);
+        let picked: Vec<_> = latest.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(picked, ["a/1/5/profile.upserted", "b/1/3/profile.upserted"]);
+    }
+
+    #[test]
+    fn a_delete_outranks_an_upsert_of_the_same_position_in_either_order() {
+        for events in [
+            vec![upsert("a", 1, 3, "a@x"), delete("a", 1, 3)],
+            vec![delete("a", 1, 3), upsert("a", 1, 3, "a@x")],
+        ] {
+            let latest = latest_per_key(&events);
+            assert_eq!(latest.len(), 1);
+            assert!(matches!(latest[0].change, Change::Deleted(_)));
+        }
+    }
+
+    #[test]
+    fn a_higher_generation_outranks_any_version_of_an_older_one() {
+        let events = vec![delete("a", 1, 90), upsert("a", 2, 1, "new@x")];
+        assert_eq!(latest_per_key(&events)[0].position.generation, 2);
+    }
+
+    #[test]
+    fn of_two_events_of_equal_rank_the_first_is_kept() {
+        let events = vec![
+            upsert("a", 1, 3, "first@x"),
+            snapshot("a", 1, 3, "second@x"),
+        ];
+        assert!(matches!(
+            latest_per_key(&events)[0].change,
+            Change::Upserted(_)
+        ));
+    }
+
+    #[test]
+    fn sqlstates_are_classified_by_class_and_code() {
+        for transient in [
+            "40001", "40P01", "57P01", "57P03", "08006", "53300", "55P03", "57014",
+        ] {
+            assert_eq!(
+                classify_sqlstate(transient),
+                FailureKind::Transient,
+                "{transient}"
+            );
+        }
+        for permanent in ["22P02", "22021", "22003", "23505", "23514", "54000"] {
+            assert_eq!(
+                classify_sqlstate(permanent),
+                FailureKind::Permanent,
+                "{permanent}"
+            );
+        }
+        for operator in ["42P01", "42703", "42501", "3F000", "28P01", "XX000", ""] {
+            assert_eq!(
+                classify_sqlstate(operator),
+                FailureKind::NeedsOperator,
+                "{operator}"
+            );
+        }
+    }
+
+    #[test]
+    fn lost_connections_and_pool_timeouts_are_transient() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(classify(&io), FailureKind::Transient);
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), FailureKind::Transient);
+        assert!(ApplyError::Begin(sqlx::Error::PoolTimedOut).is_retryable());
+    }
+}
+
+#[cfg(test)]
+mod db_tests {
+    //! Against a real PostgreSQL: `#[sqlx::test]` creates a fresh database per test from
+    //! `DATABASE_URL` and runs the migrations into it.
+
+    use super::test_events::*;
+    use super::*;
+    use contracts::DdbNumber;
+    use sqlx::PgPool;
+
+    /// (deleted, email, generation, version, deleted_reason)
+    type StateRow = (bool, Option<String>, i64, i64, Option<String>);
+
+    async fn state(pool: &PgPool, key: &str) -> Option<StateRow> {
+        sqlx::query_as(
+            "SELECT deleted, email, generation, version, deleted_reason
+             FROM analytics.user_profiles WHERE user_id = $1",
+        )
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+    }
+
+    async fn history_count(pool: &PgPool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM analytics.profile_changes")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn every_event_applied_twice_has_one_effect(pool: PgPool) {
+        let events = vec![
+            upsert("a", 1, 1, "a1@x"),
+            upsert("a", 1, 2, "a2@x"),
+            upsert("b", 1, 1, "b1@x"),
+            delete("b", 1, 2),
+            snapshot("c", 1, 7, "c7@x"),
+        ];
+        let first = apply_atomically(&pool, &events).await.unwrap();
+        assert_eq!(
+            first,
+            ApplyReport {
+                history_inserted: 5,
+                history_duplicates: 0,
+                applied: 3,
+                stale: 2
+            }
+        );
+        let states = [
+            state(&pool, "a").await,
+            state(&pool, "b").await,
+            state(&pool, "c").await,
+        ];
+
+        // Again as a batch, then one by one in reverse order.
+        let again = apply_atomically(&pool, &events).await.unwrap();
+        assert_eq!(again.history_inserted, 0);
+        assert_eq!(again.history_duplicates, 5);
+        assert_eq!(again.applied, 0);
+        for event in events.iter().rev() {
+            let report = apply_atomically(&pool, std::slice::from_ref(event))
+                .await
+                .unwrap();
+            assert_eq!((report.history_inserted, report.applied), (0, 0));
+        }
+
+        assert_eq!(history_count(&pool).await, 5);
+        assert_eq!(
+            [
+                state(&pool, "a").await,
+                state(&pool, "b").await,
+                state(&pool, "c").await
+            ],
+            states
+        );
+        assert_eq!(states[0], Some((false, Some("a2@x".into()), 1, 2, None)));
+        assert_eq!(states[1], Some((true, None, 1, 2, Some("deleted".into()))));
+        assert_eq!(states[2], Some((false, Some("c7@x".into()), 1, 7, None)));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn duplicate_events_in_one_batch_are_one_effect(pool: PgPool) {
+        let e = upsert("a", 1, 1, "a@x");
+        let report = apply_atomically(&pool, &[e.clone(), e.clone(), e])
+            .await
+            .unwrap();
+        assert_eq!(report.history_inserted, 1);
+        assert_eq!(report.history_duplicates, 2);
+        assert_eq!(report.applied, 1);
+        assert_eq!(report.stale, 2);
+        assert_eq!(history_count(&pool).await, 1);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn delete_then_late_older_upsert_stays_a_tombstone(pool: PgPool) {
+        apply_atomically(&pool, &[delete("a", 1, 5)]).await.unwrap();
+        let late = apply_atomically(&pool, &[upsert("a", 1, 4, "old@x")])
+            .await
+            .unwrap();
+        assert_eq!((late.applied, late.stale), (0, 1));
+        // A snapshot read before the delete must not resurrect it either.
+        apply_atomically(&pool, &[snapshot("a", 1, 5, "snap@x")])
+            .await
+            .unwrap();
+        assert_eq!(
+            state(&pool, "a").await,
+            Some((true, None, 1, 5, Some("deleted".into())))
+        );
+        // The history still records every source change.
+        assert_eq!(history_count(&pool).await, 3);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn delete_of_a_never_seen_key_inserts_a_tombstone(pool: PgPool) {
+        let report = apply_atomically(&pool, &[delete("ghost", 3, 9)])
+            .await
+            .unwrap();
+        assert_eq!(report.applied, 1);
+        assert_eq!(
+            state(&pool, "ghost").await,
+            Some((true, None, 3, 9, Some("deleted".into())))
+        );
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn tombstone_clears_every_profile_column(pool: PgPool) {
+        apply_atomically(&pool, &[upsert("a", 1, 1, "a@x")])
+            .await
+            .unwrap();
+        apply_atomically(&pool, &[delete("a", 1, 2)]).await.unwrap();
+        let remaining: i32 = sqlx::query_scalar(
+            "SELECT num_nonnulls(email, display_name, country, plan, marketing_email,
+                    marketing_sms, locale, time_zone, lifetime_value_cents, created_at,
+                    updated_at)
+             FROM analytics.user_profiles WHERE user_id = 'a'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(remaining, 0);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn recreated_item_wins_over_the_tombstone(pool: PgPool) {
+        apply_atomically(&pool, &[upsert("a", 100, 1, "old@x"), delete("a", 100, 7)])
+            .await
+            .unwrap();
+        // Re-created: a higher generation, its version counter restarting at 1.
+        apply_atomically(&pool, &[upsert("a", 200, 1, "new@x")])
+            .await
+            .unwrap();
+        assert_eq!(
+            state(&pool, "a").await,
+            Some((false, Some("new@x".into()), 200, 1, None))
+        );
+        // A late event of the old generation changes nothing.
+        apply_atomically(&pool, &[upsert("a", 100, 6, "older@x")])
+            .await
+            .unwrap();
+        assert_eq!(
+            state(&pool, "a").await,
+            Some((false, Some("new@x".into()), 200, 1, None))
+        );
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn upsert_and_delete_of_the_same_position_in_one_batch_leave_a_tombstone(pool: PgPool) {
+        apply_atomically(&pool, &[upsert("a", 1, 3, "a@x"), delete("a", 1, 3)])
+            .await
+            .unwrap();
+        apply_atomically(&pool, &[delete("b", 1, 3), upsert("b", 1, 3, "b@x")])
+            .await
+            .unwrap();
+        for key in ["a", "b"] {
+            assert_eq!(
+                state(&pool, key).await,
+                Some((true, None, 1, 3, Some("deleted".into())))
+            );
+        }
+        // Both changes of each key are in the history: they are different rows.
+        assert_eq!(history_count(&pool).await, 4);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn big_numbers_survive_exactly(pool: PgPool) {
+        let cases = [
+            ("a", "98765432109876543210987654321098765432"),
+            ("b", "-0.12345678901234567890123456789012345678"),
+            ("c", "9.9999999999999999999999999999999999999E+125"),
+        ];
+        for (key, number) in cases {
+            let mut event = upsert(key, 1, 1, "x@x");
+            if let Change::Upserted(p) = &mut event.change {
+                p.lifetime_value_cents = Some(number.parse::<DdbNumber>().unwrap());
+            }
+            apply_atomically(&pool, &[event]).await.unwrap();
+            let exact: bool = sqlx::query_scalar(
+                "SELECT lifetime_value_cents = $2::numeric
+                 FROM analytics.user_profiles WHERE user_id = $1",
+            )
+            .bind(key)
+            .bind(number)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert!(exact, "{number}");
+            // The history keeps the decimal string as published.
+            let in_history: String = sqlx::query_scalar(
+                "SELECT data->>'lifetime_value_cents' FROM analytics.profile_changes WHERE key = $1",
+            )
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(in_history, number);
+        }
+        let text: String = sqlx::query_scalar(
+            "SELECT lifetime_value_cents::text FROM analytics.user_profiles WHERE user_id = 'a'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(text, "98765432109876543210987654321098765432");
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn same_change_under_another_event_id_is_one_history_row(pool: PgPool) {
+        let from_stream = upsert("a", 1, 4, "a@x");
+        let mut from_snapshot = snapshot("a", 1, 4, "a@x");
+        from_snapshot.event_id = "snapshot-a-1-4".to_owned();
+        let report = apply_atomically(&pool, &[from_stream, from_snapshot])
+            .await
+            .unwrap();
+        assert_eq!((report.history_inserted, report.history_duplicates), (1, 1));
+        assert_eq!(history_count(&pool).await, 1);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn snapshot_never_overwrites_a_newer_change(pool: PgPool) {
+        apply_atomically(&pool, &[upsert("a", 1, 9, "new@x")])
+            .await
+            .unwrap();
+        apply_atomically(&pool, &[snapshot("a", 1, 8, "snap@x")])
+            .await
+            .unwrap();
+        assert_eq!(
+            state(&pool, "a").await,
+            Some((false, Some("new@x".into()), 1, 9, None))
+        );
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn text_the_database_refuses_is_a_permanent_error(pool: PgPool) {
+        let bad = upsert("a", 1, 1, "nul\0byte@x");
+        let err = apply_atomically(&pool, &[upsert("b", 1, 1, "b@x"), bad])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), FailureKind::Permanent, "{err:?}");
+        assert!(!err.is_retryable());
+        // Nothing of the batch was committed.
+        assert_eq!(history_count(&pool).await, 0);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn missing_table_needs_an_operator_and_is_retried(pool: PgPool) {
+        sqlx::query("DROP TABLE analytics.profile_changes")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let err = apply_atomically(&pool, &[upsert("a", 1, 1, "a@x")])
+            .await
+            .unwrap_err();
+        assert_eq!(err.sqlstate().as_deref(), Some("42P01"));
+        assert_eq!(err.kind(), FailureKind::NeedsOperator);
+        assert!(err.is_retryable());
+    }
+}

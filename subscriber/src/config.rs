@@ -1,0 +1,446 @@
+//! Typed settings, read once at start from flags or their environment variables.
+//!
+//! Every flag is mirrored by an environment variable (`env = "…"`), so the same binary
+//! is configured by flags on a laptop and by the environment in a container or Lambda.
+//! A bad value stops the process at start with one line naming the setting.
+
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::str::FromStr;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use url::Url;
+
+/// Command line of the `subscriber` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "subscriber",
+    version,
+    about = "Applies profile change events from SQS to the PostgreSQL analytics store.",
+    after_help = "Logging: RUST_LOG sets the level filter (tracing EnvFilter syntax, \
+                  e.g. `info,subscriber=debug`; default: info)."
+)]
+pub struct Cli {
+    /// Log format: `auto` is JSON when stdout is not a terminal and text when it is.
+    /// Default: auto.
+    #[arg(
+        long,
+        env = "TRIBUTARY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Auto,
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What the binary does.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive from the queue and apply to the analytics store until SIGTERM or SIGINT,
+    /// then finish the batches in flight and exit 0.
+    Run(RunConfig),
+    /// Apply the analytics store's pending migrations and exit.
+    Migrate(MigrateConfig),
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal (a container, a log shipper), text when it is.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The database connection setting shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL (`postgres://user:password@host:5432/db`). Required.
+    /// A secret: its password is never logged or shown.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: DatabaseUrl,
+}
+
+/// Settings of `subscriber migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateConfig {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Settings of `subscriber run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunConfig {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// URL of the SQS queue to consume. Required.
+    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = parse_http_url)]
+    pub queue_url: Url,
+
+    /// URL of the dead-letter queue that undecodable or refused messages are parked in.
+    /// Default: the queue's RedrivePolicy target; the subscriber refuses to start if
+    /// there is neither.
+    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = parse_http_url)]
+    pub dlq_url: Option<Url>,
+
+    /// Concurrent receive loops, each with at most one batch in flight. Default: 4.
+    #[arg(
+        long,
+        env = "SUBSCRIBER_WORKERS",
+        value_name = "N",
+        default_value = "4"
+    )]
+    pub workers: NonZeroUsize,
+
+    /// Messages asked for per ReceiveMessage call, 1 to 10 (the SQS limit). Default: 10.
+    #[arg(
+        long,
+        env = "SUBSCRIBER_MAX_MESSAGES",
+        value_name = "N",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u8).range(1..=10)
+    )]
+    pub max_messages: u8,
+
+    /// Long-poll wait per ReceiveMessage call, in seconds, 0 to 20 (the SQS limit).
+    /// Default: 20.
+    #[arg(
+        long,
+        env = "SUBSCRIBER_WAIT_TIME_SECS",
+        value_name = "SECS",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u8).range(0..=20)
+    )]
+    pub wait_time_secs: u8,
+
+    /// Maximum PostgreSQL connections in the pool. Default: workers + 1 (one per batch
+    /// in flight, one spare for isolation and migrations).
+    #[arg(long, env = "SUBSCRIBER_DB_MAX_CONNECTIONS", value_name = "N")]
+    pub db_max_connections: Option<NonZeroU32>,
+
+    /// Apply pending migrations before consuming (true/false). Default: false.
+    #[arg(
+        long,
+        env = "SUBSCRIBER_MIGRATE_ON_START",
+        value_name = "BOOL",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub migrate_on_start: bool,
+}
+
+impl RunConfig {
+    /// The pool size: the setting, or one connection per worker plus one.
+    pub fn db_max_connections(&self) -> u32 {
+        self.db_max_connections.map_or_else(
+            || u32::try_from(self.workers.get()).map_or(u32::MAX, |w| w.saturating_add(1)),
+            NonZeroU32::get,
+        )
+    }
+}
+
+fn parse_http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("scheme {other:?} is not http or https")),
+    }
+}
+
+/// A PostgreSQL connection URL: a secret. `Debug` and `Display` show it with the
+/// password replaced; [`DatabaseUrl::expose_secret`] is the only way to the original.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+/// Why a `DATABASE_URL` is refused. Never carries the value, which may hold a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseUrlError {
+    #[error("not a URL: {0}")]
+    NotAUrl(url::ParseError),
+    #[error("scheme must be postgres or postgresql")]
+    WrongScheme,
+}
+
+impl DatabaseUrl {
+    /// The URL with its password, to connect with. Never log it.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password (in the authority or a `password=` query parameter)
+    /// replaced by `REDACTED`.
+    pub fn redacted(&self) -> String {
+        let Ok(mut url) = Url::parse(&self.0) else {
+            return "<unparseable>".to_owned();
+        };
+        if url.password().is_some() {
+            // Fails only for URLs that cannot have a password, which this one has.
+            let _ = url.set_password(Some("REDACTED"));
+        }
+        if url.query_pairs().any(|(k, _)| k == "password") {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k == "password" {
+                        "REDACTED".into()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = DatabaseUrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let url = Url::parse(s).map_err(DatabaseUrlError::NotAUrl)?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(DatabaseUrlError::WrongScheme);
+        }
+        // Keep the string as given: sqlx reads it, and re-serialising could change it.
+        Ok(DatabaseUrl(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Cli {
+    /// Parses the command line and environment; on a bad or missing setting prints one
+    /// line naming the flag and its environment variable and exits with status 2.
+    pub fn parse_or_exit() -> Cli {
+        match Cli::try_parse() {
+            Ok(cli) => cli,
+            Err(e) => match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+                _ => {
+                    eprintln!("{}", one_line(&e));
+                    std::process::exit(2);
+                }
+            },
+        }
+    }
+}
+
+/// Renders a clap error as one line that names the environment variable too, and never
+/// echoes the value of a secret.
+fn one_line(e: &clap::Error) -> String {
+    let args: Vec<String> = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => vec![s.clone()],
+        Some(ContextValue::Strings(v)) => v.clone(),
+        Some(ContextValue::StyledStr(s)) => vec![s.to_string()],
+        Some(ContextValue::StyledStrs(v)) => v.iter().map(ToString::to_string).collect(),
+        _ => Vec::new(),
+    };
+    let named: Vec<String> = args
+        .iter()
+        .map(|arg| match env_of(arg) {
+            Some(env) => format!("{arg} (env {env})"),
+            None => arg.clone(),
+        })
+        .collect();
+    let reason = std::error::Error::source(e)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    match e.kind() {
+        ErrorKind::MissingRequiredArgument => {
+            format!("error: missing required setting {}", named.join(", "))
+        }
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation if !named.is_empty() => {
+            let secret = args.iter().any(|a| a.starts_with("--database-url"));
+            let value = match e.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(v)) if !secret => format!(" {v:?}"),
+                _ => String::new(),
+            };
+            let reason = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {reason}")
+            };
+            format!(
+                "error: invalid value{value} for {}{reason}",
+                named.join(", ")
+            )
+        }
+        _ => {
+            // Clap's own message up to the usage block, on one line.
+            let text = e.to_string();
+            let head: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect();
+            head.join(" ")
+        }
+    }
+}
+
+/// The environment variable of the flag `arg` names (`--workers <N>`), in any subcommand.
+fn env_of(arg: &str) -> Option<String> {
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let root = Cli::command();
+    let mut commands = vec![&root];
+    commands.extend(root.get_subcommands());
+    commands
+        .into_iter()
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn database_url_redacts_its_password_everywhere() {
+        let url: DatabaseUrl = "postgres://app:s3cret@db:5432/analytics".parse().unwrap();
+        assert_eq!(url.to_string(), "postgres://app:REDACTED@db:5432/analytics");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(
+            url.expose_secret(),
+            "postgres://app:s3cret@db:5432/analytics"
+        );
+
+        let in_query: DatabaseUrl = "postgresql://db/analytics?user=app&password=s3cret"
+            .parse()
+            .unwrap();
+        assert!(!in_query.to_string().contains("s3cret"));
+        assert!(in_query.to_string().contains("user=app"));
+    }
+
+    #[test]
+    fn database_url_without_password_is_shown_as_is() {
+        let url: DatabaseUrl = "postgres://postgres@127.0.0.1:5432/postgres"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgres://postgres@127.0.0.1:5432/postgres"
+        );
+    }
+
+    #[test]
+    fn database_url_must_be_postgres() {
+        assert_eq!(
+            "mysql://u:p@h/db".parse::<DatabaseUrl>(),
+            Err(DatabaseUrlError::WrongScheme)
+        );
+    }
+
+    fn run(args: &[&str]) -> Result<RunConfig, clap::Error> {
+        let mut argv = vec![
+            "subscriber",
+            "run",
+            "--database-url",
+            "postgres://u:pw@h/db",
+        ];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Run(config) => config,
+            Command::Migrate(_) => unreachable!("parsed run"),
+        })
+    }
+
+    #[test]
+    fn run_defaults_follow_the_documentation() {
+        let config = run(&["--queue-url", "http://127.0.0.1:4566/000000000000/q"]).unwrap();
+        assert_eq!(config.workers.get(), 4);
+        assert_eq!(config.max_messages, 10);
+        assert_eq!(config.wait_time_secs, 20);
+        assert_eq!(config.db_max_connections(), 5);
+        assert!(!config.migrate_on_start);
+        assert!(config.dlq_url.is_none());
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_naming_the_environment_variable() {
+        let q = "http://127.0.0.1:4566/000000000000/q";
+        for (args, env) in [
+            (
+                vec!["--queue-url", q, "--max-messages", "11"],
+                "SUBSCRIBER_MAX_MESSAGES",
+            ),
+            (
+                vec!["--queue-url", q, "--wait-time-secs", "21"],
+                "SUBSCRIBER_WAIT_TIME_SECS",
+            ),
+            (
+                vec!["--queue-url", q, "--workers", "0"],
+                "SUBSCRIBER_WORKERS",
+            ),
+            (vec!["--queue-url", "not a url"], "SUBSCRIBER_QUEUE_URL"),
+        ] {
+            let err = run(&args).unwrap_err();
+            let line = one_line(&err);
+            assert!(line.contains(env), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_bad_database_url_is_reported_without_its_value() {
+        let err = Cli::try_parse_from([
+            "subscriber",
+            "migrate",
+            "--database-url",
+            "mysql://u:s3cret@h/db",
+        ])
+        .unwrap_err();
+        let line = one_line(&err);
+        assert!(line.contains("DATABASE_URL"), "{line}");
+        assert!(!line.contains("s3cret"), "{line}");
+    }
+
+    #[test]
+    fn migrate_on_start_accepts_a_bare_flag_and_booleans() {
+        let q = "http://127.0.0.1:4566/000000000000/q";
+        assert!(
+            run(&["--queue-url", q, "--migrate-on-start"])
+                .unwrap()
+                .migrate_on_start
+        );
+        assert!(
+            run(&["--queue-url", q, "--migrate-on-start=true"])
+                .unwrap()
+                .migrate_on_start
+        );
+        assert!(
+            !run(&["--queue-url", q, "--migrate-on-start=false"])
+                .unwrap()
+                .migrate_on_start
+        );
+    }
+}

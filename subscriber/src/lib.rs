@@ -1,0 +1,62 @@
+//! The subscriber: SQS messages → change events → a transactional, version-guarded
+//! apply to the PostgreSQL analytics store.
+//!
+//! Nothing is acknowledged before its effect is durable: a batch is applied and
+//! committed in one transaction, and only then deleted from the queue. A message that
+//! can never be applied is parked in the dead-letter queue with a reason; a transient
+//! failure leaves the batch on the queue for a later, backed-off attempt.
+//!
+//! # Layout
+//! - [`config`] — typed settings from flags and environment variables (`subscriber run`,
+//!   `subscriber migrate`), the redacting [`config::DatabaseUrl`].
+//! - [`envelope`] — PURE: an SQS body (raw delivery or SNS-wrapped) → [`contracts::ChangeEvent`].
+//! - [`apply`] — SQL: a batch of events → one history insert and one guarded state upsert,
+//!   [`apply::ApplyError`] and its retry classification.
+//! - [`source`] — the SQS adapter: receive, batch delete, visibility changes, parking in
+//!   the DLQ.
+//! - [`worker`] — the receive loops, [`worker::process_batch`] (reusable by a Lambda
+//!   handler) and graceful shutdown.
+//! - [`telemetry`] — the tracing subscriber the binaries install.
+//! - [`MIGRATOR`] — the analytics store's migrations (`migrations/` at the workspace root).
+
+pub mod apply;
+pub mod config;
+pub mod envelope;
+pub mod source;
+pub mod telemetry;
+pub mod worker;
+
+/// The analytics store's schema migrations, embedded at compile time.
+///
+/// Forward-only; applied by `subscriber migrate`, or on start with
+/// `SUBSCRIBER_MIGRATE_ON_START=true`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// An error and its sources, joined by `: `: the whole story on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors (the SDK's) repeat their source in their own message.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_joins_the_sources() {
+        let err = crate::envelope::decode_body("{").unwrap_err();
+        let chain = crate::error_chain(&err);
+        assert!(
+            chain.starts_with("event does not decode: malformed json"),
+            "{chain}"
+        );
+    }
+}

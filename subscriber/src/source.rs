@@ -1,0 +1,780 @@
+//! The SQS adapter: receive, batch delete, visibility changes, and parking in the DLQ.
+//!
+//! Thin on purpose: what to delete, park or retry is decided by the worker; this module
+//! only speaks SQS, retries the entries of a batch call that failed, and keeps within
+//! the service's limits.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tracing::{debug, error, instrument, warn};
+use url::Url;
+
+use crate::error_chain;
+
+// SQS limits.
+// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html>
+// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-message-metadata.html>
+
+/// Most entries in one batch call, and most messages one ReceiveMessage returns.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+/// Largest message: body plus message attributes (names, types and values).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Most message attributes on one message.
+pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
+/// Longest long-poll wait of one ReceiveMessage call, in seconds.
+pub const MAX_WAIT_TIME_SECS: u8 = 20;
+/// Longest visibility timeout, in seconds (12 hours).
+pub const MAX_VISIBILITY_TIMEOUT_SECS: u64 = 43_200;
+
+/// Attribute on a parked message: the stable reason code (`malformed_json`,
+/// `apply_rejected`, …).
+pub const REASON_ATTRIBUTE: &str = "tributary-reason";
+/// Attribute on a parked message: the error, truncated to [`MAX_DETAIL_BYTES`].
+pub const DETAIL_ATTRIBUTE: &str = "tributary-detail";
+/// Attribute on a parked message: its message id in the main queue.
+pub const SOURCE_MESSAGE_ID_ATTRIBUTE: &str = "tributary-source-message-id";
+/// Longest [`DETAIL_ATTRIBUTE`] value, in bytes: enough for an error chain, small next
+/// to the message.
+pub const MAX_DETAIL_BYTES: usize = 1024;
+
+/// A message as received, with what the worker needs to settle it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedMessage {
+    pub message_id: String,
+    /// Needed to delete the message or change its visibility; valid for this receive only.
+    pub receipt_handle: String,
+    pub body: String,
+    /// `ApproximateReceiveCount`: 1 on first delivery. Drives the retry back-off.
+    pub receive_count: u32,
+    /// Copied to the DLQ when the message is parked.
+    pub message_attributes: HashMap<String, MessageAttributeValue>,
+}
+
+impl ReceivedMessage {
+    /// `None` for a message without id or receipt handle, which SQS always sets.
+    fn from_sdk(message: Message) -> Option<ReceivedMessage> {
+        let receive_count = message
+            .attributes
+            .as_ref()
+            .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        Some(ReceivedMessage {
+            message_id: message.message_id?,
+            receipt_handle: message.receipt_handle?,
+            body: message.body.unwrap_or_default(),
+            receive_count,
+            message_attributes: message.message_attributes.unwrap_or_default(),
+        })
+    }
+}
+
+/// The SQS call that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Receive,
+    Delete,
+    ChangeVisibility,
+    SendToDlq,
+    GetQueueAttributes,
+    GetQueueUrl,
+}
+
+impl Operation {
+    /// The SQS action name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Receive => "ReceiveMessage",
+            Operation::Delete => "DeleteMessageBatch",
+            Operation::ChangeVisibility => "ChangeMessageVisibilityBatch",
+            Operation::SendToDlq => "SendMessage",
+            Operation::GetQueueAttributes => "GetQueueAttributes",
+            Operation::GetQueueUrl => "GetQueueUrl",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an SQS call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The call itself failed (after the SDK's own retries).
+    #[error("{operation} on {queue_url} failed")]
+    Sdk {
+        operation: Operation,
+        queue_url: String,
+        /// Whether the failure was transient (network, throttling, a 5xx).
+        retryable: bool,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Some entries of a batch call still failed after the entry retries.
+    #[error("{operation} on {queue_url}: {failed} entries failed, first with {code}")]
+    EntriesFailed {
+        operation: Operation,
+        queue_url: String,
+        failed: usize,
+        code: String,
+    },
+    /// Neither a configured DLQ nor a RedrivePolicy on the queue.
+    #[error(
+        "queue {queue_url} has no RedrivePolicy and SUBSCRIBER_DLQ_URL is not set: refusing \
+         to start, as a message that can never be applied would have nowhere to go"
+    )]
+    NoDeadLetterQueue { queue_url: String },
+    /// The queue's RedrivePolicy could not be read.
+    #[error("queue {queue_url} has an unusable RedrivePolicy: {problem}")]
+    BadRedrivePolicy {
+        queue_url: String,
+        problem: &'static str,
+    },
+}
+
+impl SourceError {
+    /// Whether trying the same call again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Sdk { retryable, .. } => *retryable,
+            SourceError::EntriesFailed { .. } => true,
+            SourceError::NoDeadLetterQueue { .. } | SourceError::BadRedrivePolicy { .. } => false,
+        }
+    }
+}
+
+fn sdk_error<E>(operation: Operation, queue_url: &str, err: SdkError<E>) -> SourceError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => {
+            let throttled = matches!(
+                service.err().code(),
+                Some("ThrottlingException" | "RequestThrottled" | "ServiceUnavailable")
+            );
+            throttled || service.raw().status().is_server_error()
+        }
+        _ => false,
+    };
+    SourceError::Sdk {
+        operation,
+        queue_url: queue_url.to_owned(),
+        retryable,
+        source: Box::new(err),
+    }
+}
+
+/// Where messages that can never be applied go.
+///
+/// The container worker parks them itself ([`SqsSource::park`]: send to the DLQ, then
+/// delete); a Lambda handler would only send, and report the message as handled so the
+/// service deletes it.
+pub trait Parker: Sync {
+    /// Moves `message` out of the main queue into the DLQ with the reason attached.
+    ///
+    /// # Errors
+    /// The message could not be parked and must stay on the queue.
+    fn park(
+        &self,
+        message: &ReceivedMessage,
+        reason_code: &'static str,
+        detail: &str,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+}
+
+/// Receive settings, already validated by the config.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveSettings {
+    /// 1 ..= [`MAX_BATCH_ENTRIES`].
+    pub max_messages: u8,
+    /// 0 ..= [`MAX_WAIT_TIME_SECS`].
+    pub wait_time_secs: u8,
+}
+
+/// One SQS queue and its DLQ.
+#[derive(Debug, Clone)]
+pub struct SqsSource {
+    client: Client,
+    queue_url: String,
+    dlq_url: String,
+    receive: ReceiveSettings,
+}
+
+impl SqsSource {
+    /// Binds the queue and resolves its DLQ: `dlq_url` if given, else the queue's
+    /// RedrivePolicy target. Checks that the DLQ exists.
+    ///
+    /// # Errors
+    /// [`SourceError::NoDeadLetterQueue`] when there is no DLQ to park in; SQS errors.
+    #[instrument(skip_all, fields(queue_url = %queue_url), err)]
+    pub async fn connect(
+        client: Client,
+        queue_url: &Url,
+        dlq_url: Option<&Url>,
+        receive: ReceiveSettings,
+    ) -> Result<SqsSource, SourceError> {
+        let queue_url = queue_url.as_str().to_owned();
+        let dlq_url = match dlq_url {
+            Some(url) => url.as_str().to_owned(),
+            None => discover_dlq(&client, &queue_url).await?,
+        };
+        // Fail at start, not at the first poison message, if the DLQ is not there.
+        client
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| sdk_error(Operation::GetQueueAttributes, &dlq_url, e))?;
+        Ok(SqsSource {
+            client,
+            queue_url,
+            dlq_url,
+            receive: ReceiveSettings {
+                max_messages: receive.max_messages.clamp(1, MAX_BATCH_ENTRIES as u8),
+                wait_time_secs: receive.wait_time_secs.min(MAX_WAIT_TIME_SECS),
+            },
+        })
+    }
+
+    /// The main queue's URL.
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    /// The dead-letter queue's URL.
+    pub fn dlq_url(&self) -> &str {
+        &self.dlq_url
+    }
+
+    /// Long-polls for up to `max_messages` messages, with all their message attributes
+    /// and their receive count. An empty batch means the wait ended without messages.
+    ///
+    /// # Errors
+    /// [`SourceError::Sdk`].
+    pub async fn receive(&self) -> Result<Vec<ReceivedMessage>, SourceError> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(i32::from(self.receive.max_messages))
+            .wait_time_seconds(i32::from(self.receive.wait_time_secs))
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| sdk_error(Operation::Receive, &self.queue_url, e))?;
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| {
+                let message_id = m.message_id.clone();
+                let received = ReceivedMessage::from_sdk(m);
+                if received.is_none() {
+                    warn!(
+                        ?message_id,
+                        "Received a message without id or receipt handle, ignoring it."
+                    );
+                }
+                received
+            })
+            .collect())
+    }
+
+    /// Deletes the messages (in calls of at most [`MAX_BATCH_ENTRIES`]), retrying the
+    /// entries that failed transiently with exponential back-off and jitter.
+    ///
+    /// # Errors
+    /// [`SourceError::EntriesFailed`] if some entries could not be deleted: those
+    /// messages come back after their visibility timeout and are applied again, which
+    /// the idempotent apply makes harmless. [`SourceError::Sdk`] if a call failed.
+    #[instrument(skip_all, fields(messages = messages.len()))]
+    pub async fn delete_batch(&self, messages: &[&ReceivedMessage]) -> Result<(), SourceError> {
+        let queue_url = self.queue_url.as_str();
+        retry_failed_entries(Operation::Delete, queue_url, messages.len(), |indexes| {
+            let entries: Vec<_> = indexes
+                .iter()
+                .map(|&i| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(&messages[i].receipt_handle)
+                        .build()
+                        .expect("id and receipt handle are set")
+                })
+                .collect();
+            async move {
+                let output = self
+                    .client
+                    .delete_message_batch()
+                    .queue_url(queue_url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(Operation::Delete, queue_url, e))?;
+                Ok(failed_entries(output.failed()))
+            }
+        })
+        .await
+    }
+
+    /// Sets each message's visibility timeout (capped at
+    /// [`MAX_VISIBILITY_TIMEOUT_SECS`]), so it comes back after that delay.
+    ///
+    /// # Errors
+    /// As [`SqsSource::delete_batch`]; a message whose visibility could not be changed
+    /// simply comes back after the queue's default visibility timeout.
+    #[instrument(skip_all, fields(messages = changes.len()))]
+    pub async fn change_visibility_batch(
+        &self,
+        changes: &[(&ReceivedMessage, Duration)],
+    ) -> Result<(), SourceError> {
+        let queue_url = self.queue_url.as_str();
+        retry_failed_entries(
+            Operation::ChangeVisibility,
+            queue_url,
+            changes.len(),
+            |indexes| {
+                let entries: Vec<_> = indexes
+                    .iter()
+                    .map(|&i| {
+                        let (message, delay) = changes[i];
+                        let secs = delay.as_secs().min(MAX_VISIBILITY_TIMEOUT_SECS);
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(&message.receipt_handle)
+                            .visibility_timeout(i32::try_from(secs).expect("capped at 43200"))
+                            .build()
+                            .expect("id and receipt handle are set")
+                    })
+                    .collect();
+                async move {
+                    let output = self
+                        .client
+                        .change_message_visibility_batch()
+                        .queue_url(queue_url)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error(Operation::ChangeVisibility, queue_url, e))?;
+                    Ok(failed_entries(output.failed()))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Sends a copy of `message` to the DLQ: the original body and message attributes,
+    /// plus the reason, the detail and the original message id. Does not delete it.
+    ///
+    /// # Errors
+    /// [`SourceError::Sdk`]; the message must then stay on the main queue.
+    pub async fn send_to_dlq(
+        &self,
+        message: &ReceivedMessage,
+        reason_code: &'static str,
+        detail: &str,
+    ) -> Result<(), SourceError> {
+        let attributes = dlq_attributes(message, reason_code, detail);
+        self.client
+            .send_message()
+            .queue_url(&self.dlq_url)
+            .message_body(&message.body)
+            .set_message_attributes(Some(attributes))
+            .send()
+            .await
+            .map_err(|e| sdk_error(Operation::SendToDlq, &self.dlq_url, e))?;
+        Ok(())
+    }
+}
+
+impl Parker for SqsSource {
+    /// Sends to the DLQ first and deletes from the main queue after, so a crash in
+    /// between leaves a duplicate in the DLQ, never a lost message.
+    #[instrument(skip_all, fields(message_id = %message.message_id, reason = reason_code))]
+    async fn park(
+        &self,
+        message: &ReceivedMessage,
+        reason_code: &'static str,
+        detail: &str,
+    ) -> Result<(), SourceError> {
+        self.send_to_dlq(message, reason_code, detail).await?;
+        error!(
+            message_id = %message.message_id,
+            reason = reason_code,
+            detail,
+            dlq_url = %self.dlq_url,
+            "Message parked in the DLQ."
+        );
+        if let Err(e) = self.delete_batch(&[message]).await {
+            // It is safe in the DLQ; if it comes back it is parked again (a duplicate
+            // in the DLQ, which a redrive applies idempotently).
+            warn!(message_id = %message.message_id, error = %error_chain(&e), "Parked message not deleted from the queue.");
+        }
+        Ok(())
+    }
+}
+
+/// Runs a batch call over `total` entries, at most [`MAX_BATCH_ENTRIES`] per call, and
+/// calls again with only the entries that failed through no fault of ours, with
+/// exponential back-off and jitter. `send` gets entry indexes (also the entry ids) and
+/// returns the failed ones.
+async fn retry_failed_entries<F, Fut>(
+    operation: Operation,
+    queue_url: &str,
+    total: usize,
+    mut send: F,
+) -> Result<(), SourceError>
+where
+    F: FnMut(Vec<usize>) -> Fut,
+    Fut: Future<Output = Result<Vec<FailedEntry>, SourceError>>,
+{
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(5)
+        .with_jitter()
+        .build();
+    let mut pending: Vec<usize> = (0..total).collect();
+    let mut given_up: Vec<FailedEntry> = Vec::new();
+    while !pending.is_empty() {
+        let mut again = Vec::new();
+        for chunk in pending.chunks(MAX_BATCH_ENTRIES) {
+            for failed in send(chunk.to_vec()).await? {
+                if failed.sender_fault {
+                    // Our request was wrong for this entry (an expired receipt handle):
+                    // sending it again cannot help.
+                    given_up.push(failed);
+                } else {
+                    again.push(failed);
+                }
+            }
+        }
+        if again.is_empty() {
+            break;
+        }
+        let Some(delay) = backoff.next() else {
+            given_up.extend(again);
+            break;
+        };
+        warn!(%operation, entries = again.len(), delay_ms = delay.as_millis() as u64, code = %again[0].code, "Batch entries failed, retrying them.");
+        tokio::time::sleep(delay).await;
+        pending = again.into_iter().map(|f| f.index).collect();
+    }
+    match given_up.first() {
+        None => Ok(()),
+        Some(first) => Err(SourceError::EntriesFailed {
+            operation,
+            queue_url: queue_url.to_owned(),
+            failed: given_up.len(),
+            code: first.code.clone(),
+        }),
+    }
+}
+
+/// A batch entry SQS refused.
+#[derive(Debug)]
+struct FailedEntry {
+    index: usize,
+    sender_fault: bool,
+    code: String,
+}
+
+fn failed_entries(failed: &[aws_sdk_sqs::types::BatchResultErrorEntry]) -> Vec<FailedEntry> {
+    failed
+        .iter()
+        .filter_map(|f| match f.id().parse() {
+            Ok(index) => Some(FailedEntry {
+                index,
+                sender_fault: f.sender_fault(),
+                code: f.code().to_owned(),
+            }),
+            Err(_) => {
+                warn!(
+                    id = f.id(),
+                    code = f.code(),
+                    "SQS reported a failed entry we did not send."
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+/// The message attributes of a parked copy: ours (reason, detail, source message id)
+/// and as many of the original's as fit in [`MAX_MESSAGE_ATTRIBUTES`] and
+/// [`MAX_MESSAGE_BYTES`].
+///
+/// Binary attributes are not copied: moto (the emulator the tests run against) answers
+/// them with a checksum the SDK rejects, and our publisher sets none. Attributes from an
+/// earlier parking are replaced, not duplicated.
+pub fn dlq_attributes(
+    message: &ReceivedMessage,
+    reason_code: &str,
+    detail: &str,
+) -> HashMap<String, MessageAttributeValue> {
+    let ours = [
+        (REASON_ATTRIBUTE, reason_code.to_owned()),
+        (
+            DETAIL_ATTRIBUTE,
+            truncate(&sanitize(detail), MAX_DETAIL_BYTES),
+        ),
+        (SOURCE_MESSAGE_ID_ATTRIBUTE, message.message_id.clone()),
+    ];
+    let mut size = message.body.len();
+    let mut attributes = HashMap::new();
+    for (name, value) in ours {
+        let value = if value.is_empty() {
+            "-".to_owned()
+        } else {
+            value
+        };
+        size += name.len() + "String".len() + value.len();
+        attributes.insert(name.to_owned(), string_attribute(value));
+    }
+
+    let mut originals: Vec<(&String, &MessageAttributeValue)> = message
+        .message_attributes
+        .iter()
+        .filter(|(name, _)| !name.starts_with("tributary-"))
+        .filter(|(_, v)| v.data_type().starts_with("String") || v.data_type().starts_with("Number"))
+        .collect();
+    originals.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, value) in originals {
+        let len = name.len() + value.data_type().len() + value.string_value().map_or(0, str::len);
+        if attributes.len() >= MAX_MESSAGE_ATTRIBUTES || size + len > MAX_MESSAGE_BYTES {
+            debug!(attribute = %name, "Original attribute not copied to the DLQ: no room.");
+            continue;
+        }
+        size += len;
+        // Keep only what SendMessage accepts: a received value may carry list fields.
+        let copy = MessageAttributeValue::builder()
+            .data_type(value.data_type())
+            .set_string_value(value.string_value().map(str::to_owned))
+            .build()
+            .expect("data type is set");
+        attributes.insert(name.clone(), copy);
+    }
+    attributes
+}
+
+fn string_attribute(value: String) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("data type is set")
+}
+
+/// Replaces the characters SQS refuses in message attributes (controls other than tab,
+/// LF, CR; surrogates cannot occur in a Rust string).
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\t' | '\n' | '\r' => c,
+            c if c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}' => '\u{FFFD}',
+            c => c,
+        })
+        .collect()
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// The DLQ named by the queue's RedrivePolicy.
+async fn discover_dlq(client: &Client, queue_url: &str) -> Result<String, SourceError> {
+    let output = client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| sdk_error(Operation::GetQueueAttributes, queue_url, e))?;
+    let policy = output
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+        .ok_or_else(|| SourceError::NoDeadLetterQueue {
+            queue_url: queue_url.to_owned(),
+        })?;
+    let target =
+        dlq_from_redrive_policy(policy).map_err(|problem| SourceError::BadRedrivePolicy {
+            queue_url: queue_url.to_owned(),
+            problem,
+        })?;
+    let output = client
+        .get_queue_url()
+        .queue_name(&target.queue_name)
+        .queue_owner_aws_account_id(&target.account_id)
+        .send()
+        .await
+        .map_err(|e| sdk_error(Operation::GetQueueUrl, queue_url, e))?;
+    output
+        .queue_url()
+        .map(str::to_owned)
+        .ok_or(SourceError::BadRedrivePolicy {
+            queue_url: queue_url.to_owned(),
+            problem: "GetQueueUrl returned no URL for the deadLetterTargetArn",
+        })
+}
+
+/// The DLQ a RedrivePolicy points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedriveTarget {
+    pub account_id: String,
+    pub queue_name: String,
+}
+
+/// Reads `deadLetterTargetArn` (`arn:aws:sqs:region:account:name`) from a RedrivePolicy.
+///
+/// # Errors
+/// A short description of what is wrong with the policy.
+pub fn dlq_from_redrive_policy(policy: &str) -> Result<RedriveTarget, &'static str> {
+    let policy: serde_json::Value =
+        serde_json::from_str(policy).map_err(|_| "RedrivePolicy is not JSON")?;
+    let arn = policy
+        .get("deadLetterTargetArn")
+        .and_then(|v| v.as_str())
+        .ok_or("RedrivePolicy has no deadLetterTargetArn")?;
+    let parts: Vec<&str> = arn.split(':').collect();
+    match parts.as_slice() {
+        ["arn", _partition, "sqs", _region, account, name] if !name.is_empty() => {
+            Ok(RedriveTarget {
+                account_id: (*account).to_owned(),
+                queue_name: (*name).to_owned(),
+            })
+        }
+        _ => Err("deadLetterTargetArn is not an SQS queue ARN"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(attributes: &[(&str, &str, &str)]) -> ReceivedMessage {
+        ReceivedMessage {
+            message_id: "m-1".to_owned(),
+            receipt_handle: "rh-1".to_owned(),
+            body: "{}".to_owned(),
+            receive_count: 1,
+            message_attributes: attributes
+                .iter()
+                .map(|(name, data_type, value)| {
+                    let v = MessageAttributeValue::builder()
+                        .data_type(*data_type)
+                        .string_value(*value)
+                        .build()
+                        .unwrap();
+                    ((*name).to_owned(), v)
+                })
+                .collect(),
+        }
+    }
+
+    fn value<'a>(attrs: &'a HashMap<String, MessageAttributeValue>, name: &str) -> Option<&'a str> {
+        attrs.get(name).and_then(|v| v.string_value())
+    }
+
+    #[test]
+    fn parked_copy_carries_the_reason_and_the_original_attributes() {
+        let m = message(&[
+            ("event_type", "String", "profile.upserted"),
+            ("schema_version", "Number", "2"),
+        ]);
+        let attrs = dlq_attributes(&m, "malformed_json", "malformed json at line 1");
+        assert_eq!(value(&attrs, REASON_ATTRIBUTE), Some("malformed_json"));
+        assert_eq!(
+            value(&attrs, DETAIL_ATTRIBUTE),
+            Some("malformed json at line 1")
+        );
+        assert_eq!(value(&attrs, SOURCE_MESSAGE_ID_ATTRIBUTE), Some("m-1"));
+        assert_eq!(value(&attrs, "event_type"), Some("profile.upserted"));
+        assert_eq!(attrs["schema_version"].data_type(), "Number");
+    }
+
+    #[test]
+    fn parked_copy_keeps_within_ten_attributes() {
+        let names: Vec<String> = (0..12).map(|i| format!("a{i:02}")).collect();
+        let attrs: Vec<(&str, &str, &str)> =
+            names.iter().map(|n| (n.as_str(), "String", "v")).collect();
+        let out = dlq_attributes(&message(&attrs), "apply_rejected", "x");
+        assert_eq!(out.len(), MAX_MESSAGE_ATTRIBUTES);
+        assert!(out.contains_key(REASON_ATTRIBUTE));
+    }
+
+    #[test]
+    fn parked_copy_replaces_an_earlier_reason_and_skips_binary_attributes() {
+        let m = message(&[
+            (REASON_ATTRIBUTE, "String", "old_reason"),
+            ("blob", "Binary", ""),
+        ]);
+        let attrs = dlq_attributes(&m, "apply_rejected", "x");
+        assert_eq!(value(&attrs, REASON_ATTRIBUTE), Some("apply_rejected"));
+        assert!(!attrs.contains_key("blob"));
+    }
+
+    #[test]
+    fn detail_is_truncated_to_one_kibibyte_at_a_character_boundary() {
+        let detail = "é".repeat(1000);
+        let attrs = dlq_attributes(&message(&[]), "malformed_json", &detail);
+        let kept = value(&attrs, DETAIL_ATTRIBUTE).unwrap();
+        assert!(kept.len() <= MAX_DETAIL_BYTES && kept.len() >= MAX_DETAIL_BYTES - 1);
+        assert!(kept.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn detail_control_characters_are_replaced() {
+        let attrs = dlq_attributes(&message(&[]), "r", "a\0b\u{1}c\nd");
+        assert_eq!(
+            value(&attrs, DETAIL_ATTRIBUTE),
+            Some("a\u{FFFD}b\u{FFFD}c\nd")
+        );
+    }
+
+    #[test]
+    fn redrive_policy_names_the_dlq_by_its_arn() {
+        let policy = r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:123456789012:analytics-dlq","maxReceiveCount":"5"}"#;
+        assert_eq!(
+            dlq_from_redrive_policy(policy),
+            Ok(RedriveTarget {
+                account_id: "123456789012".into(),
+                queue_name: "analytics-dlq".into()
+            })
+        );
+    }
+
+    #[test]
+    fn redrive_policy_without_a_target_is_refused() {
+        assert!(dlq_from_redrive_policy(r#"{"maxReceiveCount":5}"#).is_err());
+        assert!(
+            dlq_from_redrive_policy(r#"{"deadLetterTargetArn":"arn:aws:sns:us-east-1:1:t"}"#)
+                .is_err()
+        );
+        assert!(dlq_from_redrive_policy("nope").is_err());
+    }
+}

@@ -1,0 +1,470 @@
+//! The end-to-end harness: real emulators (DynamoDB Local for the table and its stream,
+//! moto's server for SNS and SQS), a real PostgreSQL, and the real `publisher` and
+//! `subscriber` binaries as child processes.
+//!
+//! `scripts/test.sh` starts the emulators and exports their endpoints
+//! (`AWS_ENDPOINT_URL_*`) and `TRIBUTARY_TEST_DATABASE_URL`; every test builds its own
+//! [`Stack`] with random resource names and its own database, so tests run in parallel
+//! and leave nothing behind that another test could see. Every wait is bounded.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_dynamodb::types::AttributeValue as DdbValue;
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
+use contracts::{Position, Profile};
+use publisher::bootstrap::{Names, Resources, bootstrap};
+use publisher::demo::ProfileWriter;
+use publisher::pipeline::Clients;
+use publisher::record::{Item, project};
+use publisher::stream::convert_item;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool, Row};
+use tokio::process::{Child, Command};
+
+/// A random lowercase id for resource names.
+pub fn random_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..10).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect()
+}
+
+/// The directory holding the workspace's binaries (`target/debug`), found from the
+/// test executable's own path (`target/debug/deps/<test>`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TRIBUTARY_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let dir = exe.parent().and_then(|p| p.parent()).expect("tests run from target/<profile>/deps");
+    dir.to_path_buf()
+}
+
+/// Path of one workspace binary; fails clearly when it was not built.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!("{} not found: build the binaries first (cargo build --workspace --bins)", path.display());
+    }
+    Ok(path)
+}
+
+/// The environment a test needs, with a clear message when the emulators are not up.
+pub fn require_env() -> Result<String> {
+    for var in ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS"] {
+        if std::env::var_os(var).is_none() {
+            bail!("{var} is not set: run the tests with scripts/test.sh, which starts the emulators");
+        }
+    }
+    std::env::var("TRIBUTARY_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .context("TRIBUTARY_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh")
+}
+
+/// One test's private pipeline: table, stream, topic, queues, database.
+#[derive(Debug)]
+pub struct Stack {
+    pub id: String,
+    pub clients: Clients,
+    pub resources: Resources,
+    /// A second queue subscribed to the topic (raw delivery): a copy of every published
+    /// message, for counting and re-sending.
+    pub tap_queue_url: String,
+    pub database_url: String,
+    pub pool: PgPool,
+    admin_url: String,
+    database: String,
+}
+
+impl Stack {
+    /// Creates every resource with random names and a migrated database.
+    pub async fn new() -> Result<Stack> {
+        let admin_url = require_env()?;
+        let id = random_id();
+        let config = publisher::aws_config().await;
+        let clients = Clients::new(&config);
+        let names = Names {
+            table: format!("profiles-{id}"),
+            checkpoint_table: format!("checkpoints-{id}"),
+            topic: format!("profile-changes-{id}"),
+            queue: format!("analytics-{id}"),
+            dlq: format!("analytics-dlq-{id}"),
+            failure_queue: format!("publish-failures-{id}"),
+            max_receive_count: 5,
+            visibility_timeout_secs: 30,
+        };
+        let resources = bootstrap(&clients, &names).await.context("bootstrap")?;
+        // Bootstrap is idempotent: running it again finds the same resources.
+        let again = bootstrap(&clients, &names).await.context("second bootstrap")?;
+        anyhow::ensure!(again == resources, "bootstrap is not idempotent: {again:?} != {resources:?}");
+
+        let tap = clients.sqs.create_queue().queue_name(format!("tap-{id}")).send().await?;
+        let tap_queue_url = tap.queue_url.context("tap queue url")?;
+        let tap_arn = queue_arn(&clients, &tap_queue_url).await?;
+        clients
+            .sns
+            .subscribe()
+            .topic_arn(&resources.topic_arn)
+            .protocol("sqs")
+            .endpoint(tap_arn)
+            .attributes("RawMessageDelivery", "true")
+            .send()
+            .await?;
+
+        let database = format!("tributary_e2e_{id}");
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.context("connecting to PostgreSQL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&mut admin).await?;
+        admin.close().await?;
+        let options: PgConnectOptions = admin_url.parse()?;
+        let options = options.database(&database);
+        let database_url = options.to_url_lossy().to_string();
+        let pool = PgPoolOptions::new().max_connections(4).connect_with(options).await?;
+        subscriber::MIGRATOR.run(&pool).await.context("migrations")?;
+        Ok(Stack { id, clients, resources, tap_queue_url, database_url, pool, admin_url, database })
+    }
+
+    /// Drops the test's database (AWS resources are in-memory emulator state).
+    pub async fn teardown(self) -> Result<()> {
+        self.pool.close().await;
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database))).execute(&mut admin).await?;
+        Ok(())
+    }
+
+    pub fn writer(&self) -> ProfileWriter {
+        ProfileWriter::new(self.clients.dynamodb.clone(), self.resources.table.clone())
+    }
+
+    /// Starts the real `publisher` binary on this stack; extra flags appended.
+    pub fn spawn_publisher(&self, extra: &[&str]) -> Result<Child> {
+        let r = &self.resources;
+        let mut cmd = Command::new(bin("publisher")?);
+        cmd.args(["--table", &r.table, "--topic-arn", &r.topic_arn, "--checkpoint-table", &r.checkpoint_table])
+            .args(["--failure-queue-url", &r.failure_queue_url, "--lease-ttl-secs", "3", "--idle-poll-max-ms", "300"])
+            .args(extra)
+            .env("TRIBUTARY_LOG_FORMAT", "text")
+            .env("RUST_LOG", std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        Ok(cmd.spawn()?)
+    }
+
+    /// Starts the real `subscriber run` on this stack; extra flags appended.
+    pub fn spawn_subscriber(&self, extra: &[&str]) -> Result<Child> {
+        let r = &self.resources;
+        let mut cmd = Command::new(bin("subscriber")?);
+        cmd.arg("run")
+            .env("SUBSCRIBER_QUEUE_URL", &r.queue_url)
+            .env("SUBSCRIBER_DLQ_URL", &r.dlq_url)
+            .env("DATABASE_URL", &self.database_url)
+            .env("SUBSCRIBER_WAIT_TIME_SECS", "1")
+            .env("TRIBUTARY_LOG_FORMAT", "text")
+            .env("RUST_LOG", std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        Ok(cmd.spawn()?)
+    }
+
+    /// Every item in the source table, as the publisher's decoder sees it.
+    pub async fn source_items(&self) -> Result<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start: Option<std::collections::HashMap<String, DdbValue>> = None;
+        loop {
+            let out = self
+                .clients
+                .dynamodb
+                .scan()
+                .table_name(&self.resources.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await?;
+            for item in out.items.unwrap_or_default() {
+                items.push(convert_item(item.into_iter().map(|(k, v)| (k, to_streams_value(v))).collect()));
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(items)
+    }
+
+    /// What the analytics store must hold for every live source item.
+    pub async fn expected_live(&self) -> Result<BTreeMap<String, (Position, Profile)>> {
+        let mut out = BTreeMap::new();
+        for item in self.source_items().await? {
+            let (position, profile) = project(&item, "scan").map_err(|e| anyhow::anyhow!("{e}"))?;
+            out.insert(profile.user_id.clone(), (position, profile));
+        }
+        Ok(out)
+    }
+
+    /// The analytics store's rows.
+    pub async fn analytics_rows(&self) -> Result<BTreeMap<String, AnalyticsRow>> {
+        let rows = sqlx::query(
+            "SELECT user_id, deleted, generation, version, email, display_name, country, plan,
+                    marketing_email, marketing_sms, locale, time_zone, lifetime_value_cents::text AS ltv,
+                    created_at, updated_at
+             FROM analytics.user_profiles",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let r = AnalyticsRow {
+                user_id: row.try_get("user_id")?,
+                deleted: row.try_get("deleted")?,
+                position: Position { generation: row.try_get("generation")?, version: row.try_get("version")? },
+                email: row.try_get("email")?,
+                display_name: row.try_get("display_name")?,
+                country: row.try_get("country")?,
+                plan: row.try_get("plan")?,
+                marketing_email: row.try_get("marketing_email")?,
+                marketing_sms: row.try_get("marketing_sms")?,
+                locale: row.try_get("locale")?,
+                time_zone: row.try_get("time_zone")?,
+                lifetime_value_cents: row.try_get("ltv")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            };
+            out.insert(r.user_id.clone(), r);
+        }
+        Ok(out)
+    }
+
+    /// Differences between source and analytics: live rows must equal the projection of
+    /// the source item, every other row must be a tombstone. Empty when converged.
+    pub async fn drift(&self) -> Result<Vec<String>> {
+        let expected = self.expected_live().await?;
+        let rows = self.analytics_rows().await?;
+        let mut drift = Vec::new();
+        for (key, (position, profile)) in &expected {
+            match rows.get(key) {
+                None => drift.push(format!("{key}: missing")),
+                Some(row) => {
+                    let want = AnalyticsRow::live(*position, profile);
+                    if row != &want {
+                        drift.push(format!("{key}: stale or different\n  have {row:?}\n  want {want:?}"));
+                    }
+                }
+            }
+        }
+        for (key, row) in &rows {
+            if !expected.contains_key(key) && !row.deleted {
+                drift.push(format!("{key}: live in analytics, gone from the source"));
+            }
+        }
+        Ok(drift)
+    }
+
+    /// Waits until [`Stack::drift`] is empty; fails with the drift after `timeout`.
+    pub async fn wait_converged(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let drift = self.drift().await?;
+            if drift.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("not converged after {timeout:?}; {} keys drift, first: {}", drift.len(), drift[..drift.len().min(3)].join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// History rows, and how many distinct source changes they describe.
+    pub async fn history_counts(&self) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n, count(DISTINCT (key, generation, version, deleted)) AS d FROM analytics.profile_changes",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("d")?))
+    }
+
+    /// Receives and deletes every message of a queue until it stays empty for `quiet`.
+    pub async fn drain(&self, queue_url: &str, quiet: Duration, timeout: Duration) -> Result<Vec<Message>> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut last_seen = Instant::now();
+        while last_seen.elapsed() < quiet {
+            anyhow::ensure!(Instant::now() < deadline, "queue still not drained after {timeout:?}");
+            let msgs = self
+                .clients
+                .sqs
+                .receive_message()
+                .queue_url(queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await?
+                .messages
+                .unwrap_or_default();
+            if msgs.is_empty() {
+                continue;
+            }
+            last_seen = Instant::now();
+            for m in &msgs {
+                self.clients
+                    .sqs
+                    .delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
+                    .send()
+                    .await?;
+            }
+            out.extend(msgs);
+        }
+        Ok(out)
+    }
+
+    /// Sends bodies to the subscriber's queue, ten at a time.
+    pub async fn send_bodies(&self, bodies: &[String]) -> Result<()> {
+        for chunk in bodies.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(b)
+                        .build()
+                        .expect("id and body set")
+                })
+                .collect();
+            let out = self
+                .clients
+                .sqs
+                .send_message_batch()
+                .queue_url(&self.resources.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await?;
+            anyhow::ensure!(out.failed.is_empty(), "send failed: {:?}", out.failed);
+        }
+        Ok(())
+    }
+
+    /// Visible plus in-flight messages of a queue.
+    pub async fn queue_depth(&self, queue_url: &str) -> Result<u64> {
+        let attrs = self
+            .clients
+            .sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await?
+            .attributes
+            .unwrap_or_default();
+        let get = |k: &QueueAttributeName| attrs.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(get(&QueueAttributeName::ApproximateNumberOfMessages) + get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+    }
+}
+
+async fn queue_arn(clients: &Clients, url: &str) -> Result<String> {
+    clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .context("no QueueArn")
+}
+
+/// A row of `analytics.user_profiles`, in comparable form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalyticsRow {
+    pub user_id: String,
+    pub deleted: bool,
+    pub position: Position,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    pub country: Option<String>,
+    pub plan: Option<String>,
+    pub marketing_email: Option<bool>,
+    pub marketing_sms: Option<bool>,
+    pub locale: Option<String>,
+    pub time_zone: Option<String>,
+    pub lifetime_value_cents: Option<String>,
+    pub created_at: Option<time::OffsetDateTime>,
+    pub updated_at: Option<time::OffsetDateTime>,
+}
+
+impl AnalyticsRow {
+    /// The row a live profile at `position` must produce.
+    pub fn live(position: Position, p: &Profile) -> AnalyticsRow {
+        AnalyticsRow {
+            user_id: p.user_id.clone(),
+            deleted: false,
+            position,
+            email: Some(p.email.clone()),
+            display_name: Some(p.display_name.clone()),
+            country: p.country.clone(),
+            plan: Some(p.plan.clone()),
+            marketing_email: Some(p.consents.marketing_email),
+            marketing_sms: Some(p.consents.marketing_sms),
+            locale: p.locale.clone(),
+            time_zone: p.time_zone.clone(),
+            lifetime_value_cents: p.lifetime_value_cents.as_ref().map(|n| n.as_str().to_owned()),
+            created_at: Some(p.created_at),
+            updated_at: Some(p.updated_at),
+        }
+    }
+}
+
+fn to_streams_value(v: DdbValue) -> aws_sdk_dynamodbstreams::types::AttributeValue {
+    use aws_sdk_dynamodbstreams::primitives::Blob;
+    use aws_sdk_dynamodbstreams::types::AttributeValue as S;
+    match v {
+        DdbValue::S(s) => S::S(s),
+        DdbValue::N(n) => S::N(n),
+        DdbValue::B(b) => S::B(Blob::new(b.into_inner())),
+        DdbValue::Bool(b) => S::Bool(b),
+        DdbValue::Null(n) => S::Null(n),
+        DdbValue::M(m) => S::M(m.into_iter().map(|(k, v)| (k, to_streams_value(v))).collect()),
+        DdbValue::L(l) => S::L(l.into_iter().map(to_streams_value).collect()),
+        DdbValue::Ss(v) => S::Ss(v),
+        DdbValue::Ns(v) => S::Ns(v),
+        DdbValue::Bs(v) => S::Bs(v.into_iter().map(|b| Blob::new(b.into_inner())).collect()),
+        _ => S::Null(true),
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends SIGTERM and waits for the process to exit; returns its exit code.
+pub async fn terminate(child: &mut Child, timeout: Duration) -> Result<Option<i32>> {
+    let pid = child.id().context("process already reaped")?;
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+    let exit = tokio::time::timeout(timeout, child.wait()).await.context("process did not exit after SIGTERM")??;
+    Ok(exit.code())
+}
