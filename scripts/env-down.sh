@@ -2,7 +2,7 @@
 # Stops the emulators scripts/env-up.sh started, by the process ids it recorded.
 # PostgreSQL is the machine's and is left running.
 set -uo pipefail
-run="$(cd "$(dirname "$0")/.." && pwd)/.run"
+run="${TRIBUTARY_RUN_DIR:-$(cd "$(dirname "$0")/.." && pwd)/.run}"
 [ -f "$run/env" ] || exit 0
 # shellcheck disable=SC1091
 . "$run/env"

@@ -6,11 +6,13 @@
 #   - moto's server (SNS + SQS) from PyPI, in a virtualenv.
 # The emulators are installed once into $TRIBUTARY_CACHE (default ~/.cache/tributary)
 # and started on free loopback ports. `scripts/env-down.sh` stops what this started,
-# by process id. Idempotent: if .run/env describes live processes, it does nothing.
+# by process id. TRIBUTARY_RUN_DIR (default .run) holds the logs and the env file, so
+# the tests and the demo each keep their own emulators.
+# Idempotent: if $TRIBUTARY_RUN_DIR/env describes live processes, it does nothing.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-run="$root/.run"
+run="${TRIBUTARY_RUN_DIR:-$root/.run}"
 cache="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
 moto_version="${TRIBUTARY_MOTO_VERSION:-5.2.5}"
 ddb_version="${TRIBUTARY_DYNAMODB_LOCAL_VERSION:-11.1.0}"

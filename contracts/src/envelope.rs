@@ -230,15 +230,17 @@ pub fn decode(body: &[u8]) -> Result<ChangeEvent, DecodeError> {
     struct Probe {
         schema_version: Option<serde_json::Value>,
     }
-    let probe: Probe = serde_json::from_slice(body).map_err(|e| DecodeError::from_serde(e, None))?;
+    let probe: Probe =
+        serde_json::from_slice(body).map_err(|e| DecodeError::from_serde(e, None))?;
     let found = probe
         .schema_version
         .and_then(|v| v.as_u64())
         .ok_or(DecodeError::MissingSchemaVersion)?;
-    let version = SchemaVersion::from_number(found).ok_or(DecodeError::UnsupportedSchemaVersion {
-        found,
-        newest: crate::CURRENT_SCHEMA_VERSION.number(),
-    })?;
+    let version =
+        SchemaVersion::from_number(found).ok_or(DecodeError::UnsupportedSchemaVersion {
+            found,
+            newest: crate::CURRENT_SCHEMA_VERSION.number(),
+        })?;
     let parse_err = |e| DecodeError::from_serde(e, Some(version.number()));
     match version {
         SchemaVersion::V1 => {
@@ -273,7 +275,9 @@ fn validate<D>(
     let change = match (wire.event_type, wire.reason, wire.data) {
         (EventType::Deleted, Some(reason), None) => Change::Deleted(reason),
         (EventType::Deleted, None, _) => return Err(invalid(InvalidEvent::MissingReason)),
-        (EventType::Deleted, Some(_), Some(_)) => return Err(invalid(InvalidEvent::UnexpectedData)),
+        (EventType::Deleted, Some(_), Some(_)) => {
+            return Err(invalid(InvalidEvent::UnexpectedData));
+        }
         (_, Some(_), _) => return Err(invalid(InvalidEvent::UnexpectedReason)),
         (_, None, None) => return Err(invalid(InvalidEvent::MissingData)),
         (event_type, None, Some(data)) => {

@@ -171,23 +171,50 @@ mod tests {
             Err(NumberError::TooPrecise)
         );
         // Trailing zeros are not significant.
-        assert!("1234567890123456789012345678901234567800000".parse::<DdbNumber>().is_ok());
+        assert!(
+            "1234567890123456789012345678901234567800000"
+                .parse::<DdbNumber>()
+                .is_ok()
+        );
     }
 
     #[test]
     fn range_limits_follow_dynamodb() {
-        assert!("9.9999999999999999999999999999999999999E+125".parse::<DdbNumber>().is_ok());
+        assert!(
+            "9.9999999999999999999999999999999999999E+125"
+                .parse::<DdbNumber>()
+                .is_ok()
+        );
         assert_eq!("1E+126".parse::<DdbNumber>(), Err(NumberError::OutOfRange));
         assert!("1E-130".parse::<DdbNumber>().is_ok());
-        assert_eq!("0.1E-130".parse::<DdbNumber>(), Err(NumberError::OutOfRange));
+        assert_eq!(
+            "0.1E-130".parse::<DdbNumber>(),
+            Err(NumberError::OutOfRange)
+        );
         assert!("0".parse::<DdbNumber>().is_ok());
         assert!("-0.000".parse::<DdbNumber>().is_ok());
     }
 
     #[test]
     fn malformed_numbers_are_refused() {
-        for bad in ["", "-", ".", "1e", "1.2.3", "NaN", "inf", "1e1234567", " 1", "0x10", "1_000"] {
-            assert_eq!(bad.parse::<DdbNumber>(), Err(NumberError::Syntax), "{bad:?}");
+        for bad in [
+            "",
+            "-",
+            ".",
+            "1e",
+            "1.2.3",
+            "NaN",
+            "inf",
+            "1e1234567",
+            " 1",
+            "0x10",
+            "1_000",
+        ] {
+            assert_eq!(
+                bad.parse::<DdbNumber>(),
+                Err(NumberError::Syntax),
+                "{bad:?}"
+            );
         }
     }
 }

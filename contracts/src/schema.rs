@@ -26,12 +26,20 @@ pub fn render(version: SchemaVersion) -> String {
     }
     .to_value();
     let n = version.number();
-    let root = schema.as_object_mut().expect("a derived schema is an object");
+    let root = schema
+        .as_object_mut()
+        .expect("a derived schema is an object");
     root.insert(
         "$id".into(),
-        json!(format!("https://tributary.example/contracts/{}", file_name(version))),
+        json!(format!(
+            "https://tributary.example/contracts/{}",
+            file_name(version)
+        )),
     );
-    root.insert("title".into(), json!(format!("Profile change event, schema version {n}")));
+    root.insert(
+        "title".into(),
+        json!(format!("Profile change event, schema version {n}")),
+    );
     root["properties"]["schema_version"] = json!({ "const": n });
     // What serde's Option cannot say: data and reason depend on the event type.
     root.insert(
@@ -44,8 +52,8 @@ pub fn render(version: SchemaVersion) -> String {
             }
         }]),
     );
-    let mut text = serde_json::to_string_pretty(&Value::Object(root.clone()))
-        .expect("a schema serialises");
+    let mut text =
+        serde_json::to_string_pretty(&Value::Object(root.clone())).expect("a schema serialises");
     text.push('\n');
     text
 }

@@ -1,6 +1,8 @@
 //! The contract's files agree with its code: schemas regenerate identically, every
 //! fixture of every published version validates against its schema and decodes.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 use contracts::{Change, DecodeError, SchemaVersion, decode, schema};
@@ -54,10 +56,16 @@ fn every_fixture_validates_against_its_schema_and_decodes() {
     for version in SchemaVersion::ALL {
         let validator = validator(version);
         let fixtures = fixtures(version);
-        assert!(fixtures.len() >= 3, "v{version} needs upserted, deleted and snapshot fixtures");
+        assert!(
+            fixtures.len() >= 3,
+            "v{version} needs upserted, deleted and snapshot fixtures"
+        );
         for (path, text) in fixtures {
             let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+            let errors: Vec<String> = validator
+                .iter_errors(&json)
+                .map(|e| e.to_string())
+                .collect();
             assert!(errors.is_empty(), "{}: {errors:?}", path.display());
             let event = decode(text.as_bytes())
                 .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()));
@@ -81,7 +89,9 @@ fn current_fixtures_round_trip_byte_for_byte_in_meaning() {
 fn v1_fixtures_upcast_to_the_matching_v2_fixtures() {
     // Each v1 fixture has a v2 twin of the same name describing the same change.
     for (path, v1_text) in fixtures(SchemaVersion::V1) {
-        let twin = crate_dir().join("fixtures/v2").join(path.file_name().unwrap());
+        let twin = crate_dir()
+            .join("fixtures/v2")
+            .join(path.file_name().unwrap());
         let v2_text = std::fs::read_to_string(&twin).unwrap();
         let from_v1 = decode(v1_text.as_bytes()).unwrap();
         let from_v2 = decode(v2_text.as_bytes()).unwrap();
@@ -130,7 +140,13 @@ fn a_newer_schema_version_is_refused_with_a_typed_error() {
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
     json["schema_version"] = 3.into();
     let err = decode(&serde_json::to_vec(&json).unwrap()).unwrap_err();
-    assert_eq!(err, DecodeError::UnsupportedSchemaVersion { found: 3, newest: 2 });
+    assert_eq!(
+        err,
+        DecodeError::UnsupportedSchemaVersion {
+            found: 3,
+            newest: 2
+        }
+    );
     assert_eq!(err.reason_code(), "unsupported_schema_version");
 }
 
@@ -141,7 +157,9 @@ fn big_numbers_survive_decoding() {
         .find(|(p, _)| p.ends_with("upserted.json"))
         .unwrap();
     let event = decode(text.as_bytes()).unwrap();
-    let Change::Upserted(profile) = event.change else { panic!("not an upsert") };
+    let Change::Upserted(profile) = event.change else {
+        panic!("not an upsert")
+    };
     assert_eq!(
         profile.lifetime_value_cents.unwrap().as_str(),
         "98765432109876543210987654321098765432"

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
     StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification,
@@ -23,19 +23,35 @@ pub struct Names {
     #[arg(long, env = "BOOTSTRAP_TABLE", default_value = "profiles")]
     pub table: String,
     /// Publisher's lease and checkpoint table.
-    #[arg(long, env = "BOOTSTRAP_CHECKPOINT_TABLE", default_value = "tributary-checkpoints")]
+    #[arg(
+        long,
+        env = "BOOTSTRAP_CHECKPOINT_TABLE",
+        default_value = "tributary-checkpoints"
+    )]
     pub checkpoint_table: String,
     /// SNS topic the publisher publishes to.
     #[arg(long, env = "BOOTSTRAP_TOPIC", default_value = "profile-changes")]
     pub topic: String,
     /// The analytics subscriber's queue.
-    #[arg(long, env = "BOOTSTRAP_QUEUE", default_value = "analytics-profile-changes")]
+    #[arg(
+        long,
+        env = "BOOTSTRAP_QUEUE",
+        default_value = "analytics-profile-changes"
+    )]
     pub queue: String,
     /// Its dead-letter queue.
-    #[arg(long, env = "BOOTSTRAP_DLQ", default_value = "analytics-profile-changes-dlq")]
+    #[arg(
+        long,
+        env = "BOOTSTRAP_DLQ",
+        default_value = "analytics-profile-changes-dlq"
+    )]
     pub dlq: String,
     /// The publisher's failure queue for records that can never be published.
-    #[arg(long, env = "BOOTSTRAP_FAILURE_QUEUE", default_value = "profile-changes-publish-failures")]
+    #[arg(
+        long,
+        env = "BOOTSTRAP_FAILURE_QUEUE",
+        default_value = "profile-changes-publish-failures"
+    )]
     pub failure_queue: String,
     /// Receives before SQS moves a message to the DLQ by itself.
     #[arg(long, env = "BOOTSTRAP_MAX_RECEIVE_COUNT", default_value = "5")]
@@ -107,11 +123,16 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
         .name(&names.topic)
         .send()
         .await
-        .map_err(|e| fail(&names.topic, DisplayErrorContext(&e)))?
+        .map_err(|e| fail(&names.topic, crate::describe_sdk_error(&e)))?
         .topic_arn
         .ok_or_else(|| fail(&names.topic, "CreateTopic returned no ARN"))?;
 
-    let (dlq_url, dlq_arn) = ensure_queue(clients, &names.dlq, &[(QueueAttributeName::MessageRetentionPeriod, "1209600".into())]).await?;
+    let (dlq_url, dlq_arn) = ensure_queue(
+        clients,
+        &names.dlq,
+        &[(QueueAttributeName::MessageRetentionPeriod, "1209600".into())],
+    )
+    .await?;
     let redrive = serde_json::json!({
         "deadLetterTargetArn": dlq_arn,
         "maxReceiveCount": names.max_receive_count.to_string(),
@@ -122,12 +143,20 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
         &names.queue,
         &[
             (QueueAttributeName::RedrivePolicy, redrive),
-            (QueueAttributeName::VisibilityTimeout, names.visibility_timeout_secs.to_string()),
+            (
+                QueueAttributeName::VisibilityTimeout,
+                names.visibility_timeout_secs.to_string(),
+            ),
             (QueueAttributeName::MessageRetentionPeriod, "1209600".into()),
         ],
     )
     .await?;
-    let (failure_queue_url, _) = ensure_queue(clients, &names.failure_queue, &[(QueueAttributeName::MessageRetentionPeriod, "1209600".into())]).await?;
+    let (failure_queue_url, _) = ensure_queue(
+        clients,
+        &names.failure_queue,
+        &[(QueueAttributeName::MessageRetentionPeriod, "1209600".into())],
+    )
+    .await?;
 
     // Only this topic may send to the queue.
     let policy = serde_json::json!({
@@ -149,7 +178,7 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
         .attributes(QueueAttributeName::Policy, policy)
         .send()
         .await
-        .map_err(|e| fail(&names.queue, DisplayErrorContext(&e)))?;
+        .map_err(|e| fail(&names.queue, crate::describe_sdk_error(&e)))?;
 
     let subscription_arn = clients
         .sns
@@ -161,7 +190,12 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
         .return_subscription_arn(true)
         .send()
         .await
-        .map_err(|e| fail(format!("subscription {} → {}", names.topic, names.queue), DisplayErrorContext(&e)))?
+        .map_err(|e| {
+            fail(
+                format!("subscription {} → {}", names.topic, names.queue),
+                crate::describe_sdk_error(&e),
+            )
+        })?
         .subscription_arn
         .unwrap_or_default();
 
@@ -181,7 +215,12 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
 
 /// Creates a table keyed by one string attribute (with a stream when asked) unless it
 /// exists, waits for it to be ACTIVE, and returns its stream ARN (empty without one).
-async fn ensure_table(clients: &Clients, name: &str, key: &str, stream: bool) -> Result<String, BootstrapError> {
+async fn ensure_table(
+    clients: &Clients,
+    name: &str,
+    key: &str,
+    stream: bool,
+) -> Result<String, BootstrapError> {
     let mut create = clients
         .dynamodb
         .create_table()
@@ -213,7 +252,7 @@ async fn ensure_table(clients: &Clients, name: &str, key: &str, stream: bool) ->
     match create.send().await {
         Ok(_) => {}
         Err(e) if e.code() == Some("ResourceInUseException") => {}
-        Err(e) => return Err(fail(name, DisplayErrorContext(&e))),
+        Err(e) => return Err(fail(name, crate::describe_sdk_error(&e))),
     }
     for _ in 0..300 {
         let desc = clients
@@ -222,12 +261,15 @@ async fn ensure_table(clients: &Clients, name: &str, key: &str, stream: bool) ->
             .table_name(name)
             .send()
             .await
-            .map_err(|e| fail(name, DisplayErrorContext(&e)))?
+            .map_err(|e| fail(name, crate::describe_sdk_error(&e)))?
             .table
             .ok_or_else(|| fail(name, "DescribeTable returned no table"))?;
         if desc.table_status == Some(TableStatus::Active) {
             if stream {
-                let view = desc.stream_specification.as_ref().and_then(|s| s.stream_view_type.clone());
+                let view = desc
+                    .stream_specification
+                    .as_ref()
+                    .and_then(|s| s.stream_view_type.clone());
                 if view != Some(StreamViewType::NewAndOldImages) {
                     return Err(fail(name, "exists without a NEW_AND_OLD_IMAGES stream"));
                 }
@@ -265,7 +307,7 @@ async fn ensure_queue(
         .queue_name(name)
         .send()
         .await
-        .map_err(|e| fail(name, DisplayErrorContext(&e)))?
+        .map_err(|e| fail(name, crate::describe_sdk_error(&e)))?
         .queue_url
         .ok_or_else(|| fail(name, "CreateQueue returned no URL"))?;
     // Set attributes separately so a re-run with changed settings updates them instead
@@ -275,7 +317,9 @@ async fn ensure_queue(
         for (k, v) in attributes {
             req = req.attributes(k.clone(), v);
         }
-        req.send().await.map_err(|e| fail(name, DisplayErrorContext(&e)))?;
+        req.send()
+            .await
+            .map_err(|e| fail(name, crate::describe_sdk_error(&e)))?;
     }
     let arn = clients
         .sqs
@@ -284,7 +328,7 @@ async fn ensure_queue(
         .attribute_names(QueueAttributeName::QueueArn)
         .send()
         .await
-        .map_err(|e| fail(name, DisplayErrorContext(&e)))?
+        .map_err(|e| fail(name, crate::describe_sdk_error(&e)))?
         .attributes
         .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
         .ok_or_else(|| fail(name, "no QueueArn attribute"))?;

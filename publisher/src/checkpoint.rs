@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb as ddb;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use ddb::operation::transact_write_items::TransactWriteItemsError;
 use ddb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 
@@ -35,7 +35,10 @@ pub enum CheckpointError {
     #[error("lease on {stream_arn} lost to another publisher")]
     LeaseLost { stream_arn: String },
     #[error("checkpoint table call {operation} failed: {message}")]
-    Sdk { operation: &'static str, message: String },
+    Sdk {
+        operation: &'static str,
+        message: String,
+    },
 }
 
 impl CheckpointError {
@@ -51,7 +54,7 @@ fn sdk<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug
 ) -> CheckpointError {
     CheckpointError::Sdk {
         operation,
-        message: DisplayErrorContext(&err).to_string(),
+        message: crate::describe_sdk_error(&err),
     }
 }
 
@@ -117,7 +120,10 @@ impl CheckpointStore {
             .table_name(&self.table)
             .item(KEY_ATTRIBUTE, self.lease_key())
             .item("owner", AttributeValue::S(self.owner.clone()))
-            .item("expires_at_ms", AttributeValue::N((now + ttl.as_millis() as i64).to_string()))
+            .item(
+                "expires_at_ms",
+                AttributeValue::N((now + ttl.as_millis() as i64).to_string()),
+            )
             .condition_expression("attribute_not_exists(#pk) OR #owner = :me OR #exp < :now")
             .expression_attribute_names("#pk", KEY_ATTRIBUTE)
             .expression_attribute_names("#owner", "owner")
@@ -128,10 +134,12 @@ impl CheckpointStore {
             .await;
         match result {
             Ok(_) => Ok(None),
-            Err(err) if is_condition_failure(&err) => Ok(Some(self.holder().await?.unwrap_or(LeaseHolder {
-                owner: "<unknown>".into(),
-                expires_at_ms: now,
-            }))),
+            Err(err) if is_condition_failure(&err) => {
+                Ok(Some(self.holder().await?.unwrap_or(LeaseHolder {
+                    owner: "<unknown>".into(),
+                    expires_at_ms: now,
+                })))
+            }
             Err(err) => Err(sdk("PutItem", err)),
         }
     }
@@ -197,14 +205,24 @@ impl CheckpointStore {
         Ok(out
             .item
             .and_then(|item| string_attr(&item, "sequence_number"))
-            .map(|seq| if seq == SHARD_END { Checkpoint::Finished } else { Checkpoint::At(seq) }))
+            .map(|seq| {
+                if seq == SHARD_END {
+                    Checkpoint::Finished
+                } else {
+                    Checkpoint::At(seq)
+                }
+            }))
     }
 
     /// Records a shard's position, only while this publisher holds the lease.
     ///
     /// # Errors
     /// [`CheckpointError::LeaseLost`] when another publisher owns the stream now.
-    pub async fn save(&self, shard_id: &str, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+    pub async fn save(
+        &self,
+        shard_id: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError> {
         let seq = match checkpoint {
             Checkpoint::At(seq) => seq.clone(),
             Checkpoint::Finished => SHARD_END.to_owned(),
@@ -230,7 +248,11 @@ impl CheckpointStore {
         let result = self
             .client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().condition_check(lease_check).build())
+            .transact_items(
+                TransactWriteItem::builder()
+                    .condition_check(lease_check)
+                    .build(),
+            )
             .transact_items(TransactWriteItem::builder().put(put).build())
             .send()
             .await;

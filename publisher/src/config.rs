@@ -62,12 +62,22 @@ pub struct PublisherConfig {
     pub failure_queue_url: Option<String>,
 
     /// Where a shard without a checkpoint starts.
-    #[arg(long, env = "PUBLISHER_START_POSITION", value_enum, default_value = "trim-horizon")]
+    #[arg(
+        long,
+        env = "PUBLISHER_START_POSITION",
+        value_enum,
+        default_value = "trim-horizon"
+    )]
     pub start_position: StartPosition,
 
     /// Contract schema version to publish. 2 is current; 1 acts as a publisher that
     /// predates v2 (for rolling deploys).
-    #[arg(long, env = "PUBLISHER_SCHEMA_VERSION", value_enum, default_value = "2")]
+    #[arg(
+        long,
+        env = "PUBLISHER_SCHEMA_VERSION",
+        value_enum,
+        default_value = "2"
+    )]
     pub schema_version: EmitVersion,
 
     /// This publisher's name in the lease. Default: host name and process id.
@@ -76,20 +86,20 @@ pub struct PublisherConfig {
 
     /// Lease length in seconds; renewed every third of it. A crashed publisher's
     /// successor waits at most this long.
-    #[arg(long, env = "PUBLISHER_LEASE_TTL_SECS", default_value = "30", value_parser = parse_secs)]
+    #[arg(long = "lease-ttl-secs", env = "PUBLISHER_LEASE_TTL_SECS", default_value = "30", value_parser = parse_secs)]
     pub lease_ttl: Duration,
 
     /// Shortest pause, in milliseconds, before polling a shard that returned no records.
-    #[arg(long, env = "PUBLISHER_IDLE_POLL_MIN_MS", default_value = "200", value_parser = parse_millis)]
+    #[arg(long = "idle-poll-min-ms", env = "PUBLISHER_IDLE_POLL_MIN_MS", default_value = "200", value_parser = parse_millis)]
     pub idle_poll_min: Duration,
 
     /// Longest pause, in milliseconds, between polls of an idle shard (the pause doubles
     /// from the minimum while the shard stays idle). DynamoDB allows 5 reads/s per shard.
-    #[arg(long, env = "PUBLISHER_IDLE_POLL_MAX_MS", default_value = "1000", value_parser = parse_millis)]
+    #[arg(long = "idle-poll-max-ms", env = "PUBLISHER_IDLE_POLL_MAX_MS", default_value = "1000", value_parser = parse_millis)]
     pub idle_poll_max: Duration,
 
     /// Seconds between looks for new shards (children of split shards).
-    #[arg(long, env = "PUBLISHER_SHARD_DISCOVERY_SECS", default_value = "10", value_parser = parse_secs)]
+    #[arg(long = "shard-discovery-secs", env = "PUBLISHER_SHARD_DISCOVERY_SECS", default_value = "10", value_parser = parse_secs)]
     pub shard_discovery: Duration,
 
     /// Most shards read at once.
@@ -118,7 +128,9 @@ impl PublisherConfig {
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     match s.parse::<u64>() {
         Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
-        _ => Err(format!("{s:?} is not a whole number of seconds greater than 0")),
+        _ => Err(format!(
+            "{s:?} is not a whole number of seconds greater than 0"
+        )),
     }
 }
 
@@ -126,7 +138,9 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
 pub fn parse_millis(s: &str) -> Result<Duration, String> {
     match s.parse::<u64>() {
         Ok(n) if n > 0 => Ok(Duration::from_millis(n)),
-        _ => Err(format!("{s:?} is not a whole number of milliseconds greater than 0")),
+        _ => Err(format!(
+            "{s:?} is not a whole number of milliseconds greater than 0"
+        )),
     }
 }
 
@@ -134,7 +148,10 @@ pub fn parse_millis(s: &str) -> Result<Duration, String> {
 pub fn parse_url(s: &str) -> Result<String, String> {
     match url::Url::parse(s) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(s.to_owned()),
-        Ok(u) => Err(format!("{s:?} is a {} URL; an http(s) queue URL is expected", u.scheme())),
+        Ok(u) => Err(format!(
+            "{s:?} is a {} URL; an http(s) queue URL is expected",
+            u.scheme()
+        )),
         Err(e) => Err(format!("{s:?} is not a URL: {e}")),
     }
 }
@@ -145,7 +162,9 @@ pub fn parse_arn(s: &str) -> Result<String, String> {
     if parts.len() == 6 && parts[0] == "arn" && !parts[2].is_empty() && !parts[5].is_empty() {
         Ok(s.to_owned())
     } else {
-        Err(format!("{s:?} is not an ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"))
+        Err(format!(
+            "{s:?} is not an ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"
+        ))
     }
 }
 
@@ -164,14 +183,19 @@ mod tests {
     fn args(overrides: &[(&'static str, &'static str)]) -> Vec<&'static str> {
         let mut settings = vec![
             ("--table", "profiles"),
-            ("--topic-arn", "arn:aws:sns:us-east-1:123456789012:profile-changes"),
+            (
+                "--topic-arn",
+                "arn:aws:sns:us-east-1:123456789012:profile-changes",
+            ),
             ("--checkpoint-table", "cp"),
         ];
         for (flag, value) in overrides {
             settings.retain(|(f, _)| f != flag);
             settings.push((flag, value));
         }
-        std::iter::once("publisher").chain(settings.into_iter().flat_map(|(f, v)| [f, v])).collect()
+        std::iter::once("publisher")
+            .chain(settings.into_iter().flat_map(|(f, v)| [f, v]))
+            .collect()
     }
 
     #[test]
@@ -179,7 +203,10 @@ mod tests {
         let cli = Cli::try_parse_from(args(&[])).unwrap();
         assert_eq!(cli.config.lease_ttl, Duration::from_secs(30));
         assert_eq!(cli.config.start_position, StartPosition::TrimHorizon);
-        assert_eq!(SchemaVersion::from(cli.config.schema_version), SchemaVersion::V2);
+        assert_eq!(
+            SchemaVersion::from(cli.config.schema_version),
+            SchemaVersion::V2
+        );
     }
 
     #[test]
@@ -193,7 +220,10 @@ mod tests {
         ] {
             let err = Cli::try_parse_from(args(&[(flag, value)])).unwrap_err();
             assert!(
-                matches!(err.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation),
+                matches!(
+                    err.kind(),
+                    ErrorKind::InvalidValue | ErrorKind::ValueValidation
+                ),
                 "{flag}: {err}"
             );
             assert!(err.to_string().contains(flag), "{flag}: {err}");

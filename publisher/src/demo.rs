@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb as ddb;
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use ddb::types::AttributeValue;
 use rand::Rng;
 use rand::seq::IndexedRandom;
@@ -39,17 +38,27 @@ pub struct ProfileItem {
     pub password_hash: Vec<u8>,
 }
 
-const FIRST: [&str; 10] = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Leslie"];
-const LAST: [&str; 8] = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Lamport"];
+const FIRST: [&str; 10] = [
+    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Leslie",
+];
+const LAST: [&str; 8] = [
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Lamport",
+];
 const COUNTRIES: [&str; 8] = ["GB", "US", "DE", "FR", "IN", "BR", "JP", "NG"];
 const PLANS: [&str; 4] = ["free", "pro", "business", "enterprise"];
 const LOCALES: [&str; 5] = ["en-GB", "en-US", "de-DE", "fr-FR", "pt-BR"];
-const ZONES: [&str; 4] = ["Europe/London", "America/New_York", "Europe/Berlin", "Asia/Tokyo"];
+const ZONES: [&str; 4] = [
+    "Europe/London",
+    "America/New_York",
+    "Europe/Berlin",
+    "Asia/Tokyo",
+];
 
 /// Now, to the microsecond (the contract's generation unit).
 pub fn now_micros() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1000 * 1000).expect("a truncated nanosecond is valid")
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .expect("a truncated nanosecond is valid")
 }
 
 impl ProfileItem {
@@ -61,9 +70,15 @@ impl ProfileItem {
         let last = LAST.choose(rng).expect("non-empty");
         ProfileItem {
             user_id: user_id.to_owned(),
-            email: format!("{}.{}+{user_id}@example.com", first.to_lowercase(), last.to_lowercase()),
+            email: format!(
+                "{}.{}+{user_id}@example.com",
+                first.to_lowercase(),
+                last.to_lowercase()
+            ),
             display_name: format!("{first} {last}"),
-            country: rng.random_bool(0.9).then(|| COUNTRIES.choose(rng).expect("non-empty").to_string()),
+            country: rng
+                .random_bool(0.9)
+                .then(|| COUNTRIES.choose(rng).expect("non-empty").to_string()),
             plan: PLANS.choose(rng).expect("non-empty").to_string(),
             marketing_email: rng.random_bool(0.4),
             marketing_sms: v2_fields.then(|| rng.random_bool(0.2)),
@@ -84,7 +99,11 @@ impl ProfileItem {
             0 => self.plan = PLANS.choose(rng).expect("non-empty").to_string(),
             1 => {
                 self.lifetime_value_cents = if rng.random_bool(0.1) {
-                    format!("{}{:020}", rng.random_range(1_000_000_000u64..9_999_999_999), rng.random::<u64>() % 10u64.pow(19))
+                    format!(
+                        "{}{:020}",
+                        rng.random_range(1_000_000_000u64..9_999_999_999),
+                        rng.random::<u64>() % 10u64.pow(19)
+                    )
                 } else {
                     (rng.random_range(0..10_000_000u64)).to_string()
                 }
@@ -92,7 +111,10 @@ impl ProfileItem {
             2 => self.marketing_email = !self.marketing_email,
             _ => {
                 let first = FIRST.choose(rng).expect("non-empty");
-                self.display_name = format!("{first} {}", self.display_name.split(' ').next_back().unwrap_or(""));
+                self.display_name = format!(
+                    "{first} {}",
+                    self.display_name.split(' ').next_back().unwrap_or("")
+                );
             }
         }
         self.updated_at = now_micros().max(self.updated_at);
@@ -102,18 +124,31 @@ impl ProfileItem {
     /// The DynamoDB item.
     pub fn to_item(&self) -> HashMap<String, AttributeValue> {
         let s = |v: &str| AttributeValue::S(v.to_owned());
-        let ts = |t: &OffsetDateTime| AttributeValue::S(t.format(&Rfc3339).expect("a UTC time formats"));
+        let ts =
+            |t: &OffsetDateTime| AttributeValue::S(t.format(&Rfc3339).expect("a UTC time formats"));
         let mut item = HashMap::from([
             (attr::USER_ID.to_owned(), s(&self.user_id)),
             (attr::EMAIL.to_owned(), s(&self.email)),
             (attr::DISPLAY_NAME.to_owned(), s(&self.display_name)),
             (attr::PLAN.to_owned(), s(&self.plan)),
-            (attr::MARKETING_EMAIL.to_owned(), AttributeValue::Bool(self.marketing_email)),
-            (attr::LIFETIME_VALUE_CENTS.to_owned(), AttributeValue::N(self.lifetime_value_cents.clone())),
+            (
+                attr::MARKETING_EMAIL.to_owned(),
+                AttributeValue::Bool(self.marketing_email),
+            ),
+            (
+                attr::LIFETIME_VALUE_CENTS.to_owned(),
+                AttributeValue::N(self.lifetime_value_cents.clone()),
+            ),
             (attr::CREATED_AT.to_owned(), ts(&self.created_at)),
             (attr::UPDATED_AT.to_owned(), ts(&self.updated_at)),
-            (attr::VERSION.to_owned(), AttributeValue::N(self.version.to_string())),
-            ("password_hash".to_owned(), AttributeValue::B(self.password_hash.clone().into())),
+            (
+                attr::VERSION.to_owned(),
+                AttributeValue::N(self.version.to_string()),
+            ),
+            (
+                "password_hash".to_owned(),
+                AttributeValue::B(self.password_hash.clone().into()),
+            ),
         ]);
         if let Some(c) = &self.country {
             item.insert(attr::COUNTRY.to_owned(), s(c));
@@ -164,7 +199,10 @@ impl ProfileWriter {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| WriteError { user_id: item.user_id.clone(), message: DisplayErrorContext(&e).to_string() })
+            .map_err(|e| WriteError {
+                user_id: item.user_id.clone(),
+                message: crate::describe_sdk_error(&e),
+            })
     }
 
     /// Replaces a profile whose stored version is `item.version - 1`.
@@ -178,11 +216,17 @@ impl ProfileWriter {
             .set_item(Some(item.to_item()))
             .condition_expression("#v = :expected")
             .expression_attribute_names("#v", attr::VERSION)
-            .expression_attribute_values(":expected", AttributeValue::N((item.version - 1).to_string()))
+            .expression_attribute_values(
+                ":expected",
+                AttributeValue::N((item.version - 1).to_string()),
+            )
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| WriteError { user_id: item.user_id.clone(), message: DisplayErrorContext(&e).to_string() })
+            .map_err(|e| WriteError {
+                user_id: item.user_id.clone(),
+                message: crate::describe_sdk_error(&e),
+            })
     }
 
     /// Deletes a profile at the version the caller last saw.
@@ -200,7 +244,10 @@ impl ProfileWriter {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| WriteError { user_id: item.user_id.clone(), message: DisplayErrorContext(&e).to_string() })
+            .map_err(|e| WriteError {
+                user_id: item.user_id.clone(),
+                message: crate::describe_sdk_error(&e),
+            })
     }
 }
 
@@ -232,7 +279,10 @@ pub struct Traffic {
 impl Traffic {
     /// Keys are `<prefix>-<n>`.
     pub fn new(prefix: &str) -> Self {
-        Traffic { prefix: prefix.to_owned(), ..Traffic::default() }
+        Traffic {
+            prefix: prefix.to_owned(),
+            ..Traffic::default()
+        }
     }
 
     /// Performs one mutation chosen like real traffic: new sign-ups until `keys` profiles
@@ -240,11 +290,23 @@ impl Traffic {
     ///
     /// # Errors
     /// [`WriteError`] when the table refuses a write.
-    pub async fn step(&mut self, writer: &ProfileWriter, rng: &mut impl Rng, keys: usize, v2_fields: bool) -> Result<(), WriteError> {
+    pub async fn step(
+        &mut self,
+        writer: &ProfileWriter,
+        rng: &mut impl Rng,
+        keys: usize,
+        v2_fields: bool,
+    ) -> Result<(), WriteError> {
         let roll = rng.random_range(0..100);
-        if self.live.len() < keys.min(5) || (self.live.len() + self.deleted.len() < keys && roll < 20) {
+        if self.live.len() < keys.min(5)
+            || (self.live.len() + self.deleted.len() < keys && (16..36).contains(&roll))
+        {
             self.next_id += 1;
-            let item = ProfileItem::random(rng, &format!("{}-{:06}", self.prefix, self.next_id), v2_fields);
+            let item = ProfileItem::random(
+                rng,
+                &format!("{}-{:06}", self.prefix, self.next_id),
+                v2_fields,
+            );
             writer.create(&item).await?;
             self.live.push(item);
             self.stats.creates += 1;
@@ -277,8 +339,7 @@ impl Traffic {
         Ok(())
     }
 
-    /// Runs `count` mutations at about `rate` per second (0 = as fast as possible), or
-    /// until `shutdown`.
+    /// Runs `plan.count` mutations at about `plan.rate` per second, or until `shutdown`.
     ///
     /// # Errors
     /// [`WriteError`] when the table refuses a write.
@@ -286,15 +347,12 @@ impl Traffic {
         &mut self,
         writer: &ProfileWriter,
         rng: &mut impl Rng,
-        keys: usize,
-        count: u64,
-        rate: u32,
-        v2_fields: bool,
+        plan: &TrafficPlan,
         shutdown: &CancellationToken,
     ) -> Result<(), WriteError> {
-        let period = (rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(rate)));
+        let period = (plan.rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(plan.rate)));
         let mut ticker = period.map(tokio::time::interval);
-        for _ in 0..count {
+        for _ in 0..plan.count {
             if let Some(t) = ticker.as_mut() {
                 tokio::select! {
                     _ = t.tick() => {}
@@ -303,8 +361,44 @@ impl Traffic {
             } else if shutdown.is_cancelled() {
                 return Ok(());
             }
-            self.step(writer, rng, keys, v2_fields).await?;
+            self.step(writer, rng, plan.keys, plan.v2_fields).await?;
         }
         Ok(())
+    }
+}
+
+/// How much traffic to write, and how fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficPlan {
+    /// Distinct profiles to create before mostly editing.
+    pub keys: usize,
+    /// Mutations to perform.
+    pub count: u64,
+    /// Mutations per second; 0 = as fast as the table takes them.
+    pub rate: u32,
+    /// Whether items get the attributes only schema v2 carries.
+    pub v2_fields: bool,
+}
+
+impl TrafficPlan {
+    /// `count` mutations over `keys` profiles, unthrottled, with v2 attributes.
+    pub fn new(keys: usize, count: u64) -> Self {
+        TrafficPlan {
+            keys,
+            count,
+            rate: 0,
+            v2_fields: true,
+        }
+    }
+
+    pub fn rate(self, rate: u32) -> Self {
+        TrafficPlan { rate, ..self }
+    }
+
+    pub fn v1_items(self) -> Self {
+        TrafficPlan {
+            v2_fields: false,
+            ..self
+        }
     }
 }

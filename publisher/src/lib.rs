@@ -34,3 +34,18 @@ pub async fn aws_config() -> aws_config::SdkConfig {
         .load()
         .await
 }
+
+/// One line for an AWS SDK error: the service's code and message when the service
+/// answered, the full error chain otherwise (timeouts, connection failures).
+pub fn describe_sdk_error<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    match (err.code(), err.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string(),
+    }
+}

@@ -2,7 +2,6 @@
 //! with its reason, so that it neither stalls its shard nor is lost.
 
 use aws_sdk_sqs as sqs;
-use aws_sdk_sqs::error::DisplayErrorContext;
 use sqs::types::MessageAttributeValue;
 use tracing::error;
 
@@ -64,11 +63,14 @@ impl FailureQueue {
             .queue_url(url)
             .message_body(body)
             .message_attributes("tributary-reason", attr(&parked.reason))
-            .message_attributes("tributary-detail", attr(if detail.is_empty() { "-" } else { &detail }))
+            .message_attributes(
+                "tributary-detail",
+                attr(if detail.is_empty() { "-" } else { &detail }),
+            )
             .message_attributes("tributary-shard", attr(&parked.shard_id))
             .send()
             .await
-            .map_err(|e| ParkError::Send(DisplayErrorContext(&e).to_string()))?;
+            .map_err(|e| ParkError::Send(crate::describe_sdk_error(&e)))?;
         error!(
             shard_id = %parked.shard_id,
             sequence_number = parked.record.sequence_number.as_deref().unwrap_or("-"),

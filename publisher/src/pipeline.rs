@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use contracts::SchemaVersion;
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
@@ -31,14 +30,19 @@ pub enum PipelineError {
     #[error("table {table:?} has no stream; enable one with StreamViewType NEW_AND_OLD_IMAGES")]
     NoStream { table: String },
     #[error("stream {stream_arn} has view type {view_type}; NEW_AND_OLD_IMAGES is required")]
-    WrongViewType { stream_arn: String, view_type: String },
+    WrongViewType {
+        stream_arn: String,
+        view_type: String,
+    },
     #[error("describing table {table:?}: {message}")]
     DescribeTable { table: String, message: String },
     #[error(transparent)]
     Stream(#[from] StreamError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("record {sequence_number} of shard {shard_id} can be neither published nor parked: {source}")]
+    #[error(
+        "record {sequence_number} of shard {shard_id} can be neither published nor parked: {source}"
+    )]
     Park {
         shard_id: String,
         sequence_number: String,
@@ -120,20 +124,31 @@ pub async fn resolve_stream(clients: &Clients, table: &str) -> Result<String, Pi
         .await
         .map_err(|e| PipelineError::DescribeTable {
             table: table.to_owned(),
-            message: DisplayErrorContext(&e).to_string(),
+            message: crate::describe_sdk_error(&e),
         })?;
-    let desc = out.table.ok_or_else(|| PipelineError::NoStream { table: table.to_owned() })?;
+    let desc = out.table.ok_or_else(|| PipelineError::NoStream {
+        table: table.to_owned(),
+    })?;
     let stream_arn = desc
         .latest_stream_arn
-        .filter(|_| desc.stream_specification.as_ref().is_some_and(|s| s.stream_enabled))
-        .ok_or_else(|| PipelineError::NoStream { table: table.to_owned() })?;
+        .filter(|_| {
+            desc.stream_specification
+                .as_ref()
+                .is_some_and(|s| s.stream_enabled)
+        })
+        .ok_or_else(|| PipelineError::NoStream {
+            table: table.to_owned(),
+        })?;
     let view = desc
         .stream_specification
         .and_then(|s| s.stream_view_type)
         .map(|v| v.as_str().to_owned())
         .unwrap_or_default();
     if view != "NEW_AND_OLD_IMAGES" {
-        return Err(PipelineError::WrongViewType { stream_arn, view_type: view });
+        return Err(PipelineError::WrongViewType {
+            stream_arn,
+            view_type: view,
+        });
     }
     Ok(stream_arn)
 }
@@ -143,7 +158,10 @@ impl Pipeline {
     ///
     /// # Errors
     /// [`PipelineError`] when the table or its stream is unusable.
-    pub async fn build(config: &PublisherConfig, clients: &Clients) -> Result<Pipeline, PipelineError> {
+    pub async fn build(
+        config: &PublisherConfig,
+        clients: &Clients,
+    ) -> Result<Pipeline, PipelineError> {
         let stream_arn = resolve_stream(clients, &config.table).await?;
         Ok(Pipeline {
             reader: StreamReader::new(clients.streams.clone(), stream_arn.clone()),
@@ -265,7 +283,10 @@ impl Pipeline {
         }
     }
 
-    async fn schedule_shards(self: &Arc<Self>, work: &CancellationToken) -> Result<(), PipelineError> {
+    async fn schedule_shards(
+        self: &Arc<Self>,
+        work: &CancellationToken,
+    ) -> Result<(), PipelineError> {
         let mut finished: HashSet<String> = HashSet::new();
         let mut known: HashMap<String, Option<Checkpoint>> = HashMap::new();
         let mut active: HashSet<String> = HashSet::new();
@@ -355,7 +376,12 @@ impl Pipeline {
     }
 
     /// Reads one shard until it ends (`Ok(true)`) or work stops (`Ok(false)`).
-    async fn read_shard(&self, shard_id: &str, mut start: StartAt, work: &CancellationToken) -> Result<bool, PipelineError> {
+    async fn read_shard(
+        &self,
+        shard_id: &str,
+        mut start: StartAt,
+        work: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
         let mut iterator: Option<String> = None;
         let mut idle = self.pacing.idle_min;
         let mut failures: u32 = 0;
@@ -423,7 +449,9 @@ impl Pipeline {
             }
             match batch.next_iterator {
                 None => {
-                    self.checkpoints.save(shard_id, &Checkpoint::Finished).await?;
+                    self.checkpoints
+                        .save(shard_id, &Checkpoint::Finished)
+                        .await?;
                     return Ok(true);
                 }
                 Some(next) => iterator = Some(next),
@@ -464,7 +492,10 @@ impl Pipeline {
                     encoded.push(Encoded::new(&event, self.emit));
                 }
                 Ok(None) => Stats::add(&self.stats.records_skipped, 1),
-                Err(e) => self.park(shard_id, record, e.reason_code(), e.to_string()).await?,
+                Err(e) => {
+                    self.park(shard_id, record, e.reason_code(), e.to_string())
+                        .await?
+                }
             }
         }
         let count = encoded.len();
@@ -481,19 +512,36 @@ impl Pipeline {
         Stats::add(&self.stats.events_published, report.published);
         Stats::add(&self.stats.publish_retries, report.retries);
         for (enc, rejected) in &report.rejected {
-            let record = by_event.get(&enc.event_id).map(|i| &records[*i]).expect("rejected events come from this batch");
-            self.park(shard_id, record, rejected.reason_code, rejected.detail.clone()).await?;
+            let record = by_event
+                .get(&enc.event_id)
+                .map(|i| &records[*i])
+                .expect("rejected events come from this batch");
+            self.park(
+                shard_id,
+                record,
+                rejected.reason_code,
+                rejected.detail.clone(),
+            )
+            .await?;
         }
         let last = records.iter().rev().find_map(|r| r.sequence_number.clone());
         if let Some(seq) = &last {
-            self.checkpoints.save(shard_id, &Checkpoint::At(seq.clone())).await?;
+            self.checkpoints
+                .save(shard_id, &Checkpoint::At(seq.clone()))
+                .await?;
             Stats::add(&self.stats.checkpoints_written, 1);
         }
         debug!(%shard_id, records = records.len(), events = count, checkpoint = last.as_deref().unwrap_or("-"), "Batch published.");
         Ok(Published::Through(last))
     }
 
-    async fn park(&self, shard_id: &str, record: &StreamRecord, reason: &str, detail: String) -> Result<(), PipelineError> {
+    async fn park(
+        &self,
+        shard_id: &str,
+        record: &StreamRecord,
+        reason: &str,
+        detail: String,
+    ) -> Result<(), PipelineError> {
         let parked = ParkedRecord {
             reason: reason.to_owned(),
             detail,
@@ -501,11 +549,14 @@ impl Pipeline {
             shard_id: shard_id.to_owned(),
             record: record.clone(),
         };
-        self.failures.park(&parked).await.map_err(|source| PipelineError::Park {
-            shard_id: shard_id.to_owned(),
-            sequence_number: record.sequence_number.clone().unwrap_or_default(),
-            source,
-        })?;
+        self.failures
+            .park(&parked)
+            .await
+            .map_err(|source| PipelineError::Park {
+                shard_id: shard_id.to_owned(),
+                sequence_number: record.sequence_number.clone().unwrap_or_default(),
+                source,
+            })?;
         Stats::add(&self.stats.records_parked, 1);
         Ok(())
     }
@@ -522,7 +573,9 @@ enum Published {
 
 /// Exponential back-off with full jitter: 100 ms doubling to 20 s.
 pub fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(100).saturating_mul(1u32 << attempt.min(8)).min(Duration::from_secs(20));
+    let cap = Duration::from_millis(100)
+        .saturating_mul(1u32 << attempt.min(8))
+        .min(Duration::from_secs(20));
     let millis = rand::random_range(0..=cap.as_millis() as u64);
     Duration::from_millis(millis.max(10))
 }

@@ -103,7 +103,10 @@ pub enum RecordError {
     #[error("record {record:?} has no {which} image; the stream must be NEW_AND_OLD_IMAGES")]
     MissingImage { record: String, which: &'static str },
     #[error("record {record:?} has no attribute {attribute:?}")]
-    MissingAttribute { record: String, attribute: &'static str },
+    MissingAttribute {
+        record: String,
+        attribute: &'static str,
+    },
     #[error("record {record:?}: attribute {attribute:?} is {found}, expected {expected}")]
     WrongType {
         record: String,
@@ -158,27 +161,32 @@ pub fn to_event(
     let key = string(&record.keys, attr::USER_ID, &label)?;
     let (position, change) = match record.event_name {
         EventName::Insert | EventName::Modify => {
-            let new = record.new_image.as_ref().ok_or_else(|| RecordError::MissingImage {
-                record: label.clone(),
-                which: "new",
-            })?;
+            let new = record
+                .new_image
+                .as_ref()
+                .ok_or_else(|| RecordError::MissingImage {
+                    record: label.clone(),
+                    which: "new",
+                })?;
             let (position, profile) = project(new, &label)?;
-            if record.event_name == EventName::Modify {
-                if let Some(old) = &record.old_image {
-                    // An old image that no longer projects (e.g. a fixed bad attribute) is
-                    // a change, so only an equal projection is skipped.
-                    if project(old, &label).ok().as_ref() == Some(&(position, profile.clone())) {
-                        return Ok(None);
-                    }
-                }
+            // An old image that no longer projects (e.g. a fixed bad attribute) is a
+            // change, so only an equal projection is skipped.
+            if record.event_name == EventName::Modify
+                && let Some(old) = &record.old_image
+                && project(old, &label).ok().as_ref() == Some(&(position, profile.clone()))
+            {
+                return Ok(None);
             }
             (position, Change::Upserted(profile))
         }
         EventName::Remove => {
-            let old = record.old_image.as_ref().ok_or_else(|| RecordError::MissingImage {
-                record: label.clone(),
-                which: "old",
-            })?;
+            let old = record
+                .old_image
+                .as_ref()
+                .ok_or_else(|| RecordError::MissingImage {
+                    record: label.clone(),
+                    which: "old",
+                })?;
             let position = position_of(old, &label)?;
             let reason = match &record.user_identity {
                 Some((kind, principal)) if kind == "Service" && principal == TTL_PRINCIPAL => {
@@ -189,10 +197,10 @@ pub fn to_event(
             (position, Change::Deleted(reason))
         }
     };
-    if let Some(profile) = change.profile() {
-        if profile.user_id != key {
-            return Err(RecordError::KeyMismatch { record: label });
-        }
+    if let Some(profile) = change.profile()
+        && profile.user_id != key
+    {
+        return Err(RecordError::KeyMismatch { record: label });
     }
     let event_id = match &record.event_id {
         Some(id) if !id.is_empty() => id.clone(),
@@ -285,12 +293,19 @@ pub fn position_of(item: &Item, label: &str) -> Result<Position, RecordError> {
             });
         }
     };
-    let version = raw.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| RecordError::BadValue {
-        record: label.to_owned(),
-        attribute: attr::VERSION,
-        problem: format!("{raw:?} is not an integer in 0..=2^63-1"),
-    })?;
-    Ok(Position { generation, version })
+    let version =
+        raw.parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| RecordError::BadValue {
+                record: label.to_owned(),
+                attribute: attr::VERSION,
+                problem: format!("{raw:?} is not an integer in 0..=2^63-1"),
+            })?;
+    Ok(Position {
+        generation,
+        version,
+    })
 }
 
 fn record_label(record: &StreamRecord) -> String {
@@ -301,7 +316,12 @@ fn record_label(record: &StreamRecord) -> String {
         .unwrap_or_else(|| "<no sequence number>".into())
 }
 
-fn wrong_type(label: &str, attribute: &'static str, expected: &'static str, found: &AttributeValue) -> RecordError {
+fn wrong_type(
+    label: &str,
+    attribute: &'static str,
+    expected: &'static str,
+    found: &AttributeValue,
+) -> RecordError {
     RecordError::WrongType {
         record: label.to_owned(),
         attribute,
@@ -333,16 +353,22 @@ fn opt_bool(item: &Item, name: &'static str, label: &str) -> Result<Option<bool>
     }
 }
 
-fn opt_number(item: &Item, name: &'static str, label: &str) -> Result<Option<DdbNumber>, RecordError> {
+fn opt_number(
+    item: &Item,
+    name: &'static str,
+    label: &str,
+) -> Result<Option<DdbNumber>, RecordError> {
     match item.get(name) {
         None | Some(AttributeValue::Null) => Ok(None),
-        Some(AttributeValue::N(n)) => n.parse().map(Some).map_err(|e: contracts::number::NumberError| {
-            RecordError::BadValue {
-                record: label.to_owned(),
-                attribute: name,
-                problem: e.to_string(),
-            }
-        }),
+        Some(AttributeValue::N(n)) => {
+            n.parse()
+                .map(Some)
+                .map_err(|e: contracts::number::NumberError| RecordError::BadValue {
+                    record: label.to_owned(),
+                    attribute: name,
+                    problem: e.to_string(),
+                })
+        }
         Some(other) => Err(wrong_type(label, name, "N", other)),
     }
 }
@@ -408,15 +434,30 @@ mod tests {
 
     #[test]
     fn insert_becomes_an_upsert_at_the_items_position() {
-        let event = to_event(&record(EventName::Insert, None, Some(item(1))), &origin(), now())
-            .unwrap()
-            .unwrap();
+        let event = to_event(
+            &record(EventName::Insert, None, Some(item(1))),
+            &origin(),
+            now(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(event.event_id, "e-1");
         assert_eq!(event.key, "u-1");
-        assert_eq!(event.position, Position { generation: 1_795_167_000_123_456, version: 1 });
-        let Change::Upserted(p) = &event.change else { panic!() };
+        assert_eq!(
+            event.position,
+            Position {
+                generation: 1_795_167_000_123_456,
+                version: 1
+            }
+        );
+        let Change::Upserted(p) = &event.change else {
+            panic!()
+        };
         assert!(p.consents.marketing_email);
-        assert!(!p.consents.marketing_sms, "an absent attribute projects to no consent");
+        assert!(
+            !p.consents.marketing_sms,
+            "an absent attribute projects to no consent"
+        );
         assert_eq!(event.source.sequence_number.as_deref(), Some("100"));
         // No ApproximateCreationDateTime: the item's updated_at is when it happened.
         assert_eq!(event.occurred_at, p.updated_at);
@@ -427,20 +468,36 @@ mod tests {
         let old = item(3);
         let mut new = item(3);
         new.insert("password_hash".into(), AttributeValue::B(vec![9]));
-        assert_eq!(to_event(&record(EventName::Modify, Some(old), Some(new)), &origin(), now()), Ok(None));
+        assert_eq!(
+            to_event(
+                &record(EventName::Modify, Some(old), Some(new)),
+                &origin(),
+                now()
+            ),
+            Ok(None)
+        );
     }
 
     #[test]
     fn modify_that_bumps_the_version_is_published() {
-        let event = to_event(&record(EventName::Modify, Some(item(3)), Some(item(4))), &origin(), now()).unwrap();
+        let event = to_event(
+            &record(EventName::Modify, Some(item(3)), Some(item(4))),
+            &origin(),
+            now(),
+        )
+        .unwrap();
         assert_eq!(event.unwrap().position.version, 4);
     }
 
     #[test]
     fn remove_takes_its_position_from_the_old_image() {
-        let event = to_event(&record(EventName::Remove, Some(item(5)), None), &origin(), now())
-            .unwrap()
-            .unwrap();
+        let event = to_event(
+            &record(EventName::Remove, Some(item(5)), None),
+            &origin(),
+            now(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(event.change, Change::Deleted(DeleteReason::Deleted));
         assert_eq!(event.position.version, 5);
     }
@@ -464,8 +521,11 @@ mod tests {
         let mut i = item(1);
         let big = "12345678901234567890123456789012345678";
         i.insert("lifetime_value_cents".into(), AttributeValue::N(big.into()));
-        let event = to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap().unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&event.encode(SchemaVersion::V2)).unwrap();
+        let event = to_event(&record(EventName::Insert, None, Some(i)), &origin(), now())
+            .unwrap()
+            .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&event.encode(SchemaVersion::V2)).unwrap();
         assert_eq!(json["data"]["lifetime_value_cents"], big);
     }
 
@@ -473,10 +533,16 @@ mod tests {
     fn wrong_attribute_types_are_named_in_the_error() {
         let mut i = item(1);
         i.insert("email".into(), AttributeValue::Ss(vec!["a".into()]));
-        let err = to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
+        let err =
+            to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
         assert_eq!(
             err,
-            RecordError::WrongType { record: "100".into(), attribute: "email", expected: "S", found: "SS" }
+            RecordError::WrongType {
+                record: "100".into(),
+                attribute: "email",
+                expected: "S",
+                found: "SS"
+            }
         );
     }
 
@@ -485,7 +551,8 @@ mod tests {
         for bad in ["1.5", "-1", "99999999999999999999", "1e3"] {
             let mut i = item(1);
             i.insert("version".into(), AttributeValue::N(bad.into()));
-            let err = to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
+            let err =
+                to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
             assert_eq!(err.reason_code(), "bad_attribute_value", "{bad}");
         }
     }
@@ -494,7 +561,8 @@ mod tests {
     fn an_item_whose_user_id_differs_from_the_key_is_refused() {
         let mut i = item(1);
         i.insert("user_id".into(), s("u-2"));
-        let err = to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
+        let err =
+            to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
         assert_eq!(err.reason_code(), "key_mismatch");
     }
 

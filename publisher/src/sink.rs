@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use aws_sdk_sns as sns;
-use aws_sdk_sns::error::DisplayErrorContext;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use contracts::{ChangeEvent, SchemaVersion};
 use sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
@@ -78,7 +77,10 @@ pub fn plan_batches(events: Vec<Encoded>) -> (Vec<Vec<Encoded>>, Vec<(Encoded, R
             let r = Rejected {
                 event_id: event.event_id.clone(),
                 reason_code: "message_too_large",
-                detail: format!("{} bytes encoded, SNS accepts at most {MAX_PAYLOAD_BYTES}", event.body.len()),
+                detail: format!(
+                    "{} bytes encoded, SNS accepts at most {MAX_PAYLOAD_BYTES}",
+                    event.body.len()
+                ),
             };
             rejected.push((event, r));
             continue;
@@ -128,8 +130,8 @@ pub fn entry_for(id: usize, event: &Encoded, fifo: bool) -> PublishBatchRequestE
 /// A FIFO deduplication id from an event id: the id itself when it fits the 128
 /// characters SNS allows, its SHA-256 otherwise.
 fn dedup_id(event_id: &str) -> String {
-    let fits = event_id.len() <= MAX_DEDUPLICATION_ID
-        && event_id.bytes().all(|b| b.is_ascii_graphic());
+    let fits =
+        event_id.len() <= MAX_DEDUPLICATION_ID && event_id.bytes().all(|b| b.is_ascii_graphic());
     if fits {
         event_id.to_owned()
     } else {
@@ -248,14 +250,23 @@ impl SnsSink {
                     let mut taken: Vec<Option<Encoded>> = batch.into_iter().map(Some).collect();
                     report.published += out.successful().len();
                     for failed in out.failed() {
-                        let Some(event) = failed.id().parse::<usize>().ok().and_then(|i| taken.get_mut(i)?.take()) else {
+                        let Some(event) = failed
+                            .id()
+                            .parse::<usize>()
+                            .ok()
+                            .and_then(|i| taken.get_mut(i)?.take())
+                        else {
                             continue;
                         };
                         if failed.sender_fault() {
                             let r = Rejected {
                                 event_id: event.event_id.clone(),
                                 reason_code: "rejected_by_sns",
-                                detail: format!("{}: {}", failed.code(), failed.message().unwrap_or_default()),
+                                detail: format!(
+                                    "{}: {}",
+                                    failed.code(),
+                                    failed.message().unwrap_or_default()
+                                ),
                             };
                             report.rejected.push((event, r));
                         } else {
@@ -267,13 +278,17 @@ impl SnsSink {
                     // send it again.
                     for (i, event) in taken.into_iter().enumerate() {
                         let Some(event) = event else { continue };
-                        if !out.successful().iter().any(|s| s.id() == Some(i.to_string().as_str())) {
+                        if !out
+                            .successful()
+                            .iter()
+                            .any(|s| s.id() == Some(i.to_string().as_str()))
+                        {
                             retry.push(event);
                         }
                     }
                 }
                 Err(err) => {
-                    warn!(error = %DisplayErrorContext(&err), entries = batch.len(), "PublishBatch failed, will retry.");
+                    warn!(error = %crate::describe_sdk_error(&err), entries = batch.len(), "PublishBatch failed, will retry.");
                     retry = batch;
                 }
             }
@@ -308,14 +323,20 @@ mod tests {
     #[test]
     fn batches_hold_at_most_ten_entries() {
         let (batches, rejected) = plan_batches((0..25).map(|i| encoded(i, 10)).collect());
-        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 5]);
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![10, 10, 5]
+        );
         assert!(rejected.is_empty());
     }
 
     #[test]
     fn batches_stay_under_the_payload_limit() {
         let (batches, _) = plan_batches((0..5).map(|i| encoded(i, 100_000)).collect());
-        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![2, 2, 1]
+        );
         for b in &batches {
             assert!(b.iter().map(Encoded::size).sum::<usize>() <= MAX_PAYLOAD_BYTES);
         }
@@ -323,7 +344,8 @@ mod tests {
 
     #[test]
     fn an_oversize_message_is_rejected_without_blocking_the_rest() {
-        let (batches, rejected) = plan_batches(vec![encoded(0, 10), encoded(1, 300_000), encoded(2, 10)]);
+        let (batches, rejected) =
+            plan_batches(vec![encoded(0, 10), encoded(1, 300_000), encoded(2, 10)]);
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].len(), 2);
         assert_eq!(rejected.len(), 1);

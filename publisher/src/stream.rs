@@ -76,7 +76,7 @@ impl StreamError {
             }
             _ => StreamError::Sdk {
                 operation,
-                message: aws_sdk_dynamodbstreams::error::DisplayErrorContext(&err).to_string(),
+                message: crate::describe_sdk_error(&err),
                 code,
             },
         }
@@ -125,10 +125,17 @@ impl StreamReader {
                 .send()
                 .await
                 .map_err(|e| StreamError::from_sdk("DescribeStream", e))?;
-            let Some(desc) = out.stream_description else { break };
-            view_type = desc.stream_view_type.as_ref().map(|v| v.as_str().to_owned());
+            let Some(desc) = out.stream_description else {
+                break;
+            };
+            view_type = desc
+                .stream_view_type
+                .as_ref()
+                .map(|v| v.as_str().to_owned());
             for shard in desc.shards.unwrap_or_default() {
-                let Some(shard_id) = shard.shard_id else { continue };
+                let Some(shard_id) = shard.shard_id else {
+                    continue;
+                };
                 shards.push(ShardInfo {
                     shard_id,
                     parent_shard_id: shard.parent_shard_id,
@@ -184,7 +191,12 @@ impl StreamReader {
             .await
             .map_err(|e| StreamError::from_sdk("GetRecords", e))?;
         Ok(Batch {
-            records: out.records.unwrap_or_default().into_iter().filter_map(from_sdk_record).collect(),
+            records: out
+                .records
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(from_sdk_record)
+                .collect(),
             next_iterator: out.next_shard_iterator,
         })
     }
@@ -227,18 +239,23 @@ fn from_sdk_record(record: st::Record) -> Option<StreamRecord> {
         new_image: data.new_image.map(convert_item),
         old_image: data.old_image.map(convert_item),
         sequence_number: data.sequence_number,
-        approximate_creation: data.approximate_creation_date_time.and_then(|t| {
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_nanos())).ok()
+        approximate_creation: data
+            .approximate_creation_date_time
+            .and_then(|t| OffsetDateTime::from_unix_timestamp_nanos(t.as_nanos()).ok()),
+        user_identity: record.user_identity.map(|u| {
+            (
+                u.r#type.unwrap_or_default(),
+                u.principal_id.unwrap_or_default(),
+            )
         }),
-        user_identity: record
-            .user_identity
-            .map(|u| (u.r#type.unwrap_or_default(), u.principal_id.unwrap_or_default())),
     })
 }
 
 /// SDK item → our item type.
 pub fn convert_item(item: HashMap<String, st::AttributeValue>) -> Item {
-    item.into_iter().map(|(k, v)| (k, convert_value(v))).collect::<BTreeMap<_, _>>()
+    item.into_iter()
+        .map(|(k, v)| (k, convert_value(v)))
+        .collect::<BTreeMap<_, _>>()
 }
 
 fn convert_value(v: st::AttributeValue) -> AttributeValue {
@@ -252,7 +269,9 @@ fn convert_value(v: st::AttributeValue) -> AttributeValue {
         st::AttributeValue::L(l) => AttributeValue::L(l.into_iter().map(convert_value).collect()),
         st::AttributeValue::Ss(v) => AttributeValue::Ss(v),
         st::AttributeValue::Ns(v) => AttributeValue::Ns(v),
-        st::AttributeValue::Bs(v) => AttributeValue::Bs(v.into_iter().map(|b| b.into_inner()).collect()),
+        st::AttributeValue::Bs(v) => {
+            AttributeValue::Bs(v.into_iter().map(|b| b.into_inner()).collect())
+        }
         // A type added to the API after this build: keep the record moving to the
         // decoder, which refuses it with a named attribute.
         _ => AttributeValue::Null,
@@ -286,15 +305,24 @@ mod tests {
             shard("a2", Some("a")),
         ];
         assert_eq!(ready_shards(&shards, &set(&[]), &set(&[])), vec!["root"]);
-        assert_eq!(ready_shards(&shards, &set(&["root"]), &set(&[])), vec!["a", "b"]);
-        assert_eq!(ready_shards(&shards, &set(&["root", "a"]), &set(&["b"])), vec!["a1", "a2"]);
+        assert_eq!(
+            ready_shards(&shards, &set(&["root"]), &set(&[])),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            ready_shards(&shards, &set(&["root", "a"]), &set(&["b"])),
+            vec!["a1", "a2"]
+        );
         assert!(ready_shards(&shards, &set(&["root", "a", "b", "a1", "a2"]), &set(&[])).is_empty());
     }
 
     #[test]
     fn a_child_whose_parent_was_trimmed_away_is_ready() {
         let shards = [shard("child", Some("gone")), shard("other", None)];
-        assert_eq!(ready_shards(&shards, &set(&[]), &set(&[])), vec!["child", "other"]);
+        assert_eq!(
+            ready_shards(&shards, &set(&[]), &set(&[])),
+            vec!["child", "other"]
+        );
     }
 
     #[test]
@@ -309,7 +337,10 @@ mod tests {
         let item = HashMap::from([
             ("n".to_string(), st::AttributeValue::N(big.into())),
             ("ns".to_string(), st::AttributeValue::Ns(vec![big.into()])),
-            ("b".to_string(), st::AttributeValue::B(aws_sdk_dynamodbstreams::primitives::Blob::new(vec![0, 255]))),
+            (
+                "b".to_string(),
+                st::AttributeValue::B(aws_sdk_dynamodbstreams::primitives::Blob::new(vec![0, 255])),
+            ),
         ]);
         let converted = convert_item(item);
         assert_eq!(converted["n"], AttributeValue::N(big.into()));

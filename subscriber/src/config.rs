@@ -148,6 +148,23 @@ impl RunConfig {
     }
 }
 
+impl RunConfig {
+    /// Logs the effective settings on one line, the database password redacted.
+    pub fn log_settings(&self) {
+        tracing::info!(
+            database_url = %self.database.database_url,
+            queue_url = %self.queue_url,
+            dlq_url = self.dlq_url.as_ref().map_or("(from RedrivePolicy)", Url::as_str),
+            workers = self.workers.get(),
+            max_messages = self.max_messages,
+            wait_time_secs = self.wait_time_secs,
+            db_max_connections = self.db_max_connections(),
+            migrate_on_start = self.migrate_on_start,
+            "Subscriber starting."
+        );
+    }
+}
+
 fn parse_http_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| e.to_string())?;
     match url.scheme() {

@@ -49,9 +49,11 @@ pub const MAX_DETAIL_BYTES: usize = 1024;
 /// A message as received, with what the worker needs to settle it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceivedMessage {
+    /// SQS's id for the message; the item identifier a Lambda partial batch response uses.
     pub message_id: String,
     /// Needed to delete the message or change its visibility; valid for this receive only.
     pub receipt_handle: String,
+    /// The event JSON, raw or SNS-wrapped; copied unchanged to the DLQ when parked.
     pub body: String,
     /// `ApproximateReceiveCount`: 1 on first delivery. Drives the retry back-off.
     pub receive_count: u32,
@@ -645,7 +647,9 @@ async fn discover_dlq(client: &Client, queue_url: &str) -> Result<String, Source
 /// The DLQ a RedrivePolicy points to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedriveTarget {
+    /// The DLQ owner's account id (the ARN's fifth field).
     pub account_id: String,
+    /// The DLQ's name (the ARN's last field), for GetQueueUrl.
     pub queue_name: String,
 }
 

@@ -10,10 +10,11 @@ use crate::config::LogFormat;
 /// text per `format` (`auto`: JSON unless stdout is a terminal).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let terminal = std::io::stdout().is_terminal();
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stdout().is_terminal(),
+        LogFormat::Auto => !terminal,
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
@@ -23,6 +24,7 @@ pub fn init(format: LogFormat) {
             .with_current_span(true)
             .init();
     } else {
-        builder.init();
+        // Colour codes only where someone reads them, not in a redirected file.
+        builder.with_ansi(terminal).init();
     }
 }

@@ -210,11 +210,11 @@ async fn settle(source: &SqsSource, messages: &[ReceivedMessage], outcome: &Batc
         .iter()
         .filter(|m| succeeded.contains(m.message_id.as_str()))
         .collect();
-    if !to_delete.is_empty() {
-        if let Err(e) = source.delete_batch(&to_delete).await {
-            // They come back after their visibility timeout and apply as no-ops.
-            warn!(error = %error_chain(&e), "Applied messages not deleted; they will be redelivered.");
-        }
+    if !to_delete.is_empty()
+        && let Err(e) = source.delete_batch(&to_delete).await
+    {
+        // They come back after their visibility timeout and apply as no-ops.
+        warn!(error = %error_chain(&e), "Applied messages not deleted; they will be redelivered.");
     }
 
     let to_delay: Vec<(&ReceivedMessage, Duration)> = messages
@@ -222,10 +222,10 @@ async fn settle(source: &SqsSource, messages: &[ReceivedMessage], outcome: &Batc
         .filter(|m| retry.contains(m.message_id.as_str()))
         .map(|m| (m, visibility_delay(m.receive_count, rand::random())))
         .collect();
-    if !to_delay.is_empty() {
-        if let Err(e) = source.change_visibility_batch(&to_delay).await {
-            warn!(error = %error_chain(&e), "Could not delay the messages to retry; they come back after the queue's visibility timeout.");
-        }
+    if !to_delay.is_empty()
+        && let Err(e) = source.change_visibility_batch(&to_delay).await
+    {
+        warn!(error = %error_chain(&e), "Could not delay the messages to retry; they come back after the queue's visibility timeout.");
     }
 }
 
@@ -284,7 +284,7 @@ pub async fn process_batch<P: Parker>(
                 .extend(decoded.iter().map(|m| m.message_id.clone()));
         }
         Err(e) => {
-            warn!(error = %error_chain(&e), sqlstate = ?e.sqlstate(), "Batch refused by the database, applying its events one by one.");
+            warn!(error = %error_chain(&e), sqlstate = e.sqlstate().as_deref().unwrap_or("none"), "Batch refused by the database, applying its events one by one.");
             isolate(pool, parker, &decoded, &events, &mut outcome).await;
         }
     }
@@ -339,17 +339,17 @@ async fn park_or_retry<P: Parker>(
 }
 
 fn log_retryable(e: &ApplyError, messages: usize) {
-    let sqlstate = e.sqlstate();
+    let sqlstate = e.sqlstate().unwrap_or_else(|| "none".to_owned());
     match e.kind() {
         FailureKind::NeedsOperator => error!(
             error = %error_chain(e),
-            ?sqlstate,
+            %sqlstate,
             messages,
             "The analytics store refuses every batch; an operator must act (are the migrations applied?). Will retry."
         ),
         _ => warn!(
             error = %error_chain(e),
-            ?sqlstate,
+            %sqlstate,
             messages,
             "Apply failed transiently, will retry."
         ),
@@ -427,5 +427,147 @@ mod tests {
     fn a_zero_receive_count_is_treated_as_the_first() {
         assert_eq!(visibility_delay(0, 1.0), RETRY_VISIBILITY_BASE);
         assert_eq!(worker_backoff(u32::MAX, 1.0), WORKER_BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod db_tests {
+    //! `process_batch` against a real PostgreSQL, with a parker that records instead of
+    //! calling SQS (or fails, to inject an SQS outage).
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use sqlx::PgPool;
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct RecordingParker {
+        parked: Mutex<Vec<(String, &'static str, String)>>,
+        fail: bool,
+    }
+
+    impl Parker for RecordingParker {
+        async fn park(
+            &self,
+            message: &ReceivedMessage,
+            reason_code: &'static str,
+            detail: &str,
+        ) -> Result<(), SourceError> {
+            if self.fail {
+                return Err(SourceError::EntriesFailed {
+                    operation: crate::source::Operation::SendToDlq,
+                    queue_url: "dlq".into(),
+                    failed: 1,
+                    code: "InternalError".into(),
+                });
+            }
+            let entry = (message.message_id.clone(), reason_code, detail.to_owned());
+            self.parked.lock().unwrap().push(entry);
+            Ok(())
+        }
+    }
+
+    fn message(id: &str, body: &str) -> ReceivedMessage {
+        ReceivedMessage {
+            message_id: id.to_owned(),
+            receipt_handle: format!("rh-{id}"),
+            body: body.to_owned(),
+            receive_count: 1,
+            message_attributes: HashMap::new(),
+        }
+    }
+
+    fn body(event: &ChangeEvent) -> String {
+        String::from_utf8(event.encode(contracts::SchemaVersion::V2)).unwrap()
+    }
+
+    use crate::apply::test_events::{delete, upsert};
+
+    async fn profile_count(pool: &PgPool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM analytics.user_profiles")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn good_messages_succeed_and_undecodable_ones_are_parked(pool: PgPool) {
+        let parker = RecordingParker::default();
+        let good = body(&upsert("a", 1, 1, "a@x"));
+        let messages = [
+            message("m1", &good),
+            message("m2", "not json"),
+            message("m3", &good), // the same body twice in one batch
+            message("m4", &body(&delete("b", 1, 1))),
+        ];
+        let outcome = process_batch(&pool, &parker, &messages).await;
+        assert_eq!(outcome.succeeded, ["m1", "m3", "m4"]);
+        assert_eq!(outcome.parked, ["m2"]);
+        assert!(outcome.retry.is_empty());
+        assert_eq!(outcome.report.history_inserted, 2);
+        assert_eq!(outcome.report.history_duplicates, 1);
+        let (_, reason, detail) = parker.parked.lock().unwrap()[0].clone();
+        assert_eq!(reason, "malformed_json");
+        assert!(detail.contains("malformed json"), "{detail}");
+        assert_eq!(profile_count(&pool).await, 2);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn an_event_the_database_refuses_is_isolated_and_parked(pool: PgPool) {
+        let parker = RecordingParker::default();
+        let messages = [
+            message("ok-1", &body(&upsert("a", 1, 1, "a@x"))),
+            message("bad", &body(&upsert("b", 1, 1, "nul\0byte@x"))),
+            message("ok-2", &body(&upsert("c", 1, 1, "c@x"))),
+        ];
+        let outcome = process_batch(&pool, &parker, &messages).await;
+        assert_eq!(outcome.succeeded, ["ok-1", "ok-2"]);
+        assert_eq!(outcome.parked, ["bad"]);
+        assert!(outcome.retry.is_empty());
+        assert_eq!(parker.parked.lock().unwrap()[0].1, APPLY_REJECTED);
+        assert_eq!(profile_count(&pool).await, 2);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_store_without_its_tables_retries_everything_and_parks_nothing(pool: PgPool) {
+        sqlx::query("DROP SCHEMA analytics CASCADE")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let parker = RecordingParker::default();
+        let messages = [
+            message("m1", &body(&upsert("a", 1, 1, "a@x"))),
+            message("m2", &body(&upsert("b", 1, 1, "b@x"))),
+        ];
+        let outcome = process_batch(&pool, &parker, &messages).await;
+        assert_eq!(outcome.retry, ["m1", "m2"]);
+        assert!(outcome.succeeded.is_empty() && outcome.parked.is_empty());
+        assert!(parker.parked.lock().unwrap().is_empty());
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_message_that_cannot_be_parked_stays_on_the_queue(pool: PgPool) {
+        let parker = RecordingParker {
+            fail: true,
+            ..RecordingParker::default()
+        };
+        let outcome = process_batch(&pool, &parker, &[message("m1", "not json")]).await;
+        assert_eq!(outcome.retry, ["m1"]);
+        assert!(outcome.parked.is_empty());
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_closed_pool_is_a_transient_failure(pool: PgPool) {
+        pool.close().await;
+        let parker = RecordingParker::default();
+        let outcome = process_batch(
+            &pool,
+            &parker,
+            &[message("m1", &body(&upsert("a", 1, 1, "a@x")))],
+        )
+        .await;
+        assert_eq!(outcome.retry, ["m1"]);
     }
 }

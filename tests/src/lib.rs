@@ -29,7 +29,9 @@ use tokio::process::{Child, Command};
 pub fn random_id() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..10).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect()
+    (0..10)
+        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+        .collect()
 }
 
 /// The directory holding the workspace's binaries (`target/debug`), found from the
@@ -39,24 +41,64 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe.parent().and_then(|p| p.parent()).expect("tests run from target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("tests run from target/<profile>/deps");
     dir.to_path_buf()
 }
 
-/// Path of one workspace binary; fails clearly when it was not built.
+/// Path of one workspace binary, built first: `cargo test -p tributary-e2e` alone does
+/// not rebuild the other packages' binaries, and a test must never run a stale one.
+/// (Once per test process; a no-op when they are up to date.)
 pub fn bin(name: &str) -> Result<PathBuf> {
-    let path = bin_dir().join(name);
+    static BUILT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    let dir = bin_dir();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "tributary-publisher",
+            "-p",
+            "tributary-subscriber",
+        ]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("cargo build --bins failed: {s}")),
+            Err(e) => Err(format!("running cargo: {e}")),
+        }
+    });
+    if let Err(e) = built {
+        bail!("{e}");
+    }
+    let path = dir.join(name);
     if !path.exists() {
-        bail!("{} not found: build the binaries first (cargo build --workspace --bins)", path.display());
+        bail!(
+            "{} not found: build the binaries first (cargo build --workspace --bins)",
+            path.display()
+        );
     }
     Ok(path)
 }
 
 /// The environment a test needs, with a clear message when the emulators are not up.
 pub fn require_env() -> Result<String> {
-    for var in ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS"] {
+    for var in [
+        "AWS_ENDPOINT_URL_DYNAMODB",
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_ENDPOINT_URL_SNS",
+    ] {
         if std::env::var_os(var).is_none() {
-            bail!("{var} is not set: run the tests with scripts/test.sh, which starts the emulators");
+            bail!(
+                "{var} is not set: run the tests with scripts/test.sh, which starts the emulators"
+            );
         }
     }
     std::env::var("TRIBUTARY_TEST_DATABASE_URL")
@@ -98,10 +140,20 @@ impl Stack {
         };
         let resources = bootstrap(&clients, &names).await.context("bootstrap")?;
         // Bootstrap is idempotent: running it again finds the same resources.
-        let again = bootstrap(&clients, &names).await.context("second bootstrap")?;
-        anyhow::ensure!(again == resources, "bootstrap is not idempotent: {again:?} != {resources:?}");
+        let again = bootstrap(&clients, &names)
+            .await
+            .context("second bootstrap")?;
+        anyhow::ensure!(
+            again == resources,
+            "bootstrap is not idempotent: {again:?} != {resources:?}"
+        );
 
-        let tap = clients.sqs.create_queue().queue_name(format!("tap-{id}")).send().await?;
+        let tap = clients
+            .sqs
+            .create_queue()
+            .queue_name(format!("tap-{id}"))
+            .send()
+            .await?;
         let tap_queue_url = tap.queue_url.context("tap queue url")?;
         let tap_arn = queue_arn(&clients, &tap_queue_url).await?;
         clients
@@ -115,22 +167,46 @@ impl Stack {
             .await?;
 
         let database = format!("tributary_e2e_{id}");
-        let mut admin = sqlx::PgConnection::connect(&admin_url).await.context("connecting to PostgreSQL")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&mut admin).await?;
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut admin)
+            .await?;
         admin.close().await?;
         let options: PgConnectOptions = admin_url.parse()?;
         let options = options.database(&database);
         let database_url = options.to_url_lossy().to_string();
-        let pool = PgPoolOptions::new().max_connections(4).connect_with(options).await?;
-        subscriber::MIGRATOR.run(&pool).await.context("migrations")?;
-        Ok(Stack { id, clients, resources, tap_queue_url, database_url, pool, admin_url, database })
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        subscriber::MIGRATOR
+            .run(&pool)
+            .await
+            .context("migrations")?;
+        Ok(Stack {
+            id,
+            clients,
+            resources,
+            tap_queue_url,
+            database_url,
+            pool,
+            admin_url,
+            database,
+        })
     }
 
     /// Drops the test's database (AWS resources are in-memory emulator state).
     pub async fn teardown(self) -> Result<()> {
         self.pool.close().await;
         let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database))).execute(&mut admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        )))
+        .execute(&mut admin)
+        .await?;
         Ok(())
     }
 
@@ -142,13 +218,30 @@ impl Stack {
     pub fn spawn_publisher(&self, extra: &[&str]) -> Result<Child> {
         let r = &self.resources;
         let mut cmd = Command::new(bin("publisher")?);
-        cmd.args(["--table", &r.table, "--topic-arn", &r.topic_arn, "--checkpoint-table", &r.checkpoint_table])
-            .args(["--failure-queue-url", &r.failure_queue_url, "--lease-ttl-secs", "3", "--idle-poll-max-ms", "300"])
-            .args(extra)
-            .env("TRIBUTARY_LOG_FORMAT", "text")
-            .env("RUST_LOG", std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        cmd.args([
+            "--table",
+            &r.table,
+            "--topic-arn",
+            &r.topic_arn,
+            "--checkpoint-table",
+            &r.checkpoint_table,
+        ])
+        .args([
+            "--failure-queue-url",
+            &r.failure_queue_url,
+            "--lease-ttl-secs",
+            "3",
+            "--idle-poll-max-ms",
+            "300",
+        ])
+        .args(extra)
+        .env("TRIBUTARY_LOG_FORMAT", "text")
+        .env(
+            "RUST_LOG",
+            std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
         Ok(cmd.spawn()?)
     }
 
@@ -162,7 +255,10 @@ impl Stack {
             .env("DATABASE_URL", &self.database_url)
             .env("SUBSCRIBER_WAIT_TIME_SECS", "1")
             .env("TRIBUTARY_LOG_FORMAT", "text")
-            .env("RUST_LOG", std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .args(extra)
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -184,7 +280,11 @@ impl Stack {
                 .send()
                 .await?;
             for item in out.items.unwrap_or_default() {
-                items.push(convert_item(item.into_iter().map(|(k, v)| (k, to_streams_value(v))).collect()));
+                items.push(convert_item(
+                    item.into_iter()
+                        .map(|(k, v)| (k, to_streams_value(v)))
+                        .collect(),
+                ));
             }
             match out.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
@@ -219,7 +319,10 @@ impl Stack {
             let r = AnalyticsRow {
                 user_id: row.try_get("user_id")?,
                 deleted: row.try_get("deleted")?,
-                position: Position { generation: row.try_get("generation")?, version: row.try_get("version")? },
+                position: Position {
+                    generation: row.try_get("generation")?,
+                    version: row.try_get("version")?,
+                },
                 email: row.try_get("email")?,
                 display_name: row.try_get("display_name")?,
                 country: row.try_get("country")?,
@@ -249,7 +352,9 @@ impl Stack {
                 Some(row) => {
                     let want = AnalyticsRow::live(*position, profile);
                     if row != &want {
-                        drift.push(format!("{key}: stale or different\n  have {row:?}\n  want {want:?}"));
+                        drift.push(format!(
+                            "{key}: stale or different\n  have {row:?}\n  want {want:?}"
+                        ));
                     }
                 }
             }
@@ -271,7 +376,11 @@ impl Stack {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("not converged after {timeout:?}; {} keys drift, first: {}", drift.len(), drift[..drift.len().min(3)].join("\n"));
+                bail!(
+                    "not converged after {timeout:?}; {} keys drift, first: {}",
+                    drift.len(),
+                    drift[..drift.len().min(3)].join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -288,12 +397,20 @@ impl Stack {
     }
 
     /// Receives and deletes every message of a queue until it stays empty for `quiet`.
-    pub async fn drain(&self, queue_url: &str, quiet: Duration, timeout: Duration) -> Result<Vec<Message>> {
+    pub async fn drain(
+        &self,
+        queue_url: &str,
+        quiet: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<Message>> {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         let mut last_seen = Instant::now();
         while last_seen.elapsed() < quiet {
-            anyhow::ensure!(Instant::now() < deadline, "queue still not drained after {timeout:?}");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "queue still not drained after {timeout:?}"
+            );
             let msgs = self
                 .clients
                 .sqs
@@ -365,8 +482,14 @@ impl Stack {
             .await?
             .attributes
             .unwrap_or_default();
-        let get = |k: &QueueAttributeName| attrs.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        Ok(get(&QueueAttributeName::ApproximateNumberOfMessages) + get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+        let get = |k: &QueueAttributeName| {
+            attrs
+                .get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(get(&QueueAttributeName::ApproximateNumberOfMessages)
+            + get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
     }
 }
 
@@ -417,7 +540,10 @@ impl AnalyticsRow {
             marketing_sms: Some(p.consents.marketing_sms),
             locale: p.locale.clone(),
             time_zone: p.time_zone.clone(),
-            lifetime_value_cents: p.lifetime_value_cents.as_ref().map(|n| n.as_str().to_owned()),
+            lifetime_value_cents: p
+                .lifetime_value_cents
+                .as_ref()
+                .map(|n| n.as_str().to_owned()),
             created_at: Some(p.created_at),
             updated_at: Some(p.updated_at),
         }
@@ -433,7 +559,11 @@ fn to_streams_value(v: DdbValue) -> aws_sdk_dynamodbstreams::types::AttributeVal
         DdbValue::B(b) => S::B(Blob::new(b.into_inner())),
         DdbValue::Bool(b) => S::Bool(b),
         DdbValue::Null(n) => S::Null(n),
-        DdbValue::M(m) => S::M(m.into_iter().map(|(k, v)| (k, to_streams_value(v))).collect()),
+        DdbValue::M(m) => S::M(
+            m.into_iter()
+                .map(|(k, v)| (k, to_streams_value(v)))
+                .collect(),
+        ),
         DdbValue::L(l) => S::L(l.into_iter().map(to_streams_value).collect()),
         DdbValue::Ss(v) => S::Ss(v),
         DdbValue::Ns(v) => S::Ns(v),
@@ -463,8 +593,12 @@ where
 /// Sends SIGTERM and waits for the process to exit; returns its exit code.
 pub async fn terminate(child: &mut Child, timeout: Duration) -> Result<Option<i32>> {
     let pid = child.id().context("process already reaped")?;
-    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
     anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
-    let exit = tokio::time::timeout(timeout, child.wait()).await.context("process did not exit after SIGTERM")??;
+    let exit = tokio::time::timeout(timeout, child.wait())
+        .await
+        .context("process did not exit after SIGTERM")??;
     Ok(exit.code())
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use publisher::demo::{ProfileWriter, Traffic};
+use publisher::demo::{ProfileWriter, Traffic, TrafficPlan};
 use publisher::telemetry;
 
 /// Writes profile traffic to the table as the User Profile service would: sign-ups,
@@ -24,9 +24,10 @@ struct Cli {
     /// Distinct profiles to create before mostly editing.
     #[arg(long, env = "DEMO_KEYS", default_value = "100")]
     keys: usize,
-    /// Key prefix (`<prefix>-000001`, …).
-    #[arg(long, env = "DEMO_PREFIX", default_value = "user")]
-    prefix: String,
+    /// Key prefix (`<prefix>-000001`, …). Default: `user-` and a random run id, so runs
+    /// against the same table never collide.
+    #[arg(long, env = "DEMO_PREFIX")]
+    prefix: Option<String>,
     /// Log format: auto, json or text.
     #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
     log_format: telemetry::LogFormat,
@@ -39,11 +40,30 @@ async fn main() -> ExitCode {
     let shutdown = telemetry::shutdown_on_signals();
     let client = aws_sdk_dynamodb::Client::new(&publisher::aws_config().await);
     let writer = ProfileWriter::new(client, cli.table.clone());
-    let mut traffic = Traffic::new(&cli.prefix);
     let mut rng = rand::rng();
-    let result = traffic.run(&writer, &mut rng, cli.keys, cli.count, cli.rate, true, &shutdown).await;
+    let prefix = cli.prefix.clone().unwrap_or_else(|| {
+        use rand::Rng;
+        let run: String = (0..4)
+            .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+            .collect();
+        format!("user-{run}")
+    });
+    let mut traffic = Traffic::new(&prefix);
+    let plan = TrafficPlan::new(cli.keys, cli.count).rate(cli.rate);
+    let result = traffic.run(&writer, &mut rng, &plan, &shutdown).await;
     let s = &traffic.stats;
-    tracing::info!(creates = s.creates, updates = s.updates, deletes = s.deletes, recreates = s.recreates, live = traffic.live.len(), "Demo traffic written.");
+    tracing::info!(%prefix, creates = s.creates, updates = s.updates, deletes = s.deletes, recreates = s.recreates, live = traffic.live.len(), "Demo traffic written.");
+    // One machine-readable summary line on stdout, for scripts/demo.sh.
+    println!(
+        "prefix={prefix} total={} creates={} updates={} deletes={} recreates={} live={} deleted={}",
+        s.total(),
+        s.creates,
+        s.updates,
+        s.deletes,
+        s.recreates,
+        traffic.live.len(),
+        traffic.deleted.len()
+    );
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

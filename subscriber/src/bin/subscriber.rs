@@ -26,14 +26,13 @@ async fn main() -> anyhow::Result<()> {
             info!("Migrations applied.");
         }
         Command::Run(config) => {
-            let max_connections = config.db_max_connections();
-            info!(?config, max_connections, "Subscriber starting.");
+            config.log_settings();
             let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .load()
                 .await;
             // Lazy: a database that is down at start is retried with the workers' back-off.
             let pool = PgPoolOptions::new()
-                .max_connections(max_connections)
+                .max_connections(config.db_max_connections())
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_lazy(config.database.database_url.expose_secret())
                 .context("reading DATABASE_URL")?;

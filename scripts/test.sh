@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every check and every test, the way CI does (.ci/run calls exactly this):
+#   formatting, clippy (warnings are errors), unit tests, database tests against
+#   PostgreSQL, and the end-to-end suite: the real binaries against DynamoDB Local,
+#   moto's server (SNS, SQS) and PostgreSQL, all started here and stopped at the end.
+# Everything is built once, in debug, into one target directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export TRIBUTARY_RUN_DIR="${TRIBUTARY_RUN_DIR:-$PWD/.run/test}"
+step() { printf '\n==> %s\n' "$*" >&2; }
+started=$(date +%s)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "starting PostgreSQL (if down) and the emulators"
+scripts/env-up.sh
+trap 'scripts/env-down.sh' EXIT
+# shellcheck disable=SC1091
+. "$TRIBUTARY_RUN_DIR/env"
+# sqlx::test creates a scratch database per test on this server.
+export DATABASE_URL="${DATABASE_URL:-$TRIBUTARY_TEST_DATABASE_URL}"
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build (binaries and tests)"
+cargo build --workspace --all-targets --locked
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  # Each test is its own process; the end-to-end tests wait on I/O, so run 4 at once.
+  cargo nextest run --workspace --locked --test-threads 4 --no-fail-fast "$@"
+else
+  cargo test --workspace --locked --no-fail-fast "$@"
+fi
+step "all checks passed in $(( $(date +%s) - started )) s"

@@ -1,0 +1,496 @@
+//! End-to-end: DynamoDB Local stream → `publisher` → moto SNS → moto SQS → `subscriber`
+//! → PostgreSQL, with the real binaries. Each test owns its resources (random names)
+//! and its database. Run with `scripts/test.sh`, which starts the emulators.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use e2e::{Stack, eventually, terminate};
+use publisher::demo::{ProfileItem, Traffic, TrafficPlan};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+fn bodies(messages: &[aws_sdk_sqs::types::Message]) -> Vec<String> {
+    messages.iter().filter_map(|m| m.body.clone()).collect()
+}
+
+fn event_id(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).expect("published bodies are JSON");
+    v["event_id"].as_str().expect("events have ids").to_owned()
+}
+
+/// Waits until `count` messages sit in the tap queue (a copy of everything published),
+/// then takes them all.
+async fn tap_all(stack: &Stack, count: usize) -> Result<Vec<String>> {
+    let deadline = Instant::now() + CONVERGE;
+    let mut got = Vec::new();
+    while got.len() < count {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {count} messages published after {CONVERGE:?}",
+            got.len()
+        );
+        got.extend(bodies(
+            &stack
+                .drain(&stack.tap_queue_url, Duration::from_millis(500), CONVERGE)
+                .await?,
+        ));
+    }
+    Ok(got)
+}
+
+async fn wait_queue_empty(stack: &Stack, url: &str) -> Result<()> {
+    eventually("the queue to empty", CONVERGE, || async {
+        Ok((stack.queue_depth(url).await? == 0).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn creates_updates_and_deletes_replicate_and_both_stop_cleanly_on_sigterm() -> Result<()> {
+    let stack = Stack::new().await?;
+    let mut publisher = stack.spawn_publisher(&[])?;
+    let mut subscriber = stack.spawn_subscriber(&[])?;
+    let mut traffic = Traffic::new("flow");
+    let mut rng = StdRng::seed_from_u64(1);
+    traffic
+        .run(
+            &stack.writer(),
+            &mut rng,
+            &TrafficPlan::new(25, 160),
+            &CancellationToken::new(),
+        )
+        .await?;
+    assert!(
+        traffic.stats.deletes > 0 && traffic.stats.recreates > 0,
+        "traffic must delete and re-create: {:?}",
+        traffic.stats
+    );
+
+    stack.wait_converged(CONVERGE).await?;
+    let rows = stack.analytics_rows().await?;
+    for gone in &traffic.deleted {
+        assert!(
+            rows[&gone.user_id].deleted,
+            "{} must be a tombstone",
+            gone.user_id
+        );
+    }
+    // One history row per source change, none twice.
+    let total = traffic.stats.total() as i64;
+    eventually("history complete", CONVERGE, || async {
+        let (n, _) = stack.history_counts().await?;
+        Ok((n >= total).then_some(()))
+    })
+    .await?;
+    assert_eq!(stack.history_counts().await?, (total, total));
+
+    assert_eq!(
+        terminate(&mut publisher, Duration::from_secs(20)).await?,
+        Some(0)
+    );
+    assert_eq!(
+        terminate(&mut subscriber, Duration::from_secs(30)).await?,
+        Some(0)
+    );
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn every_message_delivered_twice_leaves_state_and_history_unchanged() -> Result<()> {
+    let stack = Stack::new().await?;
+    let _publisher = stack.spawn_publisher(&[])?;
+    let _subscriber = stack.spawn_subscriber(&[])?;
+    let mut traffic = Traffic::new("dup");
+    traffic
+        .run(
+            &stack.writer(),
+            &mut StdRng::seed_from_u64(2),
+            &TrafficPlan::new(15, 80),
+            &CancellationToken::new(),
+        )
+        .await?;
+    let published = tap_all(&stack, traffic.stats.total() as usize).await?;
+    stack.wait_converged(CONVERGE).await?;
+    wait_queue_empty(&stack, &stack.resources.queue_url).await?;
+    let before = stack.history_counts().await?;
+    let rows_before = stack.analytics_rows().await?;
+
+    stack.send_bodies(&published).await?;
+    wait_queue_empty(&stack, &stack.resources.queue_url).await?;
+
+    assert_eq!(
+        stack.history_counts().await?,
+        before,
+        "a redelivery added history"
+    );
+    assert_eq!(before.0, traffic.stats.total() as i64);
+    // Row contents (not applied_at) are unchanged.
+    assert_eq!(stack.analytics_rows().await?, rows_before);
+    assert!(stack.drift().await?.is_empty());
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn shuffled_delivery_converges_to_the_source() -> Result<()> {
+    let stack = Stack::new().await?;
+    let _publisher = stack.spawn_publisher(&[])?;
+    let mut traffic = Traffic::new("shuffle");
+    // Few keys, many changes each: plenty of chances to apply an old one last.
+    traffic
+        .run(
+            &stack.writer(),
+            &mut StdRng::seed_from_u64(3),
+            &TrafficPlan::new(6, 90),
+            &CancellationToken::new(),
+        )
+        .await?;
+    let total = traffic.stats.total() as usize;
+    tap_all(&stack, total).await?;
+    let mut queued = bodies(
+        &stack
+            .drain(&stack.resources.queue_url, Duration::from_secs(1), CONVERGE)
+            .await?,
+    );
+    assert_eq!(queued.len(), total);
+    let in_order = queued.clone();
+    queued.shuffle(&mut StdRng::seed_from_u64(4));
+    assert_ne!(queued, in_order);
+    stack.send_bodies(&queued).await?;
+
+    let _subscriber = stack.spawn_subscriber(&[])?;
+    stack.wait_converged(CONVERGE).await?;
+    wait_queue_empty(&stack, &stack.resources.queue_url).await?;
+    assert_eq!(stack.history_counts().await?, (total as i64, total as i64));
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn a_late_older_update_never_resurrects_and_a_recreated_key_wins() -> Result<()> {
+    let stack = Stack::new().await?;
+    let _publisher = stack.spawn_publisher(&[])?;
+    let writer = stack.writer();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut item = ProfileItem::random(&mut rng, "late-1", true);
+    writer.create(&item).await?;
+    item.mutate(&mut rng);
+    writer.update(&item).await?;
+    writer.delete(&item).await?;
+    tap_all(&stack, 3).await?;
+    let queued = bodies(
+        &stack
+            .drain(&stack.resources.queue_url, Duration::from_secs(1), CONVERGE)
+            .await?,
+    );
+    let kind = |b: &String| {
+        serde_json::from_str::<serde_json::Value>(b).unwrap()["event_type"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (deletes, upserts): (Vec<String>, Vec<String>) = queued
+        .into_iter()
+        .partition(|b| kind(b) == "profile.deleted");
+    assert_eq!((deletes.len(), upserts.len()), (1, 2));
+
+    // The delete arrives first, the two older upserts after it.
+    stack.send_bodies(&deletes).await?;
+    let _subscriber = stack.spawn_subscriber(&[])?;
+    eventually("the tombstone", CONVERGE, || async {
+        Ok(stack
+            .analytics_rows()
+            .await?
+            .get("late-1")
+            .filter(|r| r.deleted)
+            .map(|_| ()))
+    })
+    .await?;
+    stack.send_bodies(&upserts).await?;
+    wait_queue_empty(&stack, &stack.resources.queue_url).await?;
+    let row = stack.analytics_rows().await?["late-1"].clone();
+    assert!(
+        row.deleted,
+        "a late upsert resurrected the deleted profile: {row:?}"
+    );
+    assert!(row.email.is_none(), "a tombstone keeps no personal data");
+
+    // Re-created: a new generation whose version restarts at 1 wins over the tombstone.
+    let mut again = ProfileItem::random(&mut rng, "late-1", true);
+    again.created_at = again
+        .created_at
+        .max(item.created_at + Duration::from_micros(1));
+    assert_eq!(again.version, 1);
+    writer.create(&again).await?;
+    stack.wait_converged(CONVERGE).await?;
+    let row = stack.analytics_rows().await?["late-1"].clone();
+    assert!(!row.deleted);
+    assert_eq!(row.position.version, 1);
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn poison_messages_are_parked_with_a_reason_and_good_ones_apply() -> Result<()> {
+    let stack = Stack::new().await?;
+    let _publisher = stack.spawn_publisher(&[])?;
+    let mut traffic = Traffic::new("poison");
+    traffic
+        .run(
+            &stack.writer(),
+            &mut StdRng::seed_from_u64(6),
+            &TrafficPlan::new(10, 40),
+            &CancellationToken::new(),
+        )
+        .await?;
+    let published = tap_all(&stack, traffic.stats.total() as usize).await?;
+    let good: serde_json::Value = serde_json::from_str(&published[0])?;
+    let mut newer = good.clone();
+    newer["schema_version"] = 3.into();
+    let mut no_email = good.clone();
+    no_email["data"]
+        .as_object_mut()
+        .context("data")?
+        .remove("email");
+    let poison = vec![
+        ("not json at all".to_owned(), "malformed_json"),
+        (
+            published[0][..published[0].len() / 2].to_owned(),
+            "malformed_json",
+        ),
+        (newer.to_string(), "unsupported_schema_version"),
+        (no_email.to_string(), "schema_mismatch"),
+        (
+            r#"{"Type":"Notification","TopicArn":"arn:aws:sns:us-east-1:1:t","Message":42}"#
+                .to_owned(),
+            "bad_sns_envelope",
+        ),
+        (
+            r#"{"order_id": 7, "total": "12.50"}"#.to_owned(),
+            "missing_schema_version",
+        ),
+    ];
+    stack
+        .send_bodies(&poison.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>())
+        .await?;
+    let _subscriber = stack.spawn_subscriber(&[])?;
+
+    stack.wait_converged(CONVERGE).await?;
+    let mut parked: Vec<(String, String)> = Vec::new();
+    let deadline = Instant::now() + CONVERGE;
+    while parked.len() < poison.len() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {} poison messages parked",
+            parked.len(),
+            poison.len()
+        );
+        for m in stack
+            .drain(
+                &stack.resources.dlq_url,
+                Duration::from_millis(500),
+                CONVERGE,
+            )
+            .await?
+        {
+            let reason = m
+                .message_attributes
+                .as_ref()
+                .and_then(|a| a.get("tributary-reason"))
+                .and_then(|v| v.string_value.clone())
+                .unwrap_or_default();
+            parked.push((m.body.unwrap_or_default(), reason));
+        }
+    }
+    assert_eq!(parked.len(), poison.len());
+    for (body, reason) in &poison {
+        let found = parked
+            .iter()
+            .find(|(b, _)| b == body)
+            .with_context(|| format!("not parked: {body}"))?;
+        assert_eq!(&found.1, reason, "reason for {body}");
+    }
+    wait_queue_empty(&stack, &stack.resources.queue_url).await?;
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn a_crash_between_commit_and_delete_makes_redelivery_a_no_op() -> Result<()> {
+    let stack = Stack::new().await?;
+    let _publisher = stack.spawn_publisher(&[])?;
+    let mut traffic = Traffic::new("crash");
+    traffic
+        .run(
+            &stack.writer(),
+            &mut StdRng::seed_from_u64(7),
+            &TrafficPlan::new(10, 40),
+            &CancellationToken::new(),
+        )
+        .await?;
+    let total = traffic.stats.total() as usize;
+    tap_all(&stack, total).await?;
+
+    // A subscriber that commits and then dies before DeleteMessageBatch: receive with a
+    // short visibility timeout, apply and commit with the subscriber's own code, never
+    // delete. The messages come back when their visibility times out.
+    let mut committed = HashSet::new();
+    while committed.len() < total {
+        let msgs = stack
+            .clients
+            .sqs
+            .receive_message()
+            .queue_url(&stack.resources.queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(3)
+            .wait_time_seconds(1)
+            .send()
+            .await?
+            .messages
+            .unwrap_or_default();
+        let mut events = Vec::new();
+        for m in &msgs {
+            let event = subscriber::envelope::decode_body(m.body.as_deref().unwrap_or_default())?;
+            committed.insert(event.event_id.clone());
+            events.push(event);
+        }
+        let mut tx = stack.pool.begin().await?;
+        subscriber::apply::apply_batch(&mut tx, &events).await?;
+        tx.commit().await?;
+    }
+    stack.wait_converged(Duration::from_secs(5)).await?;
+    let before = stack.history_counts().await?;
+    assert_eq!(before, (total as i64, total as i64));
+
+    let _subscriber = stack.spawn_subscriber(&[])?;
+    wait_queue_empty(&stack, &stack.resources.queue_url).await?;
+    assert_eq!(stack.history_counts().await?, before);
+    assert!(stack.drift().await?.is_empty());
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn a_publisher_killed_mid_stream_resumes_from_its_checkpoint_and_loses_nothing() -> Result<()>
+{
+    let stack = Stack::new().await?;
+    let _subscriber = stack.spawn_subscriber(&[])?;
+    let writer = stack.writer();
+    let mut traffic = Traffic::new("kill");
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut publisher = stack.spawn_publisher(&[])?;
+    let mut kills = 0;
+    for round in 0..3 {
+        traffic
+            .run(
+                &writer,
+                &mut rng,
+                &TrafficPlan::new(40, 120).rate(100),
+                &CancellationToken::new(),
+            )
+            .await?;
+        if round < 2 {
+            publisher.start_kill()?; // SIGKILL: no checkpoint, no lease release
+            publisher.wait().await?;
+            kills += 1;
+            publisher = stack.spawn_publisher(&[])?;
+        }
+    }
+    let total = traffic.stats.total() as usize;
+
+    // Every record in the stream reached the topic at least once.
+    let stream = publisher::stream::StreamReader::new(
+        stack.clients.streams.clone(),
+        stack.resources.stream_arn.clone(),
+    );
+    let (_, shards) = stream.describe().await?;
+    let mut in_stream = HashSet::new();
+    for shard in shards {
+        let mut it = Some(
+            stream
+                .iterator(&shard.shard_id, &publisher::stream::StartAt::TrimHorizon)
+                .await?,
+        );
+        while let Some(i) = it.take() {
+            let batch = stream.get_records(&i).await?;
+            if batch.records.is_empty() {
+                break;
+            }
+            in_stream.extend(batch.records.into_iter().filter_map(|r| r.event_id));
+            it = batch.next_iterator;
+        }
+    }
+    assert_eq!(in_stream.len(), total);
+    let published = tap_all(&stack, total).await?;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for b in &published {
+        *seen.entry(event_id(b)).or_default() += 1;
+    }
+    let missing: Vec<_> = in_stream
+        .iter()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
+    assert!(missing.is_empty(), "records never published: {missing:?}");
+    // Restarting from the checkpoint re-publishes at most the batch in flight at each
+    // kill; restarting from the trim horizon would re-publish everything before it.
+    let duplicates = published.len() - seen.len();
+    assert!(
+        duplicates <= kills * 60,
+        "{duplicates} re-published after {kills} kills: not resuming from the checkpoint"
+    );
+
+    stack.wait_converged(CONVERGE).await?;
+    assert_eq!(stack.history_counts().await?, (total as i64, total as i64));
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn a_rolling_deploy_mixing_v1_and_v2_events_gives_the_same_rows() -> Result<()> {
+    let stack = Stack::new().await?;
+    let _subscriber = stack.spawn_subscriber(&[])?;
+    let writer = stack.writer();
+    let mut traffic = Traffic::new("roll");
+    let mut rng = StdRng::seed_from_u64(9);
+
+    let mut old = stack.spawn_publisher(&["--schema-version", "1"])?;
+    traffic
+        .run(
+            &writer,
+            &mut rng,
+            &TrafficPlan::new(15, 60).v1_items(),
+            &CancellationToken::new(),
+        )
+        .await?;
+    tap_all(&stack, traffic.stats.total() as usize).await?;
+    assert_eq!(terminate(&mut old, Duration::from_secs(20)).await?, Some(0));
+    let _new = stack.spawn_publisher(&["--schema-version", "2"])?;
+    traffic
+        .run(
+            &writer,
+            &mut rng,
+            &TrafficPlan::new(15, 60).v1_items(),
+            &CancellationToken::new(),
+        )
+        .await?;
+
+    stack.wait_converged(CONVERGE).await?;
+    let versions: Vec<i16> =
+        sqlx::query("SELECT DISTINCT schema_version FROM analytics.profile_changes ORDER BY 1")
+            .fetch_all(&stack.pool)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert_eq!(versions, vec![1, 2], "both versions must have been applied");
+    let total = traffic.stats.total() as i64;
+    eventually("history complete", CONVERGE, || async {
+        Ok((stack.history_counts().await?.0 >= total).then_some(()))
+    })
+    .await?;
+    assert_eq!(stack.history_counts().await?, (total, total));
+    stack.teardown().await
+}
