@@ -57,7 +57,7 @@ pub struct PublisherConfig {
     pub checkpoint_table: String,
 
     /// SQS queue URL where records that can never be published are parked whole, with
-    /// their reason. Without it such a record stops its shard (it is never skipped).
+    /// their reason. Without it such a record stops the publisher (it is never skipped).
     #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_parser = parse_url)]
     pub failure_queue_url: Option<String>,
 
@@ -80,7 +80,8 @@ pub struct PublisherConfig {
     )]
     pub schema_version: EmitVersion,
 
-    /// This publisher's name in the lease. Default: host name and process id.
+    /// This publisher's name in the lease (a random suffix is added per start). Default:
+    /// host name and process id.
     #[arg(long, env = "PUBLISHER_WORKER_ID")]
     pub worker_id: Option<String>,
 
@@ -113,14 +114,17 @@ pub struct PublisherConfig {
 }
 
 impl PublisherConfig {
-    /// The lease owner name: the configured one, or host name and process id.
+    /// The lease owner name: the configured id (or host name and process id) plus a
+    /// random suffix per start, so two processes never share an owner name — not two
+    /// containers that are both PID 1, nor replicas given the same worker id.
     pub fn owner(&self) -> String {
-        self.worker_id.clone().unwrap_or_else(|| {
+        let base = self.worker_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_else(|_| "publisher".into());
             format!("{host}-{}", std::process::id())
-        })
+        });
+        format!("{base}-{:08x}", rand::random::<u32>())
     }
 }
 

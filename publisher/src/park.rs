@@ -20,6 +20,20 @@ pub enum ParkError {
     Send(String),
 }
 
+impl ParkError {
+    /// Sending may work on another try; a missing queue will not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ParkError::Send(_))
+    }
+}
+
+/// Largest SQS message body (256 KiB).
+///
+/// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessage.html>
+pub const MAX_MESSAGE_BYTES: usize = 262_144;
+/// Room kept for the message attributes, which count towards the limit.
+const ATTRIBUTE_ALLOWANCE: usize = 2048;
+
 /// What the failure queue receives: the full record and why it was refused.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ParkedRecord {
@@ -48,7 +62,7 @@ impl FailureQueue {
     /// [`ParkError`] when there is no queue or it cannot be reached.
     pub async fn park(&self, parked: &ParkedRecord) -> Result<(), ParkError> {
         let url = self.url.as_deref().ok_or(ParkError::NotConfigured)?;
-        let body = serde_json::to_string(parked).expect("a stream record serialises");
+        let body = body_within_limit(parked);
         let mut detail = parked.detail.clone();
         truncate_utf8(&mut detail, MAX_DETAIL_BYTES);
         let attr = |v: &str| {
@@ -82,6 +96,31 @@ impl FailureQueue {
     }
 }
 
+/// The parked record as JSON; when the whole record (both images) does not fit in one
+/// SQS message — exactly the case for an event SNS refused as too large — the images are
+/// dropped and their sizes noted: the keys, sequence number and reason still identify
+/// the change, and the item can be re-read from the table or backfilled.
+pub fn body_within_limit(parked: &ParkedRecord) -> String {
+    let full = serde_json::to_string(parked).expect("a stream record serialises");
+    if full.len() + ATTRIBUTE_ALLOWANCE <= MAX_MESSAGE_BYTES {
+        return full;
+    }
+    let mut reduced = ParkedRecord {
+        reason: parked.reason.clone(),
+        detail: format!(
+            "{} (images dropped: the record was {} bytes as JSON)",
+            parked.detail,
+            full.len()
+        ),
+        stream_arn: parked.stream_arn.clone(),
+        shard_id: parked.shard_id.clone(),
+        record: parked.record.clone(),
+    };
+    reduced.record.new_image = None;
+    reduced.record.old_image = None;
+    serde_json::to_string(&reduced).expect("a stream record serialises")
+}
+
 fn truncate_utf8(s: &mut String, max: usize) {
     if s.len() > max {
         let mut cut = max;
@@ -89,5 +128,54 @@ fn truncate_utf8(s: &mut String, max: usize) {
             cut -= 1;
         }
         s.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{AttributeValue, EventName, Item};
+
+    fn parked(image_bytes: usize) -> ParkedRecord {
+        let image = Item::from([
+            ("user_id".to_string(), AttributeValue::S("u-1".into())),
+            (
+                "blob".to_string(),
+                AttributeValue::S("x".repeat(image_bytes)),
+            ),
+        ]);
+        ParkedRecord {
+            reason: "message_too_large".into(),
+            detail: "too big".into(),
+            stream_arn: "arn".into(),
+            shard_id: "shard-1".into(),
+            record: StreamRecord {
+                event_id: Some("e".into()),
+                event_name: EventName::Modify,
+                keys: Item::from([("user_id".to_string(), AttributeValue::S("u-1".into()))]),
+                new_image: Some(image.clone()),
+                old_image: Some(image),
+                sequence_number: Some("42".into()),
+                approximate_creation: None,
+                user_identity: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_record_that_fits_is_parked_whole() {
+        let body = body_within_limit(&parked(1000));
+        let back: ParkedRecord = serde_json::from_str(&body).unwrap();
+        assert!(back.record.new_image.is_some() && back.record.old_image.is_some());
+    }
+
+    #[test]
+    fn an_oversize_record_is_parked_with_its_keys_but_without_images() {
+        let body = body_within_limit(&parked(200_000));
+        assert!(body.len() < MAX_MESSAGE_BYTES);
+        let back: ParkedRecord = serde_json::from_str(&body).unwrap();
+        assert!(back.record.new_image.is_none());
+        assert_eq!(back.record.sequence_number.as_deref(), Some("42"));
+        assert!(back.detail.contains("images dropped"));
     }
 }

@@ -201,9 +201,17 @@ impl Pipeline {
         }
         let work = shutdown.child_token();
         let lease_lost = CancellationToken::new();
-        let renewer = tokio::spawn(self.clone().renew_lease(work.clone(), lease_lost.clone()));
+        // The renewer outlives `work`: on shutdown the shards still finish and checkpoint
+        // their batch in flight, which needs the lease.
+        let renewing = CancellationToken::new();
+        let renewer = tokio::spawn(self.clone().renew_lease(
+            renewing.clone(),
+            work.clone(),
+            lease_lost.clone(),
+        ));
         let result = self.schedule_shards(&work).await;
         work.cancel();
+        renewing.cancel();
         let _ = renewer.await;
         if lease_lost.is_cancelled() {
             return Err(CheckpointError::LeaseLost {
@@ -254,15 +262,26 @@ impl Pipeline {
         }
     }
 
-    async fn renew_lease(self: Arc<Self>, work: CancellationToken, lost: CancellationToken) {
-        let mut last_renewed = tokio::time::Instant::now();
+    async fn renew_lease(
+        self: Arc<Self>,
+        renewing: CancellationToken,
+        work: CancellationToken,
+        lost: CancellationToken,
+    ) {
+        // The lease runs from when a renewal was sent, not from when its answer came.
+        let mut renewed_at = tokio::time::Instant::now();
+        let mut pause = self.lease_ttl / 3;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(self.lease_ttl / 3) => {}
-                _ = work.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+                _ = renewing.cancelled() => return,
             }
+            let sent_at = tokio::time::Instant::now();
             match self.checkpoints.acquire(self.lease_ttl).await {
-                Ok(None) => last_renewed = tokio::time::Instant::now(),
+                Ok(None) => {
+                    renewed_at = sent_at;
+                    pause = self.lease_ttl / 3;
+                }
                 Ok(Some(holder)) => {
                     error!(holder = %holder.owner, "Lease lost to another publisher; stopping.");
                     lost.cancel();
@@ -270,14 +289,17 @@ impl Pipeline {
                     return;
                 }
                 Err(e) => {
-                    warn!(error = %e, "Lease renewal failed, will retry.");
-                    // Stop reading well before the lease can expire under us.
-                    if last_renewed.elapsed() > self.lease_ttl * 2 / 3 {
-                        error!("Lease could not be renewed in time; stopping.");
+                    // Stop reading well before the lease can expire under us; until then
+                    // retry every second (a renewal can conflict with a checkpoint
+                    // transaction on the same item).
+                    if renewed_at.elapsed() > self.lease_ttl * 2 / 3 {
+                        error!(error = %e, "Lease could not be renewed in time; stopping.");
                         lost.cancel();
                         work.cancel();
                         return;
                     }
+                    warn!(error = %e, "Lease renewal failed, will retry.");
+                    pause = Duration::from_secs(1).min(self.lease_ttl / 6);
                 }
             }
         }
@@ -292,28 +314,55 @@ impl Pipeline {
         let mut active: HashSet<String> = HashSet::new();
         let mut tasks: JoinSet<(String, Result<bool, PipelineError>)> = JoinSet::new();
         let mut outcome = Ok(());
+        // `--start-position latest` means "from now on" for the shards open when this
+        // publisher first looks. Shards that appear later (children of a split or a
+        // rollover) must be read from their start, or their first records are lost.
+        let mut latest_allowed: Option<HashSet<String>> = None;
         'outer: while !work.is_cancelled() {
             match self.reader.describe().await {
                 Ok((_, shards)) => {
+                    let mut load_failed = false;
                     for shard in &shards {
                         if known.contains_key(&shard.shard_id) {
                             continue;
                         }
-                        let cp = self.checkpoints.load(&shard.shard_id).await?;
-                        if cp == Some(Checkpoint::Finished) {
-                            finished.insert(shard.shard_id.clone());
+                        match self.checkpoints.load(&shard.shard_id).await {
+                            Ok(cp) => {
+                                if cp == Some(Checkpoint::Finished) {
+                                    finished.insert(shard.shard_id.clone());
+                                }
+                                known.insert(shard.shard_id.clone(), cp);
+                            }
+                            Err(e) => {
+                                warn!(shard_id = %shard.shard_id, error = %e, "Loading a checkpoint failed; retrying at the next discovery.");
+                                load_failed = true;
+                                break;
+                            }
                         }
-                        known.insert(shard.shard_id.clone(), cp);
+                    }
+                    let latest_allowed = latest_allowed.get_or_insert_with(|| {
+                        shards
+                            .iter()
+                            .filter(|s| {
+                                s.ending_sequence_number.is_none() && s.parent_shard_id.is_none()
+                            })
+                            .map(|s| s.shard_id.clone())
+                            .collect()
+                    });
+                    if load_failed {
+                        known.retain(|id, _| finished.contains(id) || active.contains(id));
                     }
                     for shard_id in ready_shards(&shards, &finished, &active) {
-                        if active.len() >= self.max_shards {
+                        if active.len() >= self.max_shards || !known.contains_key(&shard_id) {
                             break;
                         }
                         let start = match known.get(&shard_id).cloned().flatten() {
                             Some(Checkpoint::At(seq)) => StartAt::After(seq),
                             _ => match self.start_position {
-                                StartPosition::TrimHorizon => StartAt::TrimHorizon,
-                                StartPosition::Latest => StartAt::Latest,
+                                StartPosition::Latest if latest_allowed.contains(&shard_id) => {
+                                    StartAt::Latest
+                                }
+                                _ => StartAt::TrimHorizon,
                             },
                         };
                         info!(%shard_id, ?start, "Reading shard.");
@@ -449,8 +498,7 @@ impl Pipeline {
             }
             match batch.next_iterator {
                 None => {
-                    self.checkpoints
-                        .save(shard_id, &Checkpoint::Finished)
+                    self.save_checkpoint(shard_id, &Checkpoint::Finished)
                         .await?;
                     return Ok(true);
                 }
@@ -484,13 +532,9 @@ impl Pipeline {
         Stats::add(&self.stats.records_read, records.len());
         let now = OffsetDateTime::now_utc();
         let mut encoded = Vec::with_capacity(records.len());
-        let mut by_event: HashMap<String, usize> = HashMap::new();
         for (i, record) in records.iter().enumerate() {
             match to_event(record, &self.origin, now) {
-                Ok(Some(event)) => {
-                    by_event.insert(event.event_id.clone(), i);
-                    encoded.push(Encoded::new(&event, self.emit));
-                }
+                Ok(Some(event)) => encoded.push(Encoded::new(i, &event, self.emit)),
                 Ok(None) => Stats::add(&self.stats.records_skipped, 1),
                 Err(e) => {
                     self.park(shard_id, record, e.reason_code(), e.to_string())
@@ -512,10 +556,7 @@ impl Pipeline {
         Stats::add(&self.stats.events_published, report.published);
         Stats::add(&self.stats.publish_retries, report.retries);
         for (enc, rejected) in &report.rejected {
-            let record = by_event
-                .get(&enc.event_id)
-                .map(|i| &records[*i])
-                .expect("rejected events come from this batch");
+            let record = &records[enc.tag];
             self.park(
                 shard_id,
                 record,
@@ -526,13 +567,35 @@ impl Pipeline {
         }
         let last = records.iter().rev().find_map(|r| r.sequence_number.clone());
         if let Some(seq) = &last {
-            self.checkpoints
-                .save(shard_id, &Checkpoint::At(seq.clone()))
+            self.save_checkpoint(shard_id, &Checkpoint::At(seq.clone()))
                 .await?;
             Stats::add(&self.stats.checkpoints_written, 1);
         }
         debug!(%shard_id, records = records.len(), events = count, checkpoint = last.as_deref().unwrap_or("-"), "Batch published.");
         Ok(Published::Through(last))
+    }
+
+    /// Writes a checkpoint, retrying what is worth retrying (a transaction that
+    /// conflicted with a lease renewal or another shard's checkpoint, a throttle). A lost
+    /// lease is final. Gives up after about a lease TTL: by then the lease is gone anyway.
+    async fn save_checkpoint(
+        &self,
+        shard_id: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), PipelineError> {
+        let deadline = tokio::time::Instant::now() + self.lease_ttl;
+        let mut attempt = 0;
+        loop {
+            match self.checkpoints.save(shard_id, checkpoint).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    attempt += 1;
+                    warn!(%shard_id, error = %e, attempt, "Checkpoint write failed, will retry.");
+                    tokio::time::sleep(backoff(attempt).min(Duration::from_secs(2))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     async fn park(
@@ -549,14 +612,24 @@ impl Pipeline {
             shard_id: shard_id.to_owned(),
             record: record.clone(),
         };
-        self.failures
-            .park(&parked)
-            .await
-            .map_err(|source| PipelineError::Park {
-                shard_id: shard_id.to_owned(),
-                sequence_number: record.sequence_number.clone().unwrap_or_default(),
-                source,
-            })?;
+        let mut attempt = 0;
+        loop {
+            match self.failures.park(&parked).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() && attempt < 8 => {
+                    attempt += 1;
+                    warn!(%shard_id, error = %e, attempt, "Parking a record failed, will retry.");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(source) => {
+                    return Err(PipelineError::Park {
+                        shard_id: shard_id.to_owned(),
+                        sequence_number: record.sequence_number.clone().unwrap_or_default(),
+                        source,
+                    });
+                }
+            }
+        }
         Stats::add(&self.stats.records_parked, 1);
         Ok(())
     }

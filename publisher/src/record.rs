@@ -26,6 +26,9 @@ pub enum AttributeValue {
     Ss(Vec<String>),
     Ns(Vec<String>),
     Bs(Vec<Vec<u8>>),
+    /// A type added to DynamoDB after this build: never read as absent, always refused
+    /// where the contract needs the attribute.
+    Unsupported,
 }
 
 impl AttributeValue {
@@ -41,6 +44,7 @@ impl AttributeValue {
             AttributeValue::Ss(_) => "SS",
             AttributeValue::Ns(_) => "NS",
             AttributeValue::Bs(_) => "BS",
+            AttributeValue::Unsupported => "an unsupported type",
         }
     }
 }
@@ -54,6 +58,8 @@ pub enum EventName {
     Insert,
     Modify,
     Remove,
+    /// An event name this build does not know (or none): refused, and parked.
+    Unsupported,
 }
 
 /// One DynamoDB stream record, whichever way it was read.
@@ -122,6 +128,8 @@ pub enum RecordError {
     },
     #[error("record {record:?}: the item's user_id differs from the record's key")]
     KeyMismatch { record: String },
+    #[error("record {record:?} has no known eventName (INSERT, MODIFY, REMOVE)")]
+    UnsupportedEventName { record: String },
 }
 
 impl RecordError {
@@ -133,6 +141,7 @@ impl RecordError {
             RecordError::WrongType { .. } => "wrong_attribute_type",
             RecordError::BadValue { .. } => "bad_attribute_value",
             RecordError::KeyMismatch { .. } => "key_mismatch",
+            RecordError::UnsupportedEventName { .. } => "unsupported_event_name",
         }
     }
 }
@@ -158,6 +167,9 @@ pub fn to_event(
     now: OffsetDateTime,
 ) -> Result<Option<ChangeEvent>, RecordError> {
     let label = record_label(record);
+    if record.event_name == EventName::Unsupported {
+        return Err(RecordError::UnsupportedEventName { record: label });
+    }
     let key = string(&record.keys, attr::USER_ID, &label)?;
     let (position, change) = match record.event_name {
         EventName::Insert | EventName::Modify => {
@@ -196,6 +208,7 @@ pub fn to_event(
             };
             (position, Change::Deleted(reason))
         }
+        EventName::Unsupported => unreachable!("refused above"),
     };
     if let Some(profile) = change.profile()
         && profile.user_id != key
@@ -564,6 +577,21 @@ mod tests {
         let err =
             to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
         assert_eq!(err.reason_code(), "key_mismatch");
+    }
+
+    #[test]
+    fn unknown_event_names_and_attribute_types_are_refused_not_skipped() {
+        let mut r = record(EventName::Insert, None, Some(item(1)));
+        r.event_name = EventName::Unsupported;
+        assert_eq!(
+            to_event(&r, &origin(), now()).unwrap_err().reason_code(),
+            "unsupported_event_name"
+        );
+        let mut i = item(1);
+        i.insert("country".into(), AttributeValue::Unsupported);
+        let err =
+            to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
+        assert_eq!(err.reason_code(), "wrong_attribute_type");
     }
 
     #[test]

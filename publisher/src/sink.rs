@@ -12,7 +12,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use contracts::{ChangeEvent, SchemaVersion};
 use sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{error, warn};
 
 /// Most entries in one `PublishBatch` call.
 ///
@@ -32,6 +32,9 @@ pub const MAX_DEDUPLICATION_ID: usize = 128;
 /// One event encoded for publishing.
 #[derive(Debug, Clone)]
 pub struct Encoded {
+    /// The caller's index for this event (e.g. its record's place in the batch), handed
+    /// back with a rejection.
+    pub tag: usize,
     pub event_id: String,
     pub key: String,
     pub event_type: &'static str,
@@ -40,9 +43,10 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    pub fn new(event: &ChangeEvent, as_version: SchemaVersion) -> Self {
+    pub fn new(tag: usize, event: &ChangeEvent, as_version: SchemaVersion) -> Self {
         let body = String::from_utf8(event.encode(as_version)).expect("serde_json writes UTF-8");
         Encoded {
+            tag,
             event_id: event.event_id.clone(),
             key: event.key.clone(),
             event_type: event.change.event_type().as_str(),
@@ -65,8 +69,13 @@ pub struct Rejected {
 }
 
 /// Splits events into `PublishBatch` calls within both SNS limits; a message too large to
-/// publish at all is rejected up front.
-pub fn plan_batches(events: Vec<Encoded>) -> (Vec<Vec<Encoded>>, Vec<(Encoded, Rejected)>) {
+/// publish at all is rejected up front. For a FIFO topic a batch holds at most one event
+/// per key: a retried entry then can never land behind a later event of its key that
+/// succeeded in the same call.
+pub fn plan_batches(
+    events: Vec<Encoded>,
+    fifo: bool,
+) -> (Vec<Vec<Encoded>>, Vec<(Encoded, Rejected)>) {
     let mut batches: Vec<Vec<Encoded>> = Vec::new();
     let mut rejected = Vec::new();
     let mut current: Vec<Encoded> = Vec::new();
@@ -85,7 +94,11 @@ pub fn plan_batches(events: Vec<Encoded>) -> (Vec<Vec<Encoded>>, Vec<(Encoded, R
             rejected.push((event, r));
             continue;
         }
-        if current.len() == MAX_BATCH_ENTRIES || current_size + size > MAX_PAYLOAD_BYTES {
+        let same_group = fifo && current.iter().any(|e| e.key == event.key);
+        if current.len() == MAX_BATCH_ENTRIES
+            || current_size + size > MAX_PAYLOAD_BYTES
+            || same_group
+        {
             batches.push(std::mem::take(&mut current));
             current_size = 0;
         }
@@ -121,22 +134,24 @@ pub fn entry_for(id: usize, event: &Encoded, fifo: bool) -> PublishBatchRequestE
         );
     if fifo {
         entry = entry
-            .message_group_id(event.key.clone())
-            .message_deduplication_id(dedup_id(&event.event_id));
+            .message_group_id(fifo_id(&event.key))
+            .message_deduplication_id(fifo_id(&event.event_id));
     }
     entry.build().expect("id and message are set")
 }
 
-/// A FIFO deduplication id from an event id: the id itself when it fits the 128
-/// characters SNS allows, its SHA-256 otherwise.
-fn dedup_id(event_id: &str) -> String {
-    let fits =
-        event_id.len() <= MAX_DEDUPLICATION_ID && event_id.bytes().all(|b| b.is_ascii_graphic());
+/// A FIFO message group or deduplication id: the value itself when it fits the 128
+/// printable ASCII characters SNS allows, its SHA-256 otherwise (the same value always
+/// maps to the same id, so a key keeps its group).
+fn fifo_id(value: &str) -> String {
+    let fits = !value.is_empty()
+        && value.len() <= MAX_DEDUPLICATION_ID
+        && value.bytes().all(|b| b.is_ascii_graphic());
     if fits {
-        event_id.to_owned()
+        value.to_owned()
     } else {
         use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(event_id.as_bytes()))
+        hex::encode(sha2::Sha256::digest(value.as_bytes()))
     }
 }
 
@@ -195,7 +210,7 @@ impl SnsSink {
         events: Vec<Encoded>,
         shutdown: &CancellationToken,
     ) -> Result<PublishReport, PublishError> {
-        let (batches, rejected) = plan_batches(events);
+        let (batches, rejected) = plan_batches(events, self.fifo);
         let mut report = PublishReport {
             rejected,
             ..PublishReport::default()
@@ -231,7 +246,9 @@ impl SnsSink {
     ) -> Result<PublishReport, PublishError> {
         let mut report = PublishReport::default();
         let mut delays = self.backoff.build();
+        let mut attempt: u32 = 0;
         loop {
+            attempt += 1;
             let entries: Vec<_> = batch
                 .iter()
                 .enumerate()
@@ -288,7 +305,14 @@ impl SnsSink {
                     }
                 }
                 Err(err) => {
-                    warn!(error = %crate::describe_sdk_error(&err), entries = batch.len(), "PublishBatch failed, will retry.");
+                    // Retried whatever the error: skipping would lose the records. A
+                    // persistent one (topic gone, permissions) stalls the shard, loudly.
+                    let error = crate::describe_sdk_error(&err);
+                    if attempt >= 5 {
+                        error!(%error, entries = batch.len(), attempt, "PublishBatch keeps failing; the shard waits.");
+                    } else {
+                        warn!(%error, entries = batch.len(), attempt, "PublishBatch failed, will retry.");
+                    }
                     retry = batch;
                 }
             }
@@ -312,6 +336,7 @@ mod tests {
 
     fn encoded(id: usize, size: usize) -> Encoded {
         Encoded {
+            tag: id,
             event_id: format!("e{id}"),
             key: format!("k{id}"),
             event_type: "profile.upserted",
@@ -322,7 +347,7 @@ mod tests {
 
     #[test]
     fn batches_hold_at_most_ten_entries() {
-        let (batches, rejected) = plan_batches((0..25).map(|i| encoded(i, 10)).collect());
+        let (batches, rejected) = plan_batches((0..25).map(|i| encoded(i, 10)).collect(), false);
         assert_eq!(
             batches.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![10, 10, 5]
@@ -332,7 +357,7 @@ mod tests {
 
     #[test]
     fn batches_stay_under_the_payload_limit() {
-        let (batches, _) = plan_batches((0..5).map(|i| encoded(i, 100_000)).collect());
+        let (batches, _) = plan_batches((0..5).map(|i| encoded(i, 100_000)).collect(), false);
         assert_eq!(
             batches.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![2, 2, 1]
@@ -344,8 +369,10 @@ mod tests {
 
     #[test]
     fn an_oversize_message_is_rejected_without_blocking_the_rest() {
-        let (batches, rejected) =
-            plan_batches(vec![encoded(0, 10), encoded(1, 300_000), encoded(2, 10)]);
+        let (batches, rejected) = plan_batches(
+            vec![encoded(0, 10), encoded(1, 300_000), encoded(2, 10)],
+            false,
+        );
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].len(), 2);
         assert_eq!(rejected.len(), 1);
@@ -367,9 +394,40 @@ mod tests {
     }
 
     #[test]
-    fn long_event_ids_are_hashed_into_a_valid_deduplication_id() {
-        let id = dedup_id(&"é".repeat(100));
+    fn long_or_non_ascii_values_are_hashed_into_valid_fifo_ids() {
+        let id = fifo_id(&"é".repeat(100));
         assert_eq!(id.len(), 64);
-        assert_eq!(dedup_id("abc"), "abc");
+        assert_eq!(
+            fifo_id("user 1"),
+            fifo_id("user 1"),
+            "a key keeps its group"
+        );
+        assert_ne!(fifo_id("user 1"), "user 1");
+        assert_eq!(fifo_id("abc"), "abc");
+    }
+
+    #[test]
+    fn fifo_batches_hold_one_event_per_key() {
+        let mut events: Vec<Encoded> = (0..6).map(|i| encoded(i, 10)).collect();
+        for e in &mut events {
+            e.key = if e.tag % 2 == 0 {
+                "even".into()
+            } else {
+                "odd".into()
+            };
+        }
+        let (batches, _) = plan_batches(events, true);
+        for b in &batches {
+            let keys: std::collections::HashSet<_> = b.iter().map(|e| &e.key).collect();
+            assert_eq!(keys.len(), b.len(), "two events of one key in a FIFO batch");
+        }
+        // Order within a key is kept across batches.
+        let evens: Vec<usize> = batches
+            .iter()
+            .flatten()
+            .filter(|e| e.key == "even")
+            .map(|e| e.tag)
+            .collect();
+        assert_eq!(evens, vec![0, 2, 4]);
     }
 }

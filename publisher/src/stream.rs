@@ -195,7 +195,7 @@ impl StreamReader {
                 .records
                 .unwrap_or_default()
                 .into_iter()
-                .filter_map(from_sdk_record)
+                .map(from_sdk_record)
                 .collect(),
             next_iterator: out.next_shard_iterator,
         })
@@ -224,15 +224,20 @@ pub fn ready_shards(
     ready
 }
 
-fn from_sdk_record(record: st::Record) -> Option<StreamRecord> {
-    let event_name = match record.event_name? {
-        st::OperationType::Insert => EventName::Insert,
-        st::OperationType::Modify => EventName::Modify,
-        st::OperationType::Remove => EventName::Remove,
-        _ => return None,
+/// Every record converts: one the decoder cannot use (an unknown event name, no
+/// `dynamodb` payload) is refused there and parked, never dropped here, since the
+/// checkpoint moves past it.
+fn from_sdk_record(record: st::Record) -> StreamRecord {
+    let event_name = match record.event_name {
+        Some(st::OperationType::Insert) => EventName::Insert,
+        Some(st::OperationType::Modify) => EventName::Modify,
+        Some(st::OperationType::Remove) => EventName::Remove,
+        _ => EventName::Unsupported,
     };
-    let data = record.dynamodb?;
-    Some(StreamRecord {
+    let data = record
+        .dynamodb
+        .unwrap_or_else(|| st::StreamRecord::builder().build());
+    StreamRecord {
         event_id: record.event_id,
         event_name,
         keys: convert_item(data.keys.unwrap_or_default()),
@@ -248,7 +253,7 @@ fn from_sdk_record(record: st::Record) -> Option<StreamRecord> {
                 u.principal_id.unwrap_or_default(),
             )
         }),
-    })
+    }
 }
 
 /// SDK item → our item type.
@@ -272,9 +277,8 @@ fn convert_value(v: st::AttributeValue) -> AttributeValue {
         st::AttributeValue::Bs(v) => {
             AttributeValue::Bs(v.into_iter().map(|b| b.into_inner()).collect())
         }
-        // A type added to the API after this build: keep the record moving to the
-        // decoder, which refuses it with a named attribute.
-        _ => AttributeValue::Null,
+        // A type added to the API after this build: the decoder refuses it by name.
+        _ => AttributeValue::Unsupported,
     }
 }
 
