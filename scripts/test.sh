@@ -29,6 +29,7 @@ step "cargo build (binaries and tests)"
 cargo build --workspace --all-targets --locked
 
 step "tests"
+export TRIBUTARY_BINARIES_BUILT=1
 if cargo nextest --version >/dev/null 2>&1; then
   # Each test is its own process; the end-to-end tests wait on I/O, so run 4 at once.
   cargo nextest run --workspace --locked --test-threads 4 --no-fail-fast "$@"

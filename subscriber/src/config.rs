@@ -22,7 +22,7 @@ use url::Url;
                   e.g. `info,subscriber=debug`; default: info)."
 )]
 pub struct Cli {
-    /// Log format: `auto` is JSON when stdout is not a terminal and text when it is.
+    /// Log format: `auto` is JSON when stderr is not a terminal and text when it is.
     /// Default: auto.
     #[arg(
         long,
@@ -50,7 +50,7 @@ pub enum Command {
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// JSON when stdout is not a terminal (a container, a log shipper), text when it is.
+    /// JSON when stderr is not a terminal (a container, a log shipper), text when it is.
     Auto,
     /// One JSON object per line.
     Json,

@@ -19,8 +19,6 @@
 //! - [`telemetry`] — the tracing subscriber the binaries install.
 //! - [`MIGRATOR`] — the analytics store's migrations (`migrations/` at the workspace root).
 
-// Tests may unwrap (house style); the non-test build of the library is still checked.
-
 pub mod apply;
 pub mod config;
 pub mod envelope;

@@ -55,17 +55,14 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     static BUILT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
     let dir = bin_dir();
     let built = BUILT.get_or_init(|| {
+        if std::env::var_os("TRIBUTARY_BINARIES_BUILT").is_some() {
+            return Ok(()); // scripts/test.sh built them just before the tests
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "--bins",
-            "-p",
-            "tributary-publisher",
-            "-p",
-            "tributary-subscriber",
-        ]);
+        // The same selection as scripts/test.sh's build step: another selection unifies
+        // dependency features differently and would rebuild half the dependency tree.
+        cmd.args(["build", "--quiet", "--workspace", "--all-targets"]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
