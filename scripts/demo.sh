@@ -18,8 +18,8 @@ count="${DEMO_COUNT:-600}"; rate="${DEMO_RATE:-50}"; keys="${DEMO_KEYS:-150}"
 db="${DEMO_DATABASE:-tributary_demo}"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-say "building (debug)"
-cargo build --bins --locked -q
+say "building (debug; the same build the tests use, so neither rebuilds the other's)"
+cargo build --workspace --all-targets --locked -q
 
 say "starting PostgreSQL (if down), DynamoDB Local and moto"
 scripts/env-up.sh

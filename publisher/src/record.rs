@@ -220,10 +220,7 @@ pub fn to_event(
         // Some emulated events omit eventID; derive one that is stable across re-reads.
         _ => derived_event_id(&key, position, &change),
     };
-    let occurred_at = record
-        .approximate_creation
-        .or_else(|| change.profile().map(|p| p.updated_at))
-        .unwrap_or(now);
+    let occurred_at = occurred_at(record, &change, now);
     Ok(Some(ChangeEvent {
         event_id,
         key,
@@ -238,6 +235,25 @@ pub fn to_event(
         published_schema: contracts::CURRENT_SCHEMA_VERSION,
         change,
     }))
+}
+
+/// When the change happened at the source. An upsert carries the service's own write
+/// time (`updated_at`, to the microsecond). A delete has none: the stream's
+/// `ApproximateCreationDateTime` (rounded down to the second by AWS, to the minute by
+/// DynamoDB Local), but never earlier than the deleted item's last write.
+fn occurred_at(record: &StreamRecord, change: &Change, now: OffsetDateTime) -> OffsetDateTime {
+    if let Some(profile) = change.profile() {
+        return profile.updated_at;
+    }
+    let last_write = record
+        .old_image
+        .as_ref()
+        .and_then(|old| timestamp(old, attr::UPDATED_AT, "").ok());
+    match (record.approximate_creation, last_write) {
+        (Some(approx), Some(last)) => approx.max(last),
+        (Some(t), None) | (None, Some(t)) => t,
+        (None, None) => now,
+    }
 }
 
 /// A deterministic event id for a change with no stream `eventID` (and for snapshots):
@@ -513,6 +529,24 @@ mod tests {
         .unwrap();
         assert_eq!(event.change, Change::Deleted(DeleteReason::Deleted));
         assert_eq!(event.position.version, 5);
+    }
+
+    #[test]
+    fn a_delete_happened_no_earlier_than_the_items_last_write() {
+        let mut r = record(EventName::Remove, Some(item(5)), None);
+        // DynamoDB Local rounds ApproximateCreationDateTime down to the minute.
+        r.approximate_creation = Some(time::macros::datetime!(2026-11-24 23:59 UTC));
+        let event = to_event(&r, &origin(), now()).unwrap().unwrap();
+        assert_eq!(
+            event.occurred_at,
+            time::macros::datetime!(2026-11-25 00:00 UTC)
+        );
+        r.approximate_creation = Some(time::macros::datetime!(2026-11-25 00:01 UTC));
+        let event = to_event(&r, &origin(), now()).unwrap().unwrap();
+        assert_eq!(
+            event.occurred_at,
+            time::macros::datetime!(2026-11-25 00:01 UTC)
+        );
     }
 
     #[test]
