@@ -257,12 +257,24 @@ fn occurred_at(record: &StreamRecord, change: &Change, now: OffsetDateTime) -> O
 }
 
 /// A deterministic event id for a change with no stream `eventID` (and for snapshots):
-/// the same change always gets the same id.
+/// the same change always gets the same id. A key too long to fit the contract's
+/// event-id limit is replaced by its SHA-256.
 pub fn derived_event_id(key: &str, position: Position, change: &Change) -> String {
+    /// Keys up to this length appear verbatim, which keeps ids readable.
+    const VERBATIM_KEY_BYTES: usize = 256;
     let kind = match change {
         Change::Upserted(_) => "upserted",
         Change::Snapshot(_) => "snapshot",
         Change::Deleted(_) => "deleted",
+    };
+    let key = if key.len() <= VERBATIM_KEY_BYTES {
+        key.to_owned()
+    } else {
+        use sha2::Digest;
+        format!(
+            "sha256-{}",
+            hex::encode(sha2::Sha256::digest(key.as_bytes()))
+        )
     };
     format!("{kind}:{key}:{}:{}", position.generation, position.version)
 }
@@ -636,6 +648,25 @@ mod tests {
         let b = to_event(&r, &origin(), now()).unwrap().unwrap();
         assert_eq!(a.event_id, b.event_id);
         assert_eq!(a.event_id, "upserted:u-1:1795167000123456:2");
+    }
+
+    #[test]
+    fn derived_ids_of_the_longest_keys_fit_the_contract() {
+        let key = "k".repeat(contracts::envelope::MAX_KEY_BYTES);
+        let position = Position {
+            generation: i64::MIN,
+            version: i64::MAX,
+        };
+        let id = derived_event_id(&key, position, &Change::Deleted(DeleteReason::Deleted));
+        assert!(
+            id.len() <= contracts::envelope::MAX_EVENT_ID_BYTES,
+            "{} bytes",
+            id.len()
+        );
+        assert_eq!(
+            id,
+            derived_event_id(&key, position, &Change::Deleted(DeleteReason::Deleted))
+        );
     }
 
     #[test]
