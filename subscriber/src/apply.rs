@@ -51,11 +51,13 @@ pub enum FailureKind {
     /// deadlock, serialization failure, resource exhaustion): retry the same batch later.
     Transient,
     /// The database refuses every batch alike (missing table or column, permissions,
-    /// authentication, an internal error): retrying cannot succeed until an operator acts
-    /// (runs the migrations, fixes grants), but parking would dead-letter every good
-    /// message in the meantime. So it is retried, and logged at ERROR.
+    /// authentication, TLS, an internal error) or the schema drifted under us (a
+    /// constraint violation: a new NOT NULL column, foreign key or unique index):
+    /// retrying cannot succeed until an operator acts (runs the migrations, fixes
+    /// grants or the constraint), but parking would dead-letter every good message in
+    /// the meantime. So it is retried, and logged at ERROR.
     NeedsOperator,
-    /// Something in this batch's data is refused (data exception, constraint violation):
+    /// Something in this batch's data is refused (a data exception, a program limit):
     /// the same batch fails forever. Isolate the offending event and park it.
     Permanent,
 }
@@ -123,7 +125,6 @@ pub fn classify(err: &sqlx::Error) -> FailureKind {
     match err {
         sqlx::Error::Database(db) => classify_sqlstate(db.code().as_deref().unwrap_or("")),
         sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
@@ -131,7 +132,8 @@ pub fn classify(err: &sqlx::Error) -> FailureKind {
         | sqlx::Error::BeginFailed => FailureKind::Transient,
         // A value of this batch could not be encoded for the wire.
         sqlx::Error::Encode(_) => FailureKind::Permanent,
-        // Decoding, configuration, type lookups: a bug or a schema drift, not this data.
+        // TLS (a certificate or trust-store problem), decoding, configuration, type
+        // lookups: a setup problem, a bug or a schema drift, not this data.
         _ => FailureKind::NeedsOperator,
     }
 }
@@ -151,9 +153,13 @@ pub fn classify_sqlstate(code: &str) -> FailureKind {
         // deadlock 40P01); insufficient resources; operator intervention (admin or crash
         // shutdown, cannot connect now: a failover or restart); system (I/O) error.
         "08" | "40" | "53" | "57" | "58" => FailureKind::Transient,
-        // data exception (bad text, out-of-range value); integrity constraint violation;
-        // program limit exceeded (a value too large to index).
-        "22" | "23" | "54" => FailureKind::Permanent,
+        // data exception (bad text, out-of-range value); program limit exceeded (a value
+        // too large to index): this event's data, whatever the schema.
+        "22" | "54" => FailureKind::Permanent,
+        // Integrity constraint violation (23502 NOT NULL, 23503 foreign key, 23505
+        // unique, 23514 check, 23P01 exclusion): our events always carry every column
+        // the migrations require, so this is a constraint added behind our back, and
+        // it refuses good messages too. Parking would dead-letter all of them.
         // Syntax error or access rule violation (42P01 undefined table, 42703 undefined
         // column, 42501 insufficient privilege), invalid schema, invalid authorization,
         // internal error and anything else: the store, not the batch, needs fixing.
@@ -241,6 +247,19 @@ pub async fn apply_atomically(
     let report = apply_batch(&mut tx, events).await?;
     tx.commit().await.map_err(ApplyError::Commit)?;
     Ok(report)
+}
+
+/// A cheap check that the store is reachable and migrated: reads nothing from the two
+/// tables the apply writes, but fails as the apply would if either is missing or not
+/// readable.
+///
+/// # Errors
+/// The query's error, as the apply would see it.
+pub async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM analytics.user_profiles, analytics.profile_changes LIMIT 0")
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 const INSERT_HISTORY: &str = r#"
@@ -581,14 +600,17 @@ mod tests {
                 "{transient}"
             );
         }
-        for permanent in ["22P02", "22021", "22003", "23505", "23514", "54000"] {
+        for permanent in ["22P02", "22021", "22003", "54000"] {
             assert_eq!(
                 classify_sqlstate(permanent),
                 FailureKind::Permanent,
                 "{permanent}"
             );
         }
-        for operator in ["42P01", "42703", "42501", "3F000", "28P01", "XX000", ""] {
+        for operator in [
+            "42P01", "42703", "42501", "3F000", "28P01", "XX000", "", "23502", "23503", "23505",
+            "23514", "23P01",
+        ] {
             assert_eq!(
                 classify_sqlstate(operator),
                 FailureKind::NeedsOperator,
@@ -603,6 +625,13 @@ mod tests {
         assert_eq!(classify(&io), FailureKind::Transient);
         assert_eq!(classify(&sqlx::Error::PoolTimedOut), FailureKind::Transient);
         assert!(ApplyError::Begin(sqlx::Error::PoolTimedOut).is_retryable());
+    }
+
+    #[test]
+    fn a_tls_failure_needs_an_operator() {
+        let tls = sqlx::Error::Tls("invalid peer certificate: UnknownIssuer".into());
+        assert_eq!(classify(&tls), FailureKind::NeedsOperator);
+        assert!(ApplyError::Begin(tls).is_retryable());
     }
 }
 
@@ -869,6 +898,31 @@ mod db_tests {
         assert!(!err.is_retryable());
         // Nothing of the batch was committed.
         assert_eq!(history_count(&pool).await, 0);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_not_null_column_added_behind_our_back_needs_an_operator(pool: PgPool) {
+        sqlx::query("ALTER TABLE analytics.user_profiles ADD COLUMN tenant text NOT NULL")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let err = apply_atomically(&pool, &[upsert("a", 1, 1, "a@x")])
+            .await
+            .unwrap_err();
+        assert_eq!(err.sqlstate().as_deref(), Some("23502"));
+        assert_eq!(err.kind(), FailureKind::NeedsOperator);
+        assert!(err.is_retryable());
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn the_probe_passes_on_a_migrated_store_and_fails_without_its_tables(pool: PgPool) {
+        probe(&pool).await.unwrap();
+        sqlx::query("DROP TABLE analytics.profile_changes")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let err = probe(&pool).await.unwrap_err();
+        assert_eq!(classify(&err), FailureKind::NeedsOperator);
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

@@ -185,7 +185,46 @@ pub enum DatabaseUrlError {
     NotAUrl(url::ParseError),
     #[error("scheme must be postgres or postgresql")]
     WrongScheme,
+    /// sqlx would ignore the parameter and log it with its value, which may be a secret.
+    #[error("unknown query parameter {key:?} (accepted: {})", ACCEPTED_PARAMETERS.join(", "))]
+    UnknownParameter { key: String },
 }
+
+/// The query parameters sqlx-postgres 0.9 reads from a URL (`PgConnectOptions` parsing),
+/// besides `options[NAME]`. It logs any other with its value, so they are refused.
+pub const ACCEPTED_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Query parameters whose value is a secret.
+const SECRET_PARAMETERS: &[&str] = &["password", "sslpassword"];
+
+/// PostgreSQL session settings of the consumer's connections.
+/// <https://www.postgresql.org/docs/current/runtime-config-client.html>
+pub const SESSION_SETTINGS: [(&str, &str); 2] = [
+    // A statement stuck on a lock or a sick server fails (57014, retried) instead of
+    // holding a worker, and shutdown, forever.
+    ("statement_timeout", "30s"),
+    // A connection lost between BEGIN and COMMIT releases its locks.
+    ("idle_in_transaction_session_timeout", "60s"),
+];
 
 impl DatabaseUrl {
     /// The URL with its password, to connect with. Never log it.
@@ -193,32 +232,51 @@ impl DatabaseUrl {
         &self.0
     }
 
-    /// The URL with any password (in the authority or a `password=` query parameter)
-    /// replaced by `REDACTED`.
+    /// The URL with any password (in the authority or a `password=` or `sslpassword=`
+    /// query parameter) replaced by `REDACTED`.
     pub fn redacted(&self) -> String {
-        let Ok(mut url) = Url::parse(&self.0) else {
-            return "<unparseable>".to_owned();
-        };
-        if url.password().is_some() {
-            // Fails only for URLs that cannot have a password, which this one has.
-            let _ = url.set_password(Some("REDACTED"));
-        }
-        if url.query_pairs().any(|(k, _)| k == "password") {
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(k, v)| {
-                    let v = if k == "password" {
-                        "REDACTED".into()
-                    } else {
-                        v.into_owned()
-                    };
-                    (k.into_owned(), v)
-                })
-                .collect();
-            url.query_pairs_mut().clear().extend_pairs(pairs);
-        }
-        url.to_string()
+        redact(&self.0)
     }
+
+    /// The connect options of the consumer's pool: the URL's, plus
+    /// [`SESSION_SETTINGS`].
+    ///
+    /// # Errors
+    /// sqlx refuses the URL (a bad `sslmode` or port, say).
+    pub fn consumer_connect_options(
+        &self,
+    ) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
+        let options: sqlx::postgres::PgConnectOptions = self.0.parse()?;
+        Ok(options.options(SESSION_SETTINGS))
+    }
+}
+
+fn redact(url: &str) -> String {
+    let Ok(mut url) = Url::parse(url) else {
+        return "<unparseable>".to_owned();
+    };
+    if url.password().is_some() {
+        // Fails only for URLs that cannot have a password, which this one has.
+        let _ = url.set_password(Some("REDACTED"));
+    }
+    if url
+        .query_pairs()
+        .any(|(k, _)| SECRET_PARAMETERS.contains(&k.as_ref()))
+    {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if SECRET_PARAMETERS.contains(&k.as_ref()) {
+                    "REDACTED".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 impl FromStr for DatabaseUrl {
@@ -228,6 +286,14 @@ impl FromStr for DatabaseUrl {
         let url = Url::parse(s).map_err(DatabaseUrlError::NotAUrl)?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(DatabaseUrlError::WrongScheme);
+        }
+        if let Some((key, _)) = url.query_pairs().find(|(key, _)| {
+            !(ACCEPTED_PARAMETERS.contains(&key.as_ref())
+                || key.starts_with("options[") && key.ends_with(']'))
+        }) {
+            return Err(DatabaseUrlError::UnknownParameter {
+                key: key.into_owned(),
+            });
         }
         // Keep the string as given: sqlx reads it, and re-serialising could change it.
         Ok(DatabaseUrl(s.to_owned()))
@@ -356,6 +422,65 @@ mod tests {
             .unwrap();
         assert!(!in_query.to_string().contains("s3cret"));
         assert!(in_query.to_string().contains("user=app"));
+    }
+
+    #[test]
+    fn redaction_masks_the_ssl_key_password_too() {
+        let shown = redact("postgres://db/analytics?sslkey=/k.pem&sslpassword=s3cret");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("sslpassword=REDACTED"), "{shown}");
+    }
+
+    #[test]
+    fn an_unknown_query_parameter_is_refused_naming_the_key_not_the_value() {
+        let err = "postgres://db/analytics?sslmode=require&sslpassword=s3cret"
+            .parse::<DatabaseUrl>()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DatabaseUrlError::UnknownParameter {
+                key: "sslpassword".into()
+            }
+        );
+        assert!(err.to_string().contains("sslpassword"));
+        assert!(!err.to_string().contains("s3cret"));
+
+        let err = Cli::try_parse_from([
+            "subscriber",
+            "migrate",
+            "--database-url",
+            "postgres://u@h/db?pasword=s3cret",
+        ])
+        .unwrap_err();
+        let line = one_line(&err);
+        assert!(
+            line.contains("pasword") && line.contains("DATABASE_URL"),
+            "{line}"
+        );
+        assert!(!line.contains("s3cret"), "{line}");
+    }
+
+    #[test]
+    fn the_parameters_sqlx_reads_are_accepted() {
+        let url = "postgres://u:p@h:5432/db?sslmode=verify-full&sslrootcert=/ca.pem\
+                   &sslcert=/c.pem&sslkey=/k.pem&application_name=tributary\
+                   &statement-cache-capacity=50&options[search_path]=analytics";
+        assert!(url.parse::<DatabaseUrl>().is_ok());
+    }
+
+    #[test]
+    fn consumer_connections_time_out_stuck_statements_and_transactions() {
+        let url: DatabaseUrl = "postgres://u@h/db?options[search_path]=analytics"
+            .parse()
+            .unwrap();
+        let options = url.consumer_connect_options().unwrap();
+        let set = options.get_options().unwrap();
+        assert!(set.contains("search_path=analytics"), "{set}");
+        assert!(set.contains("statement_timeout=30s"), "{set}");
+        assert!(
+            set.contains("idle_in_transaction_session_timeout=60s"),
+            "{set}"
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   [`apply::ApplyError`] and its retry classification.
 //! - [`source`] — the SQS adapter: receive, batch delete, visibility changes, parking in
 //!   the DLQ.
+//! - [`gate`] — the circuit breaker that stops every receive loop while the database
+//!   fails, and probes it.
 //! - [`worker`] — the receive loops, [`worker::process_batch`] (reusable by a Lambda
 //!   handler) and graceful shutdown.
 //! - [`telemetry`] — the tracing subscriber the binaries install.
@@ -22,6 +24,7 @@
 pub mod apply;
 pub mod config;
 pub mod envelope;
+pub mod gate;
 pub mod source;
 pub mod telemetry;
 pub mod worker;

@@ -26,7 +26,9 @@ use crate::error_chain;
 
 /// Most entries in one batch call, and most messages one ReceiveMessage returns.
 pub const MAX_BATCH_ENTRIES: usize = 10;
-/// Largest message: body plus message attributes (names, types and values).
+/// Largest message: body plus message attributes (names, types and values). The
+/// default of a queue's `MaximumMessageSize`, and what a parked copy is kept within
+/// when the DLQ does not say.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Most message attributes on one message.
 pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
@@ -216,11 +218,17 @@ pub struct SqsSource {
     queue_url: String,
     dlq_url: String,
     receive: ReceiveSettings,
+    /// The RedrivePolicy's `maxReceiveCount`: SQS moves a message to the DLQ (without
+    /// a reason) after that many receives. `None` without a RedrivePolicy.
+    max_receive_count: Option<u32>,
+    /// The DLQ's `MaximumMessageSize`, in bytes: a parked copy is made to fit it.
+    dlq_max_message_bytes: usize,
 }
 
 impl SqsSource {
     /// Binds the queue and resolves its DLQ: `dlq_url` if given, else the queue's
-    /// RedrivePolicy target. Checks that the DLQ exists.
+    /// RedrivePolicy target. Checks that the DLQ exists, and reads its maximum message
+    /// size and the queue's `maxReceiveCount`.
     ///
     /// # Errors
     /// [`SourceError::NoDeadLetterQueue`] when there is no DLQ to park in; SQS errors.
@@ -232,18 +240,42 @@ impl SqsSource {
         receive: ReceiveSettings,
     ) -> Result<SqsSource, SourceError> {
         let queue_url = queue_url.as_str().to_owned();
-        let dlq_url = match dlq_url {
-            Some(url) => url.as_str().to_owned(),
-            None => discover_dlq(&client, &queue_url).await?,
+        let policy = match (read_redrive_policy(&client, &queue_url).await, dlq_url) {
+            (Ok(policy), _) => policy,
+            // The DLQ is configured: the policy would only tell when SQS redrives.
+            (Err(e), Some(_)) => {
+                warn!(error = %error_chain(&e), "Could not read the queue's RedrivePolicy; receive counts near its maxReceiveCount will not be reported.");
+                None
+            }
+            (Err(e), None) => return Err(e),
+        };
+        let max_receive_count = policy
+            .as_deref()
+            .and_then(max_receive_count_from_redrive_policy);
+        let dlq_url = match (dlq_url, policy) {
+            (Some(url), _) => url.as_str().to_owned(),
+            (None, Some(policy)) => resolve_dlq(&client, &queue_url, &policy).await?,
+            (None, None) => return Err(SourceError::NoDeadLetterQueue { queue_url }),
         };
         // Fail at start, not at the first poison message, if the DLQ is not there.
-        client
+        let dlq = client
             .get_queue_attributes()
             .queue_url(&dlq_url)
             .attribute_names(QueueAttributeName::QueueArn)
+            .attribute_names(QueueAttributeName::MaximumMessageSize)
             .send()
             .await
             .map_err(|e| sdk_error(Operation::GetQueueAttributes, &dlq_url, e))?;
+        let dlq_max_message_bytes = dlq
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize))
+            .and_then(|size| size.parse::<usize>().ok())
+            .filter(|&size| size > 0)
+            .unwrap_or(MAX_MESSAGE_BYTES);
+        debug!(
+            dlq_max_message_bytes,
+            max_receive_count, "Queue and DLQ bound."
+        );
         Ok(SqsSource {
             client,
             queue_url,
@@ -252,6 +284,8 @@ impl SqsSource {
                 max_messages: receive.max_messages.clamp(1, MAX_BATCH_ENTRIES as u8),
                 wait_time_secs: receive.wait_time_secs.min(MAX_WAIT_TIME_SECS),
             },
+            max_receive_count,
+            dlq_max_message_bytes,
         })
     }
 
@@ -265,17 +299,40 @@ impl SqsSource {
         &self.dlq_url
     }
 
+    /// The long-poll wait of each receive, in seconds (0: short polling).
+    pub fn wait_time_secs(&self) -> u8 {
+        self.receive.wait_time_secs
+    }
+
+    /// The RedrivePolicy's `maxReceiveCount`, if the queue has one.
+    pub fn max_receive_count(&self) -> Option<u32> {
+        self.max_receive_count
+    }
+
     /// Long-polls for up to `max_messages` messages, with all their message attributes
     /// and their receive count. An empty batch means the wait ended without messages.
     ///
     /// # Errors
     /// [`SourceError::Sdk`].
     pub async fn receive(&self) -> Result<Vec<ReceivedMessage>, SourceError> {
+        self.receive_at_most(self.receive.max_messages).await
+    }
+
+    /// As [`SqsSource::receive`], but for at most `max_messages` (clamped to
+    /// 1 ..= the configured maximum): a trial batch while the database is suspect.
+    ///
+    /// # Errors
+    /// [`SourceError::Sdk`].
+    pub async fn receive_at_most(
+        &self,
+        max_messages: u8,
+    ) -> Result<Vec<ReceivedMessage>, SourceError> {
+        let max_messages = max_messages.clamp(1, self.receive.max_messages);
         let output = self
             .client
             .receive_message()
             .queue_url(&self.queue_url)
-            .max_number_of_messages(i32::from(self.receive.max_messages))
+            .max_number_of_messages(i32::from(max_messages))
             .wait_time_seconds(i32::from(self.receive.wait_time_secs))
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
@@ -383,7 +440,10 @@ impl SqsSource {
     }
 
     /// Sends a copy of `message` to the DLQ: the original body and message attributes,
-    /// plus the reason, the detail and the original message id. Does not delete it.
+    /// plus the reason, the detail and the original message id, made to fit the DLQ's
+    /// maximum message size ([`dlq_attributes`]). If the DLQ refuses that copy for good
+    /// (an attribute it will not take), sends it once more with only the body and the
+    /// reason. Does not delete it.
     ///
     /// # Errors
     /// [`SourceError::Sdk`]; the message must then stay on the main queue.
@@ -393,11 +453,31 @@ impl SqsSource {
         reason_code: &'static str,
         detail: &str,
     ) -> Result<(), SourceError> {
-        let attributes = dlq_attributes(message, reason_code, detail);
+        let attributes = dlq_attributes(message, reason_code, detail, self.dlq_max_message_bytes);
+        match self.send_copy(&message.body, attributes).await {
+            Err(e) if !e.is_retryable() => {
+                error!(
+                    message_id = %message.message_id,
+                    reason = reason_code,
+                    error = %error_chain(&e),
+                    "The DLQ refused the parked copy; sending it again with only its body and reason."
+                );
+                self.send_copy(&message.body, minimal_dlq_attributes(reason_code))
+                    .await
+            }
+            sent => sent,
+        }
+    }
+
+    async fn send_copy(
+        &self,
+        body: &str,
+        attributes: HashMap<String, MessageAttributeValue>,
+    ) -> Result<(), SourceError> {
         self.client
             .send_message()
             .queue_url(&self.dlq_url)
-            .message_body(&message.body)
+            .message_body(body)
             .set_message_attributes(Some(attributes))
             .send()
             .await
@@ -520,8 +600,13 @@ fn failed_entries(failed: &[aws_sdk_sqs::types::BatchResultErrorEntry]) -> Vec<F
 }
 
 /// The message attributes of a parked copy: ours (reason, detail, source message id)
-/// and as many of the original's as fit in [`MAX_MESSAGE_ATTRIBUTES`] and
-/// [`MAX_MESSAGE_BYTES`].
+/// and as many of the original's as fit in [`MAX_MESSAGE_ATTRIBUTES`], such that body
+/// and attributes together fit `max_message_bytes` (the DLQ's maximum message size).
+///
+/// When they do not fit, the detail is shrunk first, then original attributes are
+/// dropped, largest first, and the room they free goes back to the detail. Only the
+/// body and our reason and source message id are never cut; if they alone do not fit,
+/// the copy is returned as is and SQS refuses it.
 ///
 /// Binary attributes are not copied: moto (the emulator the tests run against) answers
 /// them with a checksum the SDK rejects, and our publisher sets none. Attributes from an
@@ -530,26 +615,16 @@ pub fn dlq_attributes(
     message: &ReceivedMessage,
     reason_code: &str,
     detail: &str,
+    max_message_bytes: usize,
 ) -> HashMap<String, MessageAttributeValue> {
-    let ours = [
-        (REASON_ATTRIBUTE, reason_code.to_owned()),
-        (
-            DETAIL_ATTRIBUTE,
-            truncate(&sanitize(detail), MAX_DETAIL_BYTES),
-        ),
-        (SOURCE_MESSAGE_ID_ATTRIBUTE, message.message_id.clone()),
-    ];
-    let mut size = message.body.len();
-    let mut attributes = HashMap::new();
-    for (name, value) in ours {
-        let value = if value.is_empty() {
-            "-".to_owned()
-        } else {
-            value
-        };
-        size += name.len() + "String".len() + value.len();
-        attributes.insert(name.to_owned(), string_attribute(value));
-    }
+    let reason = non_empty(reason_code.to_owned());
+    let source_id = non_empty(message.message_id.clone());
+    // What is never cut: the body, the reason, the source id, and the detail's name
+    // and type with a value of at least one byte.
+    let fixed = message.body.len()
+        + attribute_bytes(REASON_ATTRIBUTE, "String", &reason)
+        + attribute_bytes(SOURCE_MESSAGE_ID_ATTRIBUTE, "String", &source_id)
+        + attribute_bytes(DETAIL_ATTRIBUTE, "String", "-");
 
     let mut originals: Vec<(&String, &MessageAttributeValue)> = message
         .message_attributes
@@ -558,13 +633,39 @@ pub fn dlq_attributes(
         .filter(|(_, v)| v.data_type().starts_with("String") || v.data_type().starts_with("Number"))
         .collect();
     originals.sort_by(|a, b| a.0.cmp(b.0));
-    for (name, value) in originals {
-        let len = name.len() + value.data_type().len() + value.string_value().map_or(0, str::len);
-        if attributes.len() >= MAX_MESSAGE_ATTRIBUTES || size + len > MAX_MESSAGE_BYTES {
-            debug!(attribute = %name, "Original attribute not copied to the DLQ: no room.");
-            continue;
+    if originals.len() > MAX_MESSAGE_ATTRIBUTES - 3 {
+        for (name, _) in &originals[MAX_MESSAGE_ATTRIBUTES - 3..] {
+            debug!(attribute = %name, "Original attribute not copied to the DLQ: too many attributes.");
         }
-        size += len;
+        originals.truncate(MAX_MESSAGE_ATTRIBUTES - 3);
+    }
+    let original_bytes = |(name, value): &(&String, &MessageAttributeValue)| {
+        attribute_bytes(name, value.data_type(), value.string_value().unwrap_or(""))
+    };
+    let mut originals_size: usize = originals.iter().map(original_bytes).sum();
+    while fixed + originals_size > max_message_bytes {
+        let Some(largest) = (0..originals.len()).max_by_key(|&i| original_bytes(&originals[i]))
+        else {
+            break;
+        };
+        let (name, value) = originals.remove(largest);
+        debug!(attribute = %name, "Original attribute not copied to the DLQ: no room.");
+        originals_size -= original_bytes(&(name, value));
+    }
+
+    // The one byte of "-" counted in `fixed` is the detail's floor.
+    let room = max_message_bytes.saturating_sub(fixed + originals_size) + 1;
+    let detail = non_empty(truncate(&sanitize(detail), room.min(MAX_DETAIL_BYTES)));
+
+    let mut attributes = HashMap::new();
+    for (name, value) in [
+        (REASON_ATTRIBUTE, reason),
+        (DETAIL_ATTRIBUTE, detail),
+        (SOURCE_MESSAGE_ID_ATTRIBUTE, source_id),
+    ] {
+        attributes.insert(name.to_owned(), string_attribute(value));
+    }
+    for (name, value) in originals {
         // Keep only what SendMessage accepts: a received value may carry list fields.
         let copy = MessageAttributeValue::builder()
             .data_type(value.data_type())
@@ -574,6 +675,29 @@ pub fn dlq_attributes(
         attributes.insert(name.clone(), copy);
     }
     attributes
+}
+
+/// The attributes of the last-resort parked copy, when the DLQ refused the full one:
+/// only the reason.
+pub fn minimal_dlq_attributes(reason_code: &str) -> HashMap<String, MessageAttributeValue> {
+    HashMap::from([(
+        REASON_ATTRIBUTE.to_owned(),
+        string_attribute(non_empty(reason_code.to_owned())),
+    )])
+}
+
+/// The bytes an attribute counts towards the message size: name, data type and value.
+fn attribute_bytes(name: &str, data_type: &str, value: &str) -> usize {
+    name.len() + data_type.len() + value.len()
+}
+
+/// SQS refuses an empty attribute value.
+fn non_empty(value: String) -> String {
+    if value.is_empty() {
+        "-".to_owned()
+    } else {
+        value
+    }
 }
 
 fn string_attribute(value: String) -> MessageAttributeValue {
@@ -608,8 +732,11 @@ fn truncate(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
-/// The DLQ named by the queue's RedrivePolicy.
-async fn discover_dlq(client: &Client, queue_url: &str) -> Result<String, SourceError> {
+/// The queue's RedrivePolicy (JSON), if it has one.
+async fn read_redrive_policy(
+    client: &Client,
+    queue_url: &str,
+) -> Result<Option<String>, SourceError> {
     let output = client
         .get_queue_attributes()
         .queue_url(queue_url)
@@ -617,12 +744,18 @@ async fn discover_dlq(client: &Client, queue_url: &str) -> Result<String, Source
         .send()
         .await
         .map_err(|e| sdk_error(Operation::GetQueueAttributes, queue_url, e))?;
-    let policy = output
+    Ok(output
         .attributes()
         .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-        .ok_or_else(|| SourceError::NoDeadLetterQueue {
-            queue_url: queue_url.to_owned(),
-        })?;
+        .cloned())
+}
+
+/// The URL of the DLQ a RedrivePolicy names.
+async fn resolve_dlq(
+    client: &Client,
+    queue_url: &str,
+    policy: &str,
+) -> Result<String, SourceError> {
     let target =
         dlq_from_redrive_policy(policy).map_err(|problem| SourceError::BadRedrivePolicy {
             queue_url: queue_url.to_owned(),
@@ -676,6 +809,18 @@ pub fn dlq_from_redrive_policy(policy: &str) -> Result<RedriveTarget, &'static s
     }
 }
 
+/// Reads `maxReceiveCount` from a RedrivePolicy: a number, or a string of one as SQS
+/// returns it. `None` if absent or not a positive integer.
+pub fn max_receive_count_from_redrive_policy(policy: &str) -> Option<u32> {
+    let policy: serde_json::Value = serde_json::from_str(policy).ok()?;
+    let count = match policy.get("maxReceiveCount")? {
+        serde_json::Value::Number(n) => u32::try_from(n.as_u64()?).ok()?,
+        serde_json::Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    (count > 0).then_some(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,7 +855,12 @@ mod tests {
             ("event_type", "String", "profile.upserted"),
             ("schema_version", "Number", "2"),
         ]);
-        let attrs = dlq_attributes(&m, "malformed_json", "malformed json at line 1");
+        let attrs = dlq_attributes(
+            &m,
+            "malformed_json",
+            "malformed json at line 1",
+            MAX_MESSAGE_BYTES,
+        );
         assert_eq!(value(&attrs, REASON_ATTRIBUTE), Some("malformed_json"));
         assert_eq!(
             value(&attrs, DETAIL_ATTRIBUTE),
@@ -726,7 +876,7 @@ mod tests {
         let names: Vec<String> = (0..12).map(|i| format!("a{i:02}")).collect();
         let attrs: Vec<(&str, &str, &str)> =
             names.iter().map(|n| (n.as_str(), "String", "v")).collect();
-        let out = dlq_attributes(&message(&attrs), "apply_rejected", "x");
+        let out = dlq_attributes(&message(&attrs), "apply_rejected", "x", MAX_MESSAGE_BYTES);
         assert_eq!(out.len(), MAX_MESSAGE_ATTRIBUTES);
         assert!(out.contains_key(REASON_ATTRIBUTE));
     }
@@ -737,7 +887,7 @@ mod tests {
             (REASON_ATTRIBUTE, "String", "old_reason"),
             ("blob", "Binary", ""),
         ]);
-        let attrs = dlq_attributes(&m, "apply_rejected", "x");
+        let attrs = dlq_attributes(&m, "apply_rejected", "x", MAX_MESSAGE_BYTES);
         assert_eq!(value(&attrs, REASON_ATTRIBUTE), Some("apply_rejected"));
         assert!(!attrs.contains_key("blob"));
     }
@@ -745,7 +895,7 @@ mod tests {
     #[test]
     fn detail_is_truncated_to_one_kibibyte_at_a_character_boundary() {
         let detail = "é".repeat(1000);
-        let attrs = dlq_attributes(&message(&[]), "malformed_json", &detail);
+        let attrs = dlq_attributes(&message(&[]), "malformed_json", &detail, MAX_MESSAGE_BYTES);
         let kept = value(&attrs, DETAIL_ATTRIBUTE).unwrap();
         assert!(kept.len() <= MAX_DETAIL_BYTES && kept.len() >= MAX_DETAIL_BYTES - 1);
         assert!(kept.chars().all(|c| c == 'é'));
@@ -753,11 +903,96 @@ mod tests {
 
     #[test]
     fn detail_control_characters_are_replaced() {
-        let attrs = dlq_attributes(&message(&[]), "r", "a\0b\u{1}c\nd");
+        let attrs = dlq_attributes(&message(&[]), "r", "a\0b\u{1}c\nd", MAX_MESSAGE_BYTES);
         assert_eq!(
             value(&attrs, DETAIL_ATTRIBUTE),
             Some("a\u{FFFD}b\u{FFFD}c\nd")
         );
+    }
+
+    /// What SQS counts: the body and each attribute's name, type and value.
+    fn copy_size(body: &str, attrs: &HashMap<String, MessageAttributeValue>) -> usize {
+        body.len()
+            + attrs
+                .iter()
+                .map(|(n, v)| attribute_bytes(n, v.data_type(), v.string_value().unwrap_or("")))
+                .sum::<usize>()
+    }
+
+    #[test]
+    fn parked_copy_of_a_large_message_fits_by_shrinking_the_detail_first() {
+        let mut m = message(&[("event_type", "String", "profile.upserted")]);
+        m.body = "x".repeat(MAX_MESSAGE_BYTES - 200);
+        let attrs = dlq_attributes(&m, "apply_rejected", &"d".repeat(900), MAX_MESSAGE_BYTES);
+        assert_eq!(copy_size(&m.body, &attrs), MAX_MESSAGE_BYTES);
+        assert_eq!(value(&attrs, "event_type"), Some("profile.upserted"));
+        let detail = value(&attrs, DETAIL_ATTRIBUTE).unwrap();
+        assert!(!detail.is_empty() && detail.len() < 200, "{}", detail.len());
+        assert_eq!(value(&attrs, REASON_ATTRIBUTE), Some("apply_rejected"));
+        assert_eq!(value(&attrs, SOURCE_MESSAGE_ID_ATTRIBUTE), Some("m-1"));
+    }
+
+    #[test]
+    fn parked_copy_drops_the_largest_original_attributes_when_the_detail_is_not_enough() {
+        let big = "v".repeat(80 * 1024);
+        let mut m = message(&[
+            ("a-big", "String", &big),
+            ("b-small", "String", "s"),
+            ("c-big", "String", &big),
+        ]);
+        m.body = "x".repeat(100 * 1024);
+        let attrs = dlq_attributes(&m, "apply_rejected", "refused", MAX_MESSAGE_BYTES);
+        assert!(copy_size(&m.body, &attrs) <= MAX_MESSAGE_BYTES);
+        assert_eq!(value(&attrs, "b-small"), Some("s"));
+        // One of the two big ones had to go, and the detail kept its room.
+        assert_eq!(
+            usize::from(attrs.contains_key("a-big")) + usize::from(attrs.contains_key("c-big")),
+            1
+        );
+        assert_eq!(value(&attrs, DETAIL_ATTRIBUTE), Some("refused"));
+    }
+
+    #[test]
+    fn parked_copy_fits_a_dlq_smaller_than_the_default() {
+        let m = message(&[("event_type", "String", &"e".repeat(2000))]);
+        let attrs = dlq_attributes(&m, "malformed_json", &"d".repeat(5000), 1024);
+        assert!(copy_size(&m.body, &attrs) <= 1024);
+        assert!(!attrs.contains_key("event_type"));
+        assert!(!value(&attrs, DETAIL_ATTRIBUTE).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_last_resort_copy_carries_only_the_reason() {
+        let attrs = minimal_dlq_attributes("apply_rejected");
+        assert_eq!(attrs.len(), 1);
+        assert_eq!(value(&attrs, REASON_ATTRIBUTE), Some("apply_rejected"));
+    }
+
+    #[test]
+    fn max_receive_count_is_read_as_a_number_or_a_string() {
+        let arn = "arn:aws:sqs:us-east-1:123456789012:dlq";
+        for (policy, expected) in [
+            (
+                format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"5"}}"#),
+                Some(5),
+            ),
+            (
+                format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":7}}"#),
+                Some(7),
+            ),
+            (
+                format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":0}}"#),
+                None,
+            ),
+            (format!(r#"{{"deadLetterTargetArn":"{arn}"}}"#), None),
+            ("nope".to_owned(), None),
+        ] {
+            assert_eq!(
+                max_receive_count_from_redrive_policy(&policy),
+                expected,
+                "{policy}"
+            );
+        }
     }
 
     #[test]

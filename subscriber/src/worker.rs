@@ -3,8 +3,15 @@
 //!
 //! The discipline: BEGIN; apply + history; COMMIT; then delete. A message is deleted
 //! only after its effect is committed, or parked only after its copy is in the DLQ.
-//! Shutdown interrupts only waits (the long poll and back-off sleeps), never a batch
-//! between its apply and its delete, so SIGTERM drains the batches in flight.
+//! Shutdown interrupts only waits (the [`StoreGate`] and back-off sleeps), never a
+//! ReceiveMessage in flight (at most the long-poll wait, 20 s) nor a batch between its
+//! apply and its delete: a batch received is processed and settled before the worker
+//! stops, so none of its messages is left invisible until its visibility timeout. A
+//! second SIGTERM or SIGINT exits at once (status 130), leaving whatever is in flight
+//! to come back after its visibility timeout.
+//!
+//! While the database fails, the workers stop receiving altogether ([`StoreGate`]), so
+//! an outage does not burn the receive counts of good messages.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,6 +27,7 @@ use crate::apply::{ApplyError, ApplyReport, FailureKind, apply_atomically};
 use crate::config::RunConfig;
 use crate::envelope::decode_body;
 use crate::error_chain;
+use crate::gate::{Admission, StoreGate};
 use crate::source::{Parker, ReceiveSettings, ReceivedMessage, SourceError, SqsSource};
 
 /// Reason code of a message whose event the database refuses on its own (a data
@@ -36,6 +44,14 @@ pub const RETRY_VISIBILITY_MAX: Duration = Duration::from_secs(15 * 60);
 pub const WORKER_BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest pause of a worker between failures.
 pub const WORKER_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Pause after an empty short poll (`SUBSCRIBER_WAIT_TIME_SECS=0`), so an idle queue is
+/// not polled in a tight loop.
+pub const EMPTY_SHORT_POLL_PAUSE: Duration = Duration::from_secs(1);
+/// Messages a half-open [`StoreGate`] lets through on trial: one message's receive
+/// count is what a failed trial costs.
+pub const TRIAL_MESSAGES: u8 = 1;
+/// Exit status on a second SIGTERM or SIGINT (128 + SIGINT, as shells report Ctrl-C).
+pub const FORCED_EXIT_STATUS: i32 = 130;
 
 /// What became of each message of a batch, by message id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -104,16 +120,24 @@ pub async fn run(
     info!(
         queue_url = source.queue_url(),
         dlq_url = source.dlq_url(),
+        max_receive_count = source.max_receive_count(),
         workers = config.workers.get(),
         "Subscriber consuming."
     );
     let source = Arc::new(source);
+    let gate = Arc::new(StoreGate::default());
 
     let mut workers = JoinSet::new();
     for worker in 0..config.workers.get() {
         let span = info_span!("worker", worker);
         workers.spawn(
-            receive_loop(Arc::clone(&source), pool.clone(), shutdown.clone()).instrument(span),
+            receive_loop(
+                Arc::clone(&source),
+                pool.clone(),
+                Arc::clone(&gate),
+                shutdown.clone(),
+            )
+            .instrument(span),
         );
     }
     let mut panicked = 0;
@@ -132,40 +156,74 @@ pub async fn run(
 }
 
 /// A token cancelled on the first SIGTERM (container stop, Lambda/ECS shutdown) or
-/// SIGINT (Ctrl-C): [`run`] then stops receiving and drains the batches in flight.
+/// SIGINT (Ctrl-C): [`run`] then stops receiving and drains the batches in flight. A
+/// second signal exits the process at once with [`FORCED_EXIT_STATUS`].
 ///
 /// # Errors
 /// The SIGTERM handler could not be installed.
 pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => info!(signal = "SIGTERM", "Shutdown requested, finishing the batches in flight."),
-            _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "Shutdown requested, finishing the batches in flight."),
-        }
+        let first = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        };
+        info!(
+            signal = first,
+            "Shutdown requested, finishing the batches in flight."
+        );
         cancel.cancel();
+        let second = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        };
+        warn!(
+            signal = second,
+            status = FORCED_EXIT_STATUS,
+            "Second shutdown signal, exiting now; messages in flight come back after their visibility timeout."
+        );
+        std::process::exit(FORCED_EXIT_STATUS);
     });
     Ok(token)
 }
 
-/// One worker: at most one batch in flight.
-async fn receive_loop(source: Arc<SqsSource>, pool: PgPool, shutdown: CancellationToken) {
+/// One worker: at most one batch in flight, and no receive while the gate is open.
+async fn receive_loop(
+    source: Arc<SqsSource>,
+    pool: PgPool,
+    gate: Arc<StoreGate>,
+    shutdown: CancellationToken,
+) {
     let mut failures: u32 = 0;
-    loop {
-        let received = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            received = source.receive() => received,
+    while !shutdown.is_cancelled() {
+        let trial = match gate.admit(|| crate::apply::probe(&pool), &shutdown).await {
+            Admission::Receive => None,
+            Admission::Trial(trial) => Some(trial),
+            Admission::Shutdown => break,
+        };
+        // Not raced against shutdown: cancelling a ReceiveMessage whose response is on
+        // its way would leave its messages invisible, unprocessed, until their
+        // visibility timeout. It ends within the long-poll wait.
+        let received = match trial {
+            Some(_) => source.receive_at_most(TRIAL_MESSAGES).await,
+            None => source.receive().await,
         };
         let messages = match received {
             Ok(messages) => messages,
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let delay = worker_backoff(failures, rand::random());
-                warn!(error = %error_chain(&e), failures, delay_ms = millis(delay), "Receive failed, backing off.");
+                if e.is_retryable() {
+                    warn!(error = %error_chain(&e), failures, delay_ms = millis(delay), "Receive failed, backing off.");
+                } else {
+                    // Permissions, a deleted queue, a bad URL: retrying will not help
+                    // until someone fixes it, but exiting would only restart-loop.
+                    error!(error = %error_chain(&e), failures, delay_ms = millis(delay), "Receive refused; an operator must act. Backing off.");
+                }
                 if !sleep_unless_shutdown(delay, &shutdown).await {
                     break;
                 }
@@ -173,20 +231,38 @@ async fn receive_loop(source: Arc<SqsSource>, pool: PgPool, shutdown: Cancellati
             }
         };
         if messages.is_empty() {
+            // A trial without a message is no verdict: dropping it leaves the gate
+            // half-open for the next probe.
+            if let Some(pause) = pause_after_empty_receive(source.wait_time_secs())
+                && !sleep_unless_shutdown(pause, &shutdown).await
+            {
+                break;
+            }
             continue;
         }
 
         // From here to the end of `settle`, shutdown is not looked at: the batch is
         // finished (committed and deleted) before the worker stops.
-        let outcome = process_batch(&pool, source.as_ref(), &messages).await;
+        let (outcome, store_failure) = process_batch_inner(&pool, source.as_ref(), &messages).await;
         settle(&source, &messages, &outcome).await;
 
-        if outcome.retry.is_empty() {
+        match (trial, &store_failure) {
+            // Only an applied message tells the database is back; a parked one is no
+            // verdict, and the gate stays half-open for the next probe.
+            (Some(trial), None) if !outcome.succeeded.is_empty() => gate.trial_passed(trial),
+            (Some(_), None) => {}
+            (Some(trial), Some(f)) => gate.trial_failed(trial, f.kind, &f.reason),
+            (None, Some(f)) => {
+                gate.open(f.kind, &f.reason);
+            }
+            (None, None) => {}
+        }
+        if outcome.retry.is_empty() || store_failure.is_some() {
+            // The gate paces the retries of a database failure, for every worker.
             failures = 0;
             continue;
         }
-        // The database (or SQS) is failing: pause before receiving again, so an outage
-        // does not burn every message's receive count in a tight loop.
+        // SQS is failing (a message could not be parked): pause this worker.
         failures = failures.saturating_add(1);
         let delay = worker_backoff(failures, rand::random());
         debug!(
@@ -199,6 +275,18 @@ async fn receive_loop(source: Arc<SqsSource>, pool: PgPool, shutdown: Cancellati
         }
     }
     debug!("Worker stopped.");
+}
+
+/// The pause after a receive that returned nothing: none after a long poll (it already
+/// waited), [`EMPTY_SHORT_POLL_PAUSE`] after a short poll.
+pub fn pause_after_empty_receive(wait_time_secs: u8) -> Option<Duration> {
+    (wait_time_secs == 0).then_some(EMPTY_SHORT_POLL_PAUSE)
+}
+
+/// Whether a message that failed retryably at `receive_count` is within one receive of
+/// the queue's `maxReceiveCount`, after which SQS moves it to the DLQ without a reason.
+pub fn redrive_imminent(receive_count: u32, max_receive_count: Option<u32>) -> bool {
+    max_receive_count.is_some_and(|max| receive_count >= max.saturating_sub(1))
 }
 
 /// Deletes what succeeded, and delays what must be retried by its receive count.
@@ -217,9 +305,21 @@ async fn settle(source: &SqsSource, messages: &[ReceivedMessage], outcome: &Batc
         warn!(error = %error_chain(&e), "Applied messages not deleted; they will be redelivered.");
     }
 
+    let max_receive_count = source.max_receive_count();
     let to_delay: Vec<(&ReceivedMessage, Duration)> = messages
         .iter()
         .filter(|m| retry.contains(m.message_id.as_str()))
+        .inspect(|m| {
+            if redrive_imminent(m.receive_count, max_receive_count) {
+                error!(
+                    message_id = %m.message_id,
+                    receive_count = m.receive_count,
+                    max_receive_count,
+                    dlq_url = source.dlq_url(),
+                    "Message failed again near the queue's maxReceiveCount: SQS is about to move it to the DLQ without a tributary-reason."
+                );
+            }
+        })
         .map(|m| (m, visibility_delay(m.receive_count, rand::random())))
         .collect();
     if !to_delay.is_empty()
@@ -229,20 +329,53 @@ async fn settle(source: &SqsSource, messages: &[ReceivedMessage], outcome: &Batc
     }
 }
 
+/// A retryable failure of the store itself, which opens the [`StoreGate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoreFailure {
+    /// [`FailureKind::Transient`] or [`FailureKind::NeedsOperator`].
+    kind: FailureKind,
+    /// SQLSTATE and error chain, for the gate's log line.
+    reason: String,
+}
+
+impl StoreFailure {
+    fn of(e: &ApplyError) -> StoreFailure {
+        StoreFailure {
+            kind: e.kind(),
+            reason: format!(
+                "sqlstate {}: {}",
+                e.sqlstate().as_deref().unwrap_or("none"),
+                error_chain(e)
+            ),
+        }
+    }
+}
+
 /// Decodes, applies and classifies one batch of messages. Deletes nothing: the caller
 /// deletes [`BatchOutcome::succeeded`] (or a Lambda reports the rest as failures).
 ///
 /// Undecodable messages are parked at once. The others are applied in one transaction;
 /// if the database refuses the batch's data, each event is applied in its own
-/// transaction and exactly the ones refused again are parked ([`APPLY_REJECTED`]). A
-/// transient failure puts the messages concerned in [`BatchOutcome::retry`]. A message
-/// that fails to park is retried too: it is never dropped.
-#[instrument(skip_all, fields(messages = messages.len()))]
+/// transaction and exactly the ones refused again are parked ([`APPLY_REJECTED`]) —
+/// unless every event of a batch of several is refused, which is a store problem
+/// rather than bad data: they are all retried. A transient failure puts the messages
+/// concerned in [`BatchOutcome::retry`]. A message that fails to park is retried too:
+/// it is never dropped.
 pub async fn process_batch<P: Parker>(
     pool: &PgPool,
     parker: &P,
     messages: &[ReceivedMessage],
 ) -> BatchOutcome {
+    process_batch_inner(pool, parker, messages).await.0
+}
+
+/// [`process_batch`], and the store failure, if any, that the gate must hear of.
+#[instrument(skip_all, fields(messages = messages.len()))]
+async fn process_batch_inner<P: Parker>(
+    pool: &PgPool,
+    parker: &P,
+    messages: &[ReceivedMessage],
+) -> (BatchOutcome, Option<StoreFailure>) {
     let mut outcome = BatchOutcome::default();
     let mut decoded: Vec<&ReceivedMessage> = Vec::with_capacity(messages.len());
     let mut events: Vec<ChangeEvent> = Vec::with_capacity(messages.len());
@@ -266,40 +399,46 @@ pub async fn process_batch<P: Parker>(
         }
     }
     if events.is_empty() {
-        return outcome;
+        return (outcome, None);
     }
 
-    match apply_atomically(pool, &events).await {
+    let store_failure = match apply_atomically(pool, &events).await {
         Ok(report) => {
             debug!(?report, "Batch applied.");
             outcome.report.add(report);
             outcome
                 .succeeded
                 .extend(decoded.iter().map(|m| m.message_id.clone()));
+            None
         }
         Err(e) if e.is_retryable() => {
             log_retryable(&e, decoded.len());
             outcome
                 .retry
                 .extend(decoded.iter().map(|m| m.message_id.clone()));
+            Some(StoreFailure::of(&e))
         }
         Err(e) => {
             warn!(error = %error_chain(&e), sqlstate = e.sqlstate().as_deref().unwrap_or("none"), "Batch refused by the database, applying its events one by one.");
-            isolate(pool, parker, &decoded, &events, &mut outcome).await;
+            isolate(pool, parker, &decoded, &events, &mut outcome).await
         }
-    }
-    outcome
+    };
+    (outcome, store_failure)
 }
 
 /// Applies each event in its own transaction, parking exactly those the database
-/// refuses on their own.
+/// refuses on their own. If it refuses every event of a batch of several, parks none:
+/// they are retried, and the failure is returned as [`FailureKind::NeedsOperator`].
+/// Returns the first store failure met, if any.
 async fn isolate<P: Parker>(
     pool: &PgPool,
     parker: &P,
     messages: &[&ReceivedMessage],
     events: &[ChangeEvent],
     outcome: &mut BatchOutcome,
-) {
+) -> Option<StoreFailure> {
+    let mut store_failure = None;
+    let mut rejected: Vec<(&ReceivedMessage, ApplyError)> = Vec::new();
     for (message, event) in messages.iter().zip(events) {
         let span =
             info_span!("isolated", message_id = %message.message_id, event_id = %event.event_id);
@@ -313,13 +452,37 @@ async fn isolate<P: Parker>(
             }
             Err(e) if e.is_retryable() => {
                 log_retryable(&e, 1);
+                store_failure.get_or_insert_with(|| StoreFailure::of(&e));
                 outcome.retry.push(message.message_id.clone());
             }
-            Err(e) => {
-                park_or_retry(parker, message, APPLY_REJECTED, &error_chain(&e), outcome).await;
-            }
+            Err(e) => rejected.push((message, e)),
         }
     }
+
+    if messages.len() > 1 && rejected.len() == messages.len() {
+        // Data bad in every event at once is far likelier a schema drift (a column
+        // narrowed, a type changed) than a batch of poison: parking would dead-letter
+        // good messages. Leave them to the operator, and to the redrive policy.
+        let (_, first) = &rejected[0];
+        let failure = StoreFailure::of(first);
+        error!(
+            events = messages.len(),
+            error = %error_chain(first),
+            sqlstate = first.sqlstate().as_deref().unwrap_or("none"),
+            "The database refused every event of the batch on its own: treating it as a store problem an operator must fix. Will retry, parking none."
+        );
+        outcome
+            .retry
+            .extend(rejected.iter().map(|(m, _)| m.message_id.clone()));
+        return Some(StoreFailure {
+            kind: FailureKind::NeedsOperator,
+            ..failure
+        });
+    }
+    for (message, e) in rejected {
+        park_or_retry(parker, message, APPLY_REJECTED, &error_chain(&e), outcome).await;
+    }
+    store_failure
 }
 
 async fn park_or_retry<P: Parker>(
@@ -345,7 +508,7 @@ fn log_retryable(e: &ApplyError, messages: usize) {
             error = %error_chain(e),
             %sqlstate,
             messages,
-            "The analytics store refuses every batch; an operator must act (are the migrations applied?). Will retry."
+            "The analytics store refuses the batch; an operator must act (are the migrations applied? was a constraint added?). Will retry."
         ),
         _ => warn!(
             error = %error_chain(e),
@@ -421,6 +584,23 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_empty_short_poll_pauses_and_an_empty_long_poll_does_not() {
+        assert_eq!(pause_after_empty_receive(0), Some(EMPTY_SHORT_POLL_PAUSE));
+        assert_eq!(pause_after_empty_receive(1), None);
+        assert_eq!(pause_after_empty_receive(20), None);
+    }
+
+    #[test]
+    fn a_retry_within_one_receive_of_max_receive_count_is_reported() {
+        assert!(!redrive_imminent(3, Some(5)));
+        assert!(redrive_imminent(4, Some(5)));
+        assert!(redrive_imminent(5, Some(5)));
+        assert!(redrive_imminent(9, Some(5)));
+        assert!(redrive_imminent(1, Some(1)));
+        assert!(!redrive_imminent(100, None));
     }
 
     #[test]
@@ -528,6 +708,66 @@ mod db_tests {
         assert!(outcome.retry.is_empty());
         assert_eq!(parker.parked.lock().unwrap()[0].1, APPLY_REJECTED);
         assert_eq!(profile_count(&pool).await, 2);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_batch_whose_every_event_is_refused_is_retried_not_parked(pool: PgPool) {
+        let parker = RecordingParker::default();
+        let messages = [
+            message("bad-1", &body(&upsert("a", 1, 1, "nul\0byte@x"))),
+            message("bad-2", &body(&upsert("b", 1, 1, "nul\0byte@y"))),
+        ];
+        let (outcome, failure) = process_batch_inner(&pool, &parker, &messages).await;
+        assert_eq!(outcome.retry, ["bad-1", "bad-2"]);
+        assert!(outcome.parked.is_empty() && outcome.succeeded.is_empty());
+        assert!(parker.parked.lock().unwrap().is_empty());
+        let failure = failure.expect("the gate hears of it");
+        assert_eq!(failure.kind, FailureKind::NeedsOperator);
+        assert!(
+            failure.reason.starts_with("sqlstate 22"),
+            "{}",
+            failure.reason
+        );
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_single_refused_event_is_still_parked(pool: PgPool) {
+        let parker = RecordingParker::default();
+        let messages = [message("bad", &body(&upsert("a", 1, 1, "nul\0byte@x")))];
+        let (outcome, failure) = process_batch_inner(&pool, &parker, &messages).await;
+        assert_eq!(outcome.parked, ["bad"]);
+        assert_eq!(failure, None);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_constraint_added_behind_our_back_retries_good_messages_and_opens_the_gate(
+        pool: PgPool,
+    ) {
+        sqlx::query("ALTER TABLE analytics.user_profiles ADD COLUMN tenant text NOT NULL")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let parker = RecordingParker::default();
+        let messages = [
+            message("m1", &body(&upsert("a", 1, 1, "a@x"))),
+            message("m2", &body(&upsert("b", 1, 1, "b@x"))),
+        ];
+        let (outcome, failure) = process_batch_inner(&pool, &parker, &messages).await;
+        assert_eq!(outcome.retry, ["m1", "m2"]);
+        assert!(outcome.parked.is_empty());
+        assert!(parker.parked.lock().unwrap().is_empty());
+        let failure = failure.expect("the gate hears of it");
+        assert_eq!(failure.kind, FailureKind::NeedsOperator);
+        assert!(failure.reason.contains("23502"), "{}", failure.reason);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_good_batch_reports_no_store_failure(pool: PgPool) {
+        let parker = RecordingParker::default();
+        let messages = [message("m1", &body(&upsert("a", 1, 1, "a@x")))];
+        let (outcome, failure) = process_batch_inner(&pool, &parker, &messages).await;
+        assert_eq!(outcome.succeeded, ["m1"]);
+        assert_eq!(failure, None);
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

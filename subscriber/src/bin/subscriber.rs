@@ -1,4 +1,5 @@
-//! `subscriber run` (consume until SIGTERM/SIGINT, drain, exit 0) and `subscriber migrate`.
+//! `subscriber run` (consume until SIGTERM/SIGINT, drain, exit 0; a second signal exits
+//! 130 at once) and `subscriber migrate`.
 
 use std::time::Duration;
 
@@ -30,12 +31,16 @@ async fn main() -> anyhow::Result<()> {
             let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .load()
                 .await;
-            // Lazy: a database that is down at start is retried with the workers' back-off.
+            let options = config
+                .database
+                .database_url
+                .consumer_connect_options()
+                .context("reading DATABASE_URL")?;
+            // Lazy: a database that is down at start is retried behind the store gate.
             let pool = PgPoolOptions::new()
                 .max_connections(config.db_max_connections())
                 .acquire_timeout(Duration::from_secs(10))
-                .connect_lazy(config.database.database_url.expose_secret())
-                .context("reading DATABASE_URL")?;
+                .connect_lazy_with(options);
             let shutdown =
                 subscriber::worker::shutdown_on_signals().context("installing signal handlers")?;
             let sqs = aws_sdk_sqs::Client::new(&aws);
