@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export TRIBUTARY_RUN_DIR="${TRIBUTARY_RUN_DIR:-$PWD/.run/test}"
-step() { printf '\n==> %s\n' "$*" >&2; }
 started=$(date +%s)
+step() { printf '\n==> [%4d s] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
