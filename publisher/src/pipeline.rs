@@ -585,6 +585,7 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         let deadline = tokio::time::Instant::now() + self.lease_ttl;
         let mut attempt = 0;
+        let mut retaken = false;
         loop {
             match self.checkpoints.save(shard_id, checkpoint).await {
                 Ok(()) => return Ok(()),
@@ -592,6 +593,25 @@ impl Pipeline {
                     attempt += 1;
                     warn!(%shard_id, error = %e, attempt, "Checkpoint write failed, will retry.");
                     tokio::time::sleep(backoff(attempt).min(Duration::from_secs(2))).await;
+                }
+                // The lease may merely have run out (this process was paused or starved
+                // past its TTL) with nobody else taking it: take it again, as a newly
+                // started publisher would, and write. Only another owner is final.
+                Err(CheckpointError::LeaseLost { .. }) if !retaken => {
+                    retaken = true;
+                    match self.checkpoints.acquire(self.lease_ttl).await {
+                        Ok(None) => {
+                            warn!(%shard_id, "Lease had expired under this publisher; taken again.")
+                        }
+                        Ok(Some(holder)) => {
+                            error!(%shard_id, holder = %holder.owner, "Lease taken by another publisher; stopping.");
+                            return Err(CheckpointError::LeaseLost {
+                                stream_arn: self.origin.stream_arn.clone(),
+                            }
+                            .into());
+                        }
+                        Err(e) => warn!(%shard_id, error = %e, "Re-taking the lease failed."),
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

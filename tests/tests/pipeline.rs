@@ -47,6 +47,32 @@ async fn tap_all(stack: &Stack, count: usize) -> Result<Vec<String>> {
     Ok(got)
 }
 
+/// Writes `plan` as the profile service would, seeded so every run writes the same
+/// traffic, and returns what was written.
+async fn write(stack: &Stack, prefix: &str, seed: u64, plan: TrafficPlan) -> Result<Traffic> {
+    let mut traffic = Traffic::new(prefix);
+    let mut rng = StdRng::seed_from_u64(seed);
+    traffic
+        .run(&stack.writer(), &mut rng, &plan, &CancellationToken::new())
+        .await?;
+    Ok(traffic)
+}
+
+/// A stream sequence number (a decimal string of up to 40 digits, beyond u128),
+/// ordered numerically: by digit count, then digits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Seq(usize, String);
+
+impl Seq {
+    const ZERO: Seq = Seq(0, String::new());
+    const MAX: Seq = Seq(usize::MAX, String::new());
+
+    fn of(s: &str) -> Seq {
+        let digits = s.trim_start_matches('0');
+        Seq(digits.len(), digits.to_owned())
+    }
+}
+
 async fn wait_queue_empty(stack: &Stack, url: &str) -> Result<()> {
     eventually("the queue to empty", CONVERGE, || async {
         Ok((stack.queue_depth(url).await? == 0).then_some(()))
@@ -59,16 +85,7 @@ async fn creates_updates_and_deletes_replicate_and_both_stop_cleanly_on_sigterm(
     let stack = Stack::new().await?;
     let mut publisher = stack.spawn_publisher(&[])?;
     let mut subscriber = stack.spawn_subscriber(&[])?;
-    let mut traffic = Traffic::new("flow");
-    let mut rng = StdRng::seed_from_u64(1);
-    traffic
-        .run(
-            &stack.writer(),
-            &mut rng,
-            &TrafficPlan::new(25, 160),
-            &CancellationToken::new(),
-        )
-        .await?;
+    let traffic = write(&stack, "flow", 1, TrafficPlan::new(25, 160)).await?;
     assert!(
         traffic.stats.deletes > 0 && traffic.stats.recreates > 0,
         "traffic must delete and re-create: {:?}",
@@ -109,15 +126,7 @@ async fn every_message_delivered_twice_leaves_state_and_history_unchanged() -> R
     let stack = Stack::new().await?;
     let _publisher = stack.spawn_publisher(&[])?;
     let _subscriber = stack.spawn_subscriber(&[])?;
-    let mut traffic = Traffic::new("dup");
-    traffic
-        .run(
-            &stack.writer(),
-            &mut StdRng::seed_from_u64(2),
-            &TrafficPlan::new(15, 80),
-            &CancellationToken::new(),
-        )
-        .await?;
+    let traffic = write(&stack, "dup", 2, TrafficPlan::new(15, 80)).await?;
     let published = tap_all(&stack, traffic.stats.total() as usize).await?;
     stack.wait_converged(CONVERGE).await?;
     wait_queue_empty(&stack, &stack.resources.queue_url).await?;
@@ -143,16 +152,8 @@ async fn every_message_delivered_twice_leaves_state_and_history_unchanged() -> R
 async fn shuffled_delivery_converges_to_the_source() -> Result<()> {
     let stack = Stack::new().await?;
     let _publisher = stack.spawn_publisher(&[])?;
-    let mut traffic = Traffic::new("shuffle");
     // Few keys, many changes each: plenty of chances to apply an old one last.
-    traffic
-        .run(
-            &stack.writer(),
-            &mut StdRng::seed_from_u64(3),
-            &TrafficPlan::new(6, 90),
-            &CancellationToken::new(),
-        )
-        .await?;
+    let traffic = write(&stack, "shuffle", 3, TrafficPlan::new(6, 90)).await?;
     let total = traffic.stats.total() as usize;
     tap_all(&stack, total).await?;
     let mut queued = bodies(
@@ -240,15 +241,7 @@ async fn a_late_older_update_never_resurrects_and_a_recreated_key_wins() -> Resu
 async fn poison_messages_are_parked_with_a_reason_and_good_ones_apply() -> Result<()> {
     let stack = Stack::new().await?;
     let _publisher = stack.spawn_publisher(&[])?;
-    let mut traffic = Traffic::new("poison");
-    traffic
-        .run(
-            &stack.writer(),
-            &mut StdRng::seed_from_u64(6),
-            &TrafficPlan::new(10, 40),
-            &CancellationToken::new(),
-        )
-        .await?;
+    let traffic = write(&stack, "poison", 6, TrafficPlan::new(10, 40)).await?;
     let published = tap_all(&stack, traffic.stats.total() as usize).await?;
     let good: serde_json::Value = serde_json::from_str(&published[0])?;
     let mut newer = good.clone();
@@ -324,15 +317,7 @@ async fn poison_messages_are_parked_with_a_reason_and_good_ones_apply() -> Resul
 async fn a_crash_between_commit_and_delete_makes_redelivery_a_no_op() -> Result<()> {
     let stack = Stack::new().await?;
     let _publisher = stack.spawn_publisher(&[])?;
-    let mut traffic = Traffic::new("crash");
-    traffic
-        .run(
-            &stack.writer(),
-            &mut StdRng::seed_from_u64(7),
-            &TrafficPlan::new(10, 40),
-            &CancellationToken::new(),
-        )
-        .await?;
+    let traffic = write(&stack, "crash", 7, TrafficPlan::new(10, 40)).await?;
     let total = traffic.stats.total() as usize;
     tap_all(&stack, total).await?;
 
@@ -383,7 +368,19 @@ async fn a_publisher_killed_mid_stream_resumes_from_its_checkpoint_and_loses_not
     let mut traffic = Traffic::new("kill");
     let mut rng = StdRng::seed_from_u64(8);
     let mut publisher = stack.spawn_publisher(&[])?;
-    let mut kills = 0;
+    let checkpoints = publisher::checkpoint::CheckpointStore::new(
+        stack.clients.dynamodb.clone(),
+        stack.resources.checkpoint_table.clone(),
+        stack.resources.stream_arn.clone(),
+        "e2e-observer".into(),
+    );
+    let reader = publisher::stream::StreamReader::new(
+        stack.clients.streams.clone(),
+        stack.resources.stream_arn.clone(),
+    );
+    // The lowest checkpoint over the shards when each killed publisher died: after that
+    // kill, only records above it may be published again.
+    let mut checkpoint_at_kill: Vec<Seq> = Vec::new();
     for round in 0..3 {
         traffic
             .run(
@@ -396,17 +393,24 @@ async fn a_publisher_killed_mid_stream_resumes_from_its_checkpoint_and_loses_not
         if round < 2 {
             publisher.start_kill()?; // SIGKILL: no checkpoint, no lease release
             publisher.wait().await?;
-            kills += 1;
+            let (_, shards) = reader.describe().await?;
+            let mut lowest = Seq::MAX;
+            for shard in &shards {
+                let at = match checkpoints.load(&shard.shard_id).await? {
+                    Some(publisher::checkpoint::Checkpoint::At(seq)) => Seq::of(&seq),
+                    Some(publisher::checkpoint::Checkpoint::Finished) => Seq::MAX,
+                    None => Seq::ZERO,
+                };
+                lowest = lowest.min(at);
+            }
+            checkpoint_at_kill.push(lowest);
             publisher = stack.spawn_publisher(&[])?;
         }
     }
     let total = traffic.stats.total() as usize;
 
     // Every record in the stream reached the topic at least once.
-    let stream = publisher::stream::StreamReader::new(
-        stack.clients.streams.clone(),
-        stack.resources.stream_arn.clone(),
-    );
+    let stream = &reader;
     let (_, shards) = stream.describe().await?;
     let mut in_stream = HashSet::new();
     for shard in shards {
@@ -427,21 +431,38 @@ async fn a_publisher_killed_mid_stream_resumes_from_its_checkpoint_and_loses_not
     assert_eq!(in_stream.len(), total);
     let published = tap_all(&stack, total).await?;
     let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut sequence: HashMap<String, Seq> = HashMap::new();
     for b in &published {
         *seen.entry(event_id(b)).or_default() += 1;
+        let v: serde_json::Value = serde_json::from_str(b)?;
+        let seq = v["source"]["sequence_number"]
+            .as_str()
+            .context("sequence number")?;
+        sequence.insert(event_id(b), Seq::of(seq));
     }
     let missing: Vec<_> = in_stream
         .iter()
         .filter(|id| !seen.contains_key(*id))
         .collect();
     assert!(missing.is_empty(), "records never published: {missing:?}");
-    // Restarting from the checkpoint re-publishes at most the batch in flight at each
-    // kill; restarting from the trim horizon would re-publish everything before it.
-    let duplicates = published.len() - seen.len();
+    // Resuming from the checkpoint: a record is published again after a kill only if it
+    // lies above the checkpoint the killed publisher left (it was in flight). A restart
+    // from the trim horizon would re-publish everything below it too.
     assert!(
-        duplicates <= kills * 60,
-        "{duplicates} re-published after {kills} kills: not resuming from the checkpoint"
+        checkpoint_at_kill.iter().any(|c| *c > Seq::ZERO),
+        "no checkpoint was ever written before a kill"
     );
+    for (id, copies) in &seen {
+        let allowed = 1 + checkpoint_at_kill
+            .iter()
+            .filter(|c| sequence[id] > **c)
+            .count();
+        assert!(
+            *copies <= allowed,
+            "{id} (sequence {:?}) published {copies} times; checkpoints at the kills: {checkpoint_at_kill:?}",
+            sequence[id]
+        );
+    }
 
     stack.wait_converged(CONVERGE).await?;
     assert_eq!(stack.history_counts().await?, (total as i64, total as i64));
