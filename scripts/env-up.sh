@@ -46,8 +46,9 @@ wait_http() { # url name pid
 }
 
 # --- PostgreSQL --------------------------------------------------------------
+# DATABASE_URL, when set, names another server (an admin URL); it is used as it is.
 pg_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+if [ -z "${DATABASE_URL:-}" ] && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   if command -v pg_lsclusters >/dev/null; then
     read -r ver name _ < <(pg_lsclusters --no-header | head -n 1) || true
     [ -n "${ver:-}" ] || die "no PostgreSQL cluster found; install postgresql or set DATABASE_URL"
