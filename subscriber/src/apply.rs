@@ -10,7 +10,11 @@
 //! `(stored.generation, stored.version, stored.deleted::int) <
 //! (excluded.generation, excluded.version, excluded.deleted::int)`. That makes the apply
 //! idempotent and order-independent, which is what lets standard (unordered, at least
-//! once) SNS/SQS feed several concurrent workers.
+//! once) SNS/SQS feed several concurrent workers. One exception: an event at the *same*
+//! live position whose content differs from the stored row also lands. A correct source
+//! never writes two contents under one version, so only a row edited out of band can
+//! differ, and the event (a snapshot from `replay verify --repair`) restores it; an
+//! identical redelivery still writes nothing.
 
 use std::collections::BTreeMap;
 
@@ -381,6 +385,21 @@ WITH written AS (
         applied_at           = now()
     WHERE (stored.generation, stored.version, stored.deleted::int)
         < (excluded.generation, excluded.version, excluded.deleted::int)
+       -- The same live position with other content: the row was edited out of band
+       -- (a correct source never writes one version twice). The event restores it;
+       -- this is how `replay verify --repair` fixes a row that `differs`.
+       OR ((stored.generation, stored.version, stored.deleted)
+             = (excluded.generation, excluded.version, excluded.deleted)
+           AND NOT excluded.deleted
+           AND (stored.email, stored.display_name, stored.country, stored.plan,
+                stored.marketing_email, stored.marketing_sms, stored.locale,
+                stored.time_zone, stored.lifetime_value_cents, stored.created_at,
+                stored.updated_at)
+               IS DISTINCT FROM
+               (excluded.email, excluded.display_name, excluded.country, excluded.plan,
+                excluded.marketing_email, excluded.marketing_sms, excluded.locale,
+                excluded.time_zone, excluded.lifetime_value_cents, excluded.created_at,
+                excluded.updated_at))
     RETURNING 1
 )
 SELECT count(*) FROM written
@@ -886,6 +905,40 @@ mod db_tests {
             state(&pool, "a").await,
             Some((false, Some("new@x".into()), 1, 9, None))
         );
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn an_event_at_the_same_position_restores_a_row_edited_out_of_band(pool: PgPool) {
+        apply_atomically(&pool, &[upsert("a", 1, 4, "a@x")])
+            .await
+            .unwrap();
+        sqlx::query("UPDATE analytics.user_profiles SET email = 'tampered@x'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        // An identical redelivery of an untouched row writes nothing …
+        apply_atomically(&pool, &[upsert("b", 1, 1, "b@x")])
+            .await
+            .unwrap();
+        let again = apply_atomically(&pool, &[upsert("b", 1, 1, "b@x")])
+            .await
+            .unwrap();
+        assert_eq!((again.applied, again.stale), (0, 1));
+        // … while the same position with the source's content repairs the edited one.
+        let repaired = apply_atomically(&pool, &[snapshot("a", 1, 4, "a@x")])
+            .await
+            .unwrap();
+        assert_eq!(repaired.applied, 1);
+        assert_eq!(
+            state(&pool, "a").await,
+            Some((false, Some("a@x".into()), 1, 4, None))
+        );
+        // A tombstone is never revived by an upsert of its own position.
+        apply_atomically(&pool, &[delete("a", 1, 4)]).await.unwrap();
+        apply_atomically(&pool, &[snapshot("a", 1, 4, "a@x")])
+            .await
+            .unwrap();
+        assert_eq!(state(&pool, "a").await.map(|s| s.0), Some(true));
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
