@@ -105,7 +105,8 @@ pub struct Source {
 
 /// An event's place in its key's history. Compared as `(generation, version)`; the store
 /// ranks a delete above an upsert of the same position (see the crate docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// (Serialisable for reports; on the wire its fields sit in the envelope.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Position {
     /// The item's incarnation: its `created_at` in microseconds since the Unix epoch.
     pub generation: i64,

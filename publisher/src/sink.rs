@@ -143,7 +143,7 @@ pub fn entry_for(id: usize, event: &Encoded, fifo: bool) -> PublishBatchRequestE
 /// A FIFO message group or deduplication id: the value itself when it fits the 128
 /// printable ASCII characters SNS allows, its SHA-256 otherwise (the same value always
 /// maps to the same id, so a key keeps its group).
-fn fifo_id(value: &str) -> String {
+pub fn fifo_id(value: &str) -> String {
     let fits = !value.is_empty()
         && value.len() <= MAX_DEDUPLICATION_ID
         && value.bytes().all(|b| b.is_ascii_graphic());

@@ -316,24 +316,31 @@ impl Cli {
     /// Parses the command line and environment; on a bad or missing setting prints one
     /// line naming the flag and its environment variable and exits with status 2.
     pub fn parse_or_exit() -> Cli {
-        match Cli::try_parse() {
-            Ok(cli) => cli,
-            Err(e) => match e.kind() {
-                ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
-                _ => {
-                    eprintln!("{}", one_line(&e));
-                    std::process::exit(2);
-                }
-            },
-        }
+        parse_or_exit()
+    }
+}
+
+/// Parses any of the project's command lines (`C`) from the arguments and environment;
+/// on a bad or missing setting prints one line naming the flag and its environment
+/// variable (never a secret's value) and exits with status 2.
+pub fn parse_or_exit<C: Parser>() -> C {
+    match C::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+            _ => {
+                eprintln!("{}", one_line(&e, &<C as CommandFactory>::command()));
+                std::process::exit(2);
+            }
+        },
     }
 }
 
 /// Renders a clap error as one line that names the environment variable too, and never
 /// echoes the value of a secret.
-fn one_line(e: &clap::Error) -> String {
+fn one_line(e: &clap::Error, root: &clap::Command) -> String {
     let args: Vec<String> = match e.get(ContextKind::InvalidArg) {
         Some(ContextValue::String(s)) => vec![s.clone()],
         Some(ContextValue::Strings(v)) => v.clone(),
@@ -343,7 +350,7 @@ fn one_line(e: &clap::Error) -> String {
     };
     let named: Vec<String> = args
         .iter()
-        .map(|arg| match env_of(arg) {
+        .map(|arg| match env_of(root, arg) {
             Some(env) => format!("{arg} (env {env})"),
             None => arg.clone(),
         })
@@ -385,10 +392,9 @@ fn one_line(e: &clap::Error) -> String {
 }
 
 /// The environment variable of the flag `arg` names (`--workers <N>`), in any subcommand.
-fn env_of(arg: &str) -> Option<String> {
+fn env_of(root: &clap::Command, arg: &str) -> Option<String> {
     let long = arg.split_whitespace().next()?.strip_prefix("--")?;
-    let root = Cli::command();
-    let mut commands = vec![&root];
+    let mut commands = vec![root];
     commands.extend(root.get_subcommands());
     commands
         .into_iter()
@@ -452,7 +458,7 @@ mod tests {
             "postgres://u@h/db?pasword=s3cret",
         ])
         .unwrap_err();
-        let line = one_line(&err);
+        let line = one_line(&err, &Cli::command());
         assert!(
             line.contains("pasword") && line.contains("DATABASE_URL"),
             "{line}"
@@ -546,7 +552,7 @@ mod tests {
             (vec!["--queue-url", "not a url"], "SUBSCRIBER_QUEUE_URL"),
         ] {
             let err = run(&args).unwrap_err();
-            let line = one_line(&err);
+            let line = one_line(&err, &Cli::command());
             assert!(line.contains(env), "{line}");
             assert!(!line.contains('\n'), "{line}");
         }
@@ -561,7 +567,7 @@ mod tests {
             "mysql://u:s3cret@h/db",
         ])
         .unwrap_err();
-        let line = one_line(&err);
+        let line = one_line(&err, &Cli::command());
         assert!(line.contains("DATABASE_URL"), "{line}");
         assert!(!line.contains("s3cret"), "{line}");
     }
