@@ -1,0 +1,309 @@
+//! `replay`: snapshot backfill, DLQ redrive, verify and repair. See `replay --help`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use contracts::SchemaVersion;
+use publisher::pipeline::Clients;
+use replay::cli::{Cli, Command, DlqArgs, SnapshotArgs, VerifyArgs};
+use replay::{dlq, snapshot, verify};
+use serde::Serialize;
+use sqlx::postgres::PgPoolOptions;
+
+/// A setting that is wrong (a table or queue that does not exist, an unusable state
+/// file): reported like a bad flag, with status 2.
+const BAD_SETTING: u8 = 2;
+const FAILED: u8 = 1;
+const INTERRUPTED: u8 = 130;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli: Cli = subscriber::config::parse_or_exit();
+    publisher::telemetry::init(cli.log_format);
+    let aws = publisher::aws_config().await;
+    let clients = Clients::new(&aws);
+    let shutdown = publisher::telemetry::shutdown_on_signals();
+    let code = match cli.command {
+        Command::Snapshot(args) => run_snapshot(&clients, args, cli.json, &shutdown).await,
+        Command::Dlq(args) => run_dlq(&clients, args, cli.json, &shutdown).await,
+        Command::Verify(args) => run_verify(&clients, args, cli.json, &shutdown).await,
+    };
+    ExitCode::from(code)
+}
+
+fn schema(n: u8) -> SchemaVersion {
+    SchemaVersion::from_number(u64::from(n)).unwrap_or(contracts::CURRENT_SCHEMA_VERSION)
+}
+
+fn print_json<T: Serialize>(report: &T) {
+    match serde_json::to_string(report) {
+        Ok(line) => println!("{line}"),
+        Err(e) => eprintln!("error: cannot write the report as JSON: {e}"),
+    }
+}
+
+async fn run_snapshot(
+    clients: &Clients,
+    args: SnapshotArgs,
+    json: bool,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> u8 {
+    let options = snapshot::Options {
+        table: args.table,
+        target: args.to,
+        segments: args.segments,
+        rate: args.rate.map(|r| r.get()),
+        page_size: args.page_size.map(|p| p.get()),
+        state_file: args.state_file,
+        dry_run: args.dry_run,
+        schema_version: schema(args.schema_version),
+        progress_every: Duration::from_secs(args.progress_secs),
+    };
+    let report = match snapshot::run(clients, &options, shutdown).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return match e {
+                snapshot::SnapshotError::Scan { .. } => FAILED,
+                _ => BAD_SETTING,
+            };
+        }
+    };
+    if json {
+        print_json(&report);
+    } else {
+        let verb = if report.dry_run { "would send" } else { "sent" };
+        println!("snapshot of {} → {}", report.table, report.target);
+        println!(
+            "  items read {}, events {verb} {}, failed {} in {:.1} s ({:.0} items/s){}",
+            report.items_read,
+            report.events_sent,
+            report.failed,
+            report.elapsed_secs,
+            report.items_per_sec,
+            if report.dry_run { " [dry run]" } else { "" }
+        );
+        if report.resumed {
+            println!(
+                "  over all runs of the state file: items read {}, events sent {}, failed {}",
+                report.total_items_read, report.total_events_sent, report.total_failed
+            );
+        }
+        for (key, why) in &report.failures {
+            println!("  failed: {key}: {why}");
+        }
+        if report.interrupted {
+            println!("  interrupted: run the same command again to resume");
+        } else if report.complete {
+            println!("  complete");
+        }
+    }
+    if report.interrupted || !report.complete {
+        INTERRUPTED
+    } else if report.failed > 0 {
+        FAILED
+    } else {
+        0
+    }
+}
+
+async fn run_dlq(
+    clients: &Clients,
+    args: DlqArgs,
+    json: bool,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> u8 {
+    let options = dlq::Options {
+        dlq_url: args.dlq_url,
+        queue_url: args.queue_url,
+        reasons: args.reasons,
+        dry_run: args.dry_run,
+        rate: args.rate.map(|r| r.get()),
+        max: args.max.map(|m| m.get() as u64),
+        method: args.method,
+        hold: Duration::from_secs(60),
+    };
+    let print = |s: &dlq::Seen| {
+        if !json {
+            println!(
+                "{:<10} {}  reason={}  key={}  event_type={}",
+                s.outcome,
+                s.message_id,
+                s.reason,
+                s.key.as_deref().unwrap_or("?"),
+                s.event_type.as_deref().unwrap_or("?")
+            );
+        }
+    };
+    let report = match dlq::run(&clients.sqs, &options, shutdown, print).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return match e {
+                dlq::DlqError::Queue { .. } => BAD_SETTING,
+                dlq::DlqError::Sqs { .. } => FAILED,
+            };
+        }
+    };
+    if json {
+        print_json(&report);
+    } else {
+        let verb = if report.dry_run {
+            "would move"
+        } else {
+            "moved"
+        };
+        println!(
+            "dlq redrive ({}): examined {}, {verb} {}, kept {}, failed {}",
+            report.method, report.examined, report.moved, report.kept, report.failed
+        );
+        for (reason, n) in &report.by_reason {
+            println!("  {verb} {n} parked for {reason}");
+        }
+    }
+    if shutdown.is_cancelled() {
+        INTERRUPTED
+    } else if report.failed > 0 {
+        FAILED
+    } else {
+        0
+    }
+}
+
+async fn run_verify(
+    clients: &Clients,
+    args: VerifyArgs,
+    json: bool,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> u8 {
+    let options = match args.database_url.consumer_connect_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: invalid value for --database-url (env DATABASE_URL): {e}");
+            return BAD_SETTING;
+        }
+    };
+    let pool = match PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!(
+                "error: cannot connect to the analytics store {}: {e}",
+                args.database_url.redacted()
+            );
+            return BAD_SETTING;
+        }
+    };
+    let options = verify::Options {
+        table: args.table,
+        settle: Duration::from_secs(args.settle_secs),
+        sample: args.sample,
+        max_held: args.max_held.get(),
+        page_size: args.page_size.map(|p| p.get()),
+        repair_queue: args.repair,
+        repair_timeout: Duration::from_secs(args.repair_timeout_secs),
+        schema_version: schema(args.schema_version),
+        progress_every: Duration::from_secs(args.progress_secs),
+    };
+    let report = match verify::run(clients, &pool, &options, shutdown).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return match e {
+                verify::VerifyError::Table { .. } => BAD_SETTING,
+                verify::VerifyError::Interrupted => INTERRUPTED,
+                _ => FAILED,
+            };
+        }
+    };
+    if json {
+        print_json(&report);
+    } else {
+        print_verify(&report);
+    }
+    let left = match &report.repair {
+        Some(r) => r.remaining.values().sum::<u64>() + report.not_held,
+        None => report.drifted(),
+    };
+    if left == 0 { 0 } else { FAILED }
+}
+
+fn print_verify(report: &verify::Report) {
+    let status = if report.drifted() == 0 {
+        "in sync"
+    } else {
+        "DRIFT"
+    };
+    println!(
+        "verify {}: {status}; source items {}, live analytics rows {}",
+        report.table, report.source_items, report.store_live_rows
+    );
+    for (kind, n) in &report.drift {
+        println!("  {kind:<20} {n}");
+    }
+    if report.settled_in_flight > 0 {
+        println!(
+            "  ({} keys differed during the check and were in sync at the re-check)",
+            report.settled_in_flight
+        );
+    }
+    if report.not_held > 0 {
+        println!(
+            "  ({} drifted keys beyond --max-held were counted, not re-checked or repaired)",
+            report.not_held
+        );
+    }
+    for d in &report.sample {
+        println!("  {}", describe(d));
+    }
+    if let Some(r) = &report.repair {
+        let left: u64 = r.remaining.values().sum();
+        println!(
+            "repair: {} events sent; after {:.1} s {}",
+            r.events_sent,
+            r.waited_secs,
+            if left == 0 {
+                "in sync".to_owned()
+            } else {
+                format!("{left} keys still drifted")
+            }
+        );
+        for (kind, n) in &r.remaining {
+            println!("  {kind:<20} {n}");
+        }
+        for d in &r.remaining_sample {
+            println!("  {}", describe(d));
+        }
+    }
+}
+
+fn describe(d: &verify::Drift) -> String {
+    let source = d
+        .source
+        .map(|p| format!("{}/{}", p.generation, p.version))
+        .unwrap_or_else(|| "-".into());
+    let stored = d
+        .stored
+        .map(|s| {
+            format!(
+                "{}/{}{}",
+                s.position.generation,
+                s.position.version,
+                if s.deleted { " (tombstone)" } else { "" }
+            )
+        })
+        .unwrap_or_else(|| "-".into());
+    let mut line = format!(
+        "{:<20} {}  source {source}  analytics {stored}",
+        d.kind.as_str(),
+        d.key
+    );
+    if let Some(detail) = &d.detail {
+        line.push_str(&format!("  ({detail})"));
+    }
+    line
+}

@@ -1,0 +1,235 @@
+//! Command line of `replay`. Every flag has an environment variable, shown in `--help`.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use subscriber::config::DatabaseUrl;
+
+use crate::dest::Target;
+use crate::dlq::Method;
+
+/// Backfills and repairs for tributary: snapshot a table into the pipeline, return
+/// parked messages from a DLQ, verify the analytics store against the source and
+/// repair drift.
+///
+/// AWS settings come from the standard chain (AWS_REGION, AWS_PROFILE, credentials,
+/// AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_DYNAMODB / _SNS / _SQS for emulators).
+/// Logs go to standard error (RUST_LOG filters, default info); results to standard out.
+///
+/// Exit status: 0 success (verify: in sync); 1 finished with failures (verify: drift
+/// found or left); 2 a bad flag or setting (nothing was sent); 130 interrupted (a
+/// snapshot saved its state: run the same command again to resume).
+#[derive(Debug, Parser)]
+#[command(name = "replay", version)]
+pub struct Cli {
+    /// Log format: auto is JSON when standard error is not a terminal.
+    #[arg(
+        long,
+        env = "TRIBUTARY_LOG_FORMAT",
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Print the final report as JSON on standard out (for scripts).
+    #[arg(long, env = "REPLAY_JSON", global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+pub use publisher::telemetry::LogFormat;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Backfill subscribers from the source table: a parallel Scan, each item sent as a
+    /// `profile.snapshot` event with the item's version. Safe while live traffic flows
+    /// (a snapshot never overwrites a newer change nor resurrects a deleted item) and
+    /// resumable with --state-file.
+    Snapshot(SnapshotArgs),
+    /// Return parked messages from the DLQ to the main queue: bodies and attributes
+    /// kept, deleted from the DLQ only after the main queue accepted them.
+    Dlq(DlqArgs),
+    /// Compare the source table with the analytics store; exit 1 with a summary and a
+    /// sample of drifted keys when they differ. --repair re-emits events for exactly
+    /// the drifted keys and checks them again.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Source table (partition key `user_id`).
+    #[arg(long, env = "REPLAY_TABLE", value_name = "NAME")]
+    pub table: String,
+
+    /// Where the events go: an SNS topic ARN reaches every subscriber; an SQS queue URL
+    /// reaches only that queue (backfill one subscriber without flooding the others).
+    #[arg(long, env = "REPLAY_TO", value_name = "TOPIC_ARN|QUEUE_URL")]
+    pub to: Target,
+
+    /// Parallel scan segments (DynamoDB TotalSegments), 1–1000000.
+    #[arg(long, env = "REPLAY_SEGMENTS", default_value = "4", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub segments: u32,
+
+    /// Events per second, over all segments; unlimited when unset.
+    #[arg(long, env = "REPLAY_RATE", value_name = "N")]
+    pub rate: Option<NonZeroU32>,
+
+    /// Items per Scan page (DynamoDB Limit); a 1 MB page when unset.
+    #[arg(long, env = "REPLAY_PAGE_SIZE", value_name = "N")]
+    pub page_size: Option<NonZeroU32>,
+
+    /// State file for resuming: written after every page; an existing one (from a crash
+    /// or Ctrl-C) is resumed if it is for the same --table, --to and --segments.
+    #[arg(long, env = "REPLAY_STATE_FILE", value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
+
+    /// Read and count, send nothing, write no state.
+    #[arg(long, env = "REPLAY_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Schema version of the events sent (1 for subscribers not yet on version 2).
+    #[arg(long, env = "REPLAY_SCHEMA_VERSION", default_value = "2", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub schema_version: u8,
+
+    /// Seconds between progress lines when standard error is not a terminal.
+    #[arg(long, env = "REPLAY_PROGRESS_SECS", default_value = "5", value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    /// The dead-letter queue to take messages from.
+    #[arg(long, env = "REPLAY_DLQ_URL", value_name = "URL")]
+    pub dlq_url: String,
+
+    /// The main queue to return them to.
+    #[arg(long, env = "REPLAY_QUEUE_URL", value_name = "URL")]
+    pub queue_url: String,
+
+    /// Move only messages parked for this reason (the `tributary-reason` attribute, e.g.
+    /// apply_rejected); repeat for several. `none` selects messages without a reason
+    /// (moved by the queue's own redrive policy). All when unset.
+    #[arg(
+        long = "reason",
+        env = "REPLAY_REASONS",
+        value_delimiter = ',',
+        value_name = "REASON"
+    )]
+    pub reasons: Vec<String>,
+
+    /// List what would move, move nothing.
+    #[arg(long, env = "REPLAY_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Messages per second; unlimited when unset.
+    #[arg(long, env = "REPLAY_RATE", value_name = "N")]
+    pub rate: Option<NonZeroU32>,
+
+    /// Move at most this many messages.
+    #[arg(long, env = "REPLAY_MAX", value_name = "N")]
+    pub max: Option<NonZeroUsize>,
+
+    /// auto: SQS's StartMessageMoveTask when no filter, limit or dry run applies and the
+    /// service offers it; loop: always receive → send → delete, printing each message.
+    #[arg(long, env = "REPLAY_DLQ_METHOD", value_enum, default_value = "auto")]
+    pub method: Method,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Source table (partition key `user_id`).
+    #[arg(long, env = "REPLAY_TABLE", value_name = "NAME")]
+    pub table: String,
+
+    /// The analytics store (`postgres://user:password@host:5432/db`); its password is
+    /// never shown.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: DatabaseUrl,
+
+    /// Re-emit events for exactly the drifted keys to this queue (the subscriber's),
+    /// then wait for them to be in sync.
+    #[arg(long, env = "REPLAY_REPAIR_QUEUE_URL", value_name = "QUEUE_URL")]
+    pub repair: Option<String>,
+
+    /// Seconds to wait before checking drifted keys again: a change still flowing
+    /// through the pipeline is not drift.
+    #[arg(long, env = "REPLAY_SETTLE_SECS", default_value = "5")]
+    pub settle_secs: u64,
+
+    /// Seconds to wait for repaired keys to come back in sync.
+    #[arg(long, env = "REPLAY_REPAIR_TIMEOUT_SECS", default_value = "120")]
+    pub repair_timeout_secs: u64,
+
+    /// Drifted keys shown in the report.
+    #[arg(long, env = "REPLAY_SAMPLE", default_value = "10")]
+    pub sample: usize,
+
+    /// Drifted keys held in memory for the re-check and the repair; drift beyond is
+    /// counted only (repair it with `replay snapshot --to <queue>`).
+    #[arg(long, env = "REPLAY_MAX_HELD", default_value = "100000")]
+    pub max_held: NonZeroUsize,
+
+    /// Items per Scan page (DynamoDB Limit); a 1 MB page when unset.
+    #[arg(long, env = "REPLAY_PAGE_SIZE", value_name = "N")]
+    pub page_size: Option<NonZeroU32>,
+
+    /// Schema version of repair events.
+    #[arg(long, env = "REPLAY_SCHEMA_VERSION", default_value = "2", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub schema_version: u8,
+
+    /// Seconds between progress lines when standard error is not a terminal.
+    #[arg(long, env = "REPLAY_PROGRESS_SECS", default_value = "5", value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_secs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        assert!(parse(&["replay", "snapshot", "--table", "t", "--to", "nowhere"]).is_err());
+        assert!(
+            parse(&[
+                "replay", "snapshot", "--table", "t", "--to", "http://q", "--rate", "0"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "replay", "snapshot", "--table", "t", "--to", "http://q", "--rate", "fast"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "replay",
+                "snapshot",
+                "--table",
+                "t",
+                "--to",
+                "http://q",
+                "--segments",
+                "0"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "replay", "snapshot", "--table", "t", "--to", "http://q", "--rate", "50"
+            ])
+            .is_ok()
+        );
+    }
+}
