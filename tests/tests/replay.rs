@@ -98,6 +98,38 @@ async fn snapshot_backfills_an_empty_store_through_one_queue_only() -> Result<()
     // The source has history the store never saw: no publisher runs.
     let live = seed_items(&stack, "fill", 80, 11).await?.len() as u64;
 
+    // A dry run reads and counts, sends nothing; off a terminal, progress is logged.
+    let r = &stack.resources;
+    let mut dry = replay_command(&[
+        "snapshot",
+        "--table",
+        &r.table,
+        "--to",
+        &r.queue_url,
+        "--dry-run",
+        "--rate",
+        "40",
+        "--progress-secs",
+        "1",
+        "--json",
+    ])?;
+    let out = dry.env("RUST_LOG", "info").output().await?;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let report = parse_report(&out)?;
+    assert_eq!(
+        (
+            report["items_read"].as_u64(),
+            report["events_sent"].as_u64()
+        ),
+        (Some(live), Some(0))
+    );
+    assert!(
+        stderr(&out).contains("Progress."),
+        "no progress lines: {}",
+        stderr(&out)
+    );
+    assert_eq!(stack.queue_depth(&r.queue_url).await?, 0);
+
     let mut subscriber = stack.spawn_subscriber(&[])?;
     let r = &stack.resources;
     let out = replay(&[
