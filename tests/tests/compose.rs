@@ -79,8 +79,8 @@ fn a_misspelt_variable_fails_the_check_naming_it() {
 fn a_variable_of_another_binary_fails_the_check() {
     // PUBLISHER_TABLE is real, but `subscriber migrate` does not read it.
     let (_dir, file) = mutated(
-        "      <<: *database\n      TRIBUTARY_LOG_FORMAT: json",
-        "      <<: *database\n      PUBLISHER_TABLE: profiles\n      TRIBUTARY_LOG_FORMAT: json",
+        "      <<: [*database, *logging]\n",
+        "      <<: [*database, *logging]\n      PUBLISHER_TABLE: profiles\n",
     );
     let out = check(&file);
     let stderr = String::from_utf8_lossy(&out.stderr);
