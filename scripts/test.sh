@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Runs every check and every test, the way CI does (.ci/run calls exactly this):
 #   formatting, clippy (warnings are errors), unit tests, database tests against
-#   PostgreSQL, and the end-to-end suite: the real binaries against DynamoDB Local,
-#   moto's server (SNS, SQS) and PostgreSQL, all started here and stopped at the end.
+#   PostgreSQL, the end-to-end suite (the real binaries against DynamoDB Local, moto's
+#   server for SNS and SQS, and PostgreSQL), then the end-to-end suite again with
+#   LocalStack as the SNS/SQS emulator, and the docker-compose file's checks.
+#   Emulators are started here and stopped at the end.
 # Everything is built once, in debug, into one target directory.
+# TRIBUTARY_E2E_EMULATORS (default "moto localstack") picks the second run's emulators.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,9 +17,10 @@ step() { printf '\n==> [%4d s] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "starting PostgreSQL (if down) and the emulators"
-scripts/env-up.sh
-trap 'scripts/env-down.sh' EXIT
+step "starting PostgreSQL (if down) and the emulators (SNS/SQS: moto)"
+TRIBUTARY_EMULATOR=moto scripts/env-up.sh
+ls_run="$TRIBUTARY_RUN_DIR-localstack"
+trap 'scripts/env-down.sh; TRIBUTARY_RUN_DIR="$ls_run" scripts/env-down.sh' EXIT
 # shellcheck disable=SC1091
 . "$TRIBUTARY_RUN_DIR/env"
 # sqlx::test creates a scratch database per test on this server.
@@ -28,12 +32,31 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build (binaries and tests)"
 cargo build --workspace --all-targets --locked
 
-step "tests"
+step "docker-compose.yml: schema, health waits, environment names"
+scripts/check-compose.sh
+
+nextest() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    # Each test is its own process; the end-to-end tests wait on I/O, so run 4 at once.
+    cargo nextest run --workspace --locked --test-threads 4 --no-fail-fast "$@"
+  else
+    cargo test --workspace --locked --no-fail-fast "$@"
+  fi
+}
+
+step "tests (end-to-end against DynamoDB Local + moto)"
 export TRIBUTARY_BINARIES_BUILT=1
-if cargo nextest --version >/dev/null 2>&1; then
-  # Each test is its own process; the end-to-end tests wait on I/O, so run 4 at once.
-  cargo nextest run --workspace --locked --test-threads 4 --no-fail-fast "$@"
-else
-  cargo test --workspace --locked --no-fail-fast "$@"
-fi
+nextest "$@"
+
+step "end-to-end tests again, SNS/SQS on LocalStack"
+TRIBUTARY_RUN_DIR="$ls_run" TRIBUTARY_EMULATOR=localstack scripts/env-up.sh
+(
+  # shellcheck disable=SC1091
+  . "$ls_run/env"
+  if cargo nextest --version >/dev/null 2>&1; then
+    nextest -E 'package(tributary-e2e) & !binary(compose)' "$@"
+  else
+    nextest "$@" # cargo test cannot filter by package without re-resolving features
+  fi
+)
 step "all checks passed in $(( $(date +%s) - started )) s"

@@ -111,6 +111,9 @@ pub struct PublisherConfig {
     /// RUST_LOG (default `info`).
     #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub ops: ops::OpsArgs,
 }
 
 impl PublisherConfig {

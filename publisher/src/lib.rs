@@ -11,6 +11,7 @@
 //! - [`pipeline`] — the container-mode loop tying them together.
 //! - [`bootstrap`] — creates every AWS resource the pipeline needs, idempotently.
 //! - [`demo`] — a stand-in profile service writing realistic traffic.
+//! - [`metrics`] — the process's Prometheus metrics (served by `publisher`).
 //! - [`telemetry`] — log setup and the shutdown signal for the binaries.
 //!
 //! Binaries: `publisher` (run the pipeline), `bootstrap`, `demo-writer`.
@@ -19,6 +20,7 @@ pub mod bootstrap;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod park;
 pub mod pipeline;
 pub mod record;

@@ -88,6 +88,7 @@ impl FailureQueue {
         error!(
             shard_id = %parked.shard_id,
             sequence_number = parked.record.sequence_number.as_deref().unwrap_or("-"),
+            event_id = parked.record.event_id.as_deref().unwrap_or("-"),
             reason = %parked.reason,
             detail = %parked.detail,
             "Stream record parked in the failure queue."

@@ -465,6 +465,7 @@ impl Pipeline {
             let batch = match batch {
                 Ok(b) => {
                     failures = 0;
+                    observe_read(shard_id, &b.records);
                     b
                 }
                 Err(StreamError::IteratorExpired) => {
@@ -500,6 +501,8 @@ impl Pipeline {
                 None => {
                     self.save_checkpoint(shard_id, &Checkpoint::Finished)
                         .await?;
+                    let m = crate::metrics::metrics();
+                    m.registry.remove(m.iterator_age, &[shard_id]);
                     return Ok(true);
                 }
                 Some(next) => iterator = Some(next),
@@ -530,12 +533,17 @@ impl Pipeline {
         work: &CancellationToken,
     ) -> Result<Published, PipelineError> {
         Stats::add(&self.stats.records_read, records.len());
+        let m = crate::metrics::metrics();
+        m.registry.inc_by(m.records_read, &[], records.len() as u64);
         let now = OffsetDateTime::now_utc();
         let mut encoded = Vec::with_capacity(records.len());
         for (i, record) in records.iter().enumerate() {
             match to_event(record, &self.origin, now) {
                 Ok(Some(event)) => encoded.push(Encoded::new(i, &event, self.emit)),
-                Ok(None) => Stats::add(&self.stats.records_skipped, 1),
+                Ok(None) => {
+                    Stats::add(&self.stats.records_skipped, 1);
+                    m.registry.inc_by(m.records_skipped, &[], 1);
+                }
                 Err(e) => {
                     self.park(shard_id, record, e.reason_code(), e.to_string())
                         .await?
@@ -555,6 +563,10 @@ impl Pipeline {
         };
         Stats::add(&self.stats.events_published, report.published);
         Stats::add(&self.stats.publish_retries, report.retries);
+        m.registry
+            .inc_by(m.events_published, &[], report.published as u64);
+        m.registry
+            .inc_by(m.publish_retries, &[], report.retries as u64);
         for (enc, rejected) in &report.rejected {
             let record = &records[enc.tag];
             self.park(
@@ -570,6 +582,7 @@ impl Pipeline {
             self.save_checkpoint(shard_id, &Checkpoint::At(seq.clone()))
                 .await?;
             Stats::add(&self.stats.checkpoints_written, 1);
+            m.registry.inc_by(m.checkpoints_written, &[], 1);
         }
         debug!(%shard_id, records = records.len(), events = count, checkpoint = last.as_deref().unwrap_or("-"), "Batch published.");
         Ok(Published::Through(last))
@@ -651,7 +664,29 @@ impl Pipeline {
             }
         }
         Stats::add(&self.stats.records_parked, 1);
+        let m = crate::metrics::metrics();
+        m.registry.inc_by(m.records_parked, &[reason], 1);
         Ok(())
+    }
+}
+
+/// Records a successful GetRecords: the poll time, the batch size, and the shard's
+/// iterator age (as a stream event-source mapping reports it: the age of the last
+/// record read; 0 when the shard has nothing more).
+fn observe_read(shard_id: &str, records: &[StreamRecord]) {
+    let m = crate::metrics::metrics();
+    m.registry.touch(m.last_poll, &[]);
+    if records.is_empty() {
+        m.registry.set(m.iterator_age, &[shard_id], 0.0);
+        return;
+    }
+    m.registry
+        .observe(m.read_batch_size, &[], records.len() as f64);
+    if let Some(created) = records.iter().rev().find_map(|r| r.approximate_creation) {
+        let age = (OffsetDateTime::now_utc() - created)
+            .as_seconds_f64()
+            .max(0.0);
+        m.registry.set(m.iterator_age, &[shard_id], age);
     }
 }
 

@@ -287,7 +287,7 @@ impl SnsSink {
                             };
                             report.rejected.push((event, r));
                         } else {
-                            warn!(event_id = %event.event_id, code = failed.code(), "Publish entry failed, will retry.");
+                            warn!(event_id = %event.event_id, key = %event.key, code = failed.code(), "Publish entry failed, will retry.");
                             retry.push(event);
                         }
                     }

@@ -23,7 +23,7 @@ use url::Url;
 )]
 pub struct Cli {
     /// Log format: `auto` is JSON when stderr is not a terminal and text when it is.
-    /// Default: auto.
+    /// Default: auto. RUST_LOG filters (default `info`).
     #[arg(
         long,
         env = "TRIBUTARY_LOG_FORMAT",
@@ -45,6 +45,38 @@ pub enum Command {
     Run(RunConfig),
     /// Apply the analytics store's pending migrations and exit.
     Migrate(MigrateConfig),
+    /// One screen: is the analytics store in sync, how far behind, what is parked in the
+    /// DLQ and why. Reads only (DLQ messages are peeked and made visible again at once).
+    Status(StatusConfig),
+}
+
+/// Settings of `subscriber status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusConfig {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// URL of the SQS queue the subscriber consumes. Required.
+    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = parse_http_url)]
+    pub queue_url: Url,
+
+    /// URL of the dead-letter queue. Default: the queue's RedrivePolicy target.
+    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = parse_http_url)]
+    pub dlq_url: Option<Url>,
+
+    /// Print one JSON object (for scripts) instead of the screen.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Minutes of history the lag summary covers, one line per minute. Default: 5.
+    #[arg(long, value_name = "MINUTES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1440))]
+    pub window_minutes: u32,
+
+    /// Most DLQ messages peeked to group the parked ones by reason. Default: 100.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub peek: u32,
 }
 
 /// How log lines are written.
@@ -136,6 +168,9 @@ pub struct RunConfig {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub migrate_on_start: bool,
+
+    #[command(flatten)]
+    pub ops: ops::OpsArgs,
 }
 
 impl RunConfig {
@@ -160,6 +195,7 @@ impl RunConfig {
             wait_time_secs = self.wait_time_secs,
             db_max_connections = self.db_max_connections(),
             migrate_on_start = self.migrate_on_start,
+            metrics_addr = ?self.ops.metrics_addr,
             "Subscriber starting."
         );
     }
@@ -518,7 +554,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Run(config) => config,
-            Command::Migrate(_) => unreachable!("parsed run"),
+            Command::Migrate(_) | Command::Status(_) => unreachable!("parsed run"),
         })
     }
 

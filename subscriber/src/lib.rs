@@ -18,6 +18,8 @@
 //!   fails, and probes it.
 //! - [`worker`] — the receive loops, [`worker::process_batch`] (reusable by a Lambda
 //!   handler) and graceful shutdown.
+//! - [`metrics`] — the process's Prometheus metrics (served by `subscriber run`).
+//! - [`status`] — `subscriber status`: is the analytics store in sync, what is parked.
 //! - [`telemetry`] — the tracing subscriber the binaries install.
 //! - [`MIGRATOR`] — the analytics store's migrations (`migrations/` at the workspace root).
 
@@ -25,7 +27,9 @@ pub mod apply;
 pub mod config;
 pub mod envelope;
 pub mod gate;
+pub mod metrics;
 pub mod source;
+pub mod status;
 pub mod telemetry;
 pub mod worker;
 

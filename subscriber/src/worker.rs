@@ -213,8 +213,13 @@ async fn receive_loop(
             None => source.receive().await,
         };
         let messages = match received {
-            Ok(messages) => messages,
+            Ok(messages) => {
+                crate::metrics::metrics().received(messages.len());
+                messages
+            }
             Err(e) => {
+                let m = crate::metrics::metrics();
+                m.registry.inc_by(m.receive_failures, &[], 1);
                 failures = failures.saturating_add(1);
                 let delay = worker_backoff(failures, rand::random());
                 if e.is_retryable() {
@@ -382,7 +387,7 @@ async fn process_batch_inner<P: Parker>(
     for message in messages {
         match decode_body(&message.body) {
             Ok(event) => {
-                debug!(message_id = %message.message_id, event_id = %event.event_id, "Message decoded.");
+                debug!(message_id = %message.message_id, event_id = %event.event_id, key = %event.key, "Message decoded.");
                 decoded.push(message);
                 events.push(event);
             }
@@ -399,12 +404,14 @@ async fn process_batch_inner<P: Parker>(
         }
     }
     if events.is_empty() {
+        count(&outcome);
         return (outcome, None);
     }
 
     let store_failure = match apply_atomically(pool, &events).await {
         Ok(report) => {
             debug!(?report, "Batch applied.");
+            crate::metrics::metrics().committed(events.iter().map(|e| &e.occurred_at));
             outcome.report.add(report);
             outcome
                 .succeeded
@@ -423,7 +430,20 @@ async fn process_batch_inner<P: Parker>(
             isolate(pool, parker, &decoded, &events, &mut outcome).await
         }
     };
+    count(&outcome);
     (outcome, store_failure)
+}
+
+/// Adds a batch's outcome to the process's metrics (parks are counted as they happen).
+fn count(outcome: &BatchOutcome) {
+    let m = crate::metrics::metrics();
+    m.registry
+        .inc_by(m.events_applied, &[], outcome.report.applied);
+    m.registry.inc_by(m.events_stale, &[], outcome.report.stale);
+    m.registry
+        .inc_by(m.history_duplicates, &[], outcome.report.history_duplicates);
+    m.registry
+        .inc_by(m.messages_retried, &[], outcome.retry.len() as u64);
 }
 
 /// Applies each event in its own transaction, parking exactly those the database
@@ -438,15 +458,15 @@ async fn isolate<P: Parker>(
     outcome: &mut BatchOutcome,
 ) -> Option<StoreFailure> {
     let mut store_failure = None;
-    let mut rejected: Vec<(&ReceivedMessage, ApplyError)> = Vec::new();
+    let mut rejected: Vec<(&ReceivedMessage, &ChangeEvent, ApplyError)> = Vec::new();
     for (message, event) in messages.iter().zip(events) {
-        let span =
-            info_span!("isolated", message_id = %message.message_id, event_id = %event.event_id);
+        let span = info_span!("isolated", message_id = %message.message_id, event_id = %event.event_id, key = %event.key);
         let applied = apply_atomically(pool, std::slice::from_ref(event))
             .instrument(span)
             .await;
         match applied {
             Ok(report) => {
+                crate::metrics::metrics().committed([&event.occurred_at]);
                 outcome.report.add(report);
                 outcome.succeeded.push(message.message_id.clone());
             }
@@ -455,7 +475,7 @@ async fn isolate<P: Parker>(
                 store_failure.get_or_insert_with(|| StoreFailure::of(&e));
                 outcome.retry.push(message.message_id.clone());
             }
-            Err(e) => rejected.push((message, e)),
+            Err(e) => rejected.push((message, event, e)),
         }
     }
 
@@ -463,7 +483,7 @@ async fn isolate<P: Parker>(
         // Data bad in every event at once is far likelier a schema drift (a column
         // narrowed, a type changed) than a batch of poison: parking would dead-letter
         // good messages. Leave them to the operator, and to the redrive policy.
-        let (_, first) = &rejected[0];
+        let (_, _, first) = &rejected[0];
         let failure = StoreFailure::of(first);
         error!(
             events = messages.len(),
@@ -473,14 +493,17 @@ async fn isolate<P: Parker>(
         );
         outcome
             .retry
-            .extend(rejected.iter().map(|(m, _)| m.message_id.clone()));
+            .extend(rejected.iter().map(|(m, _, _)| m.message_id.clone()));
         return Some(StoreFailure {
             kind: FailureKind::NeedsOperator,
             ..failure
         });
     }
-    for (message, e) in rejected {
-        park_or_retry(parker, message, APPLY_REJECTED, &error_chain(&e), outcome).await;
+    for (message, event, e) in rejected {
+        let span = info_span!("rejected", message_id = %message.message_id, event_id = %event.event_id, key = %event.key);
+        park_or_retry(parker, message, APPLY_REJECTED, &error_chain(&e), outcome)
+            .instrument(span)
+            .await;
     }
     store_failure
 }
@@ -493,7 +516,11 @@ async fn park_or_retry<P: Parker>(
     outcome: &mut BatchOutcome,
 ) {
     match parker.park(message, reason, detail).await {
-        Ok(()) => outcome.parked.push(message.message_id.clone()),
+        Ok(()) => {
+            let m = crate::metrics::metrics();
+            m.registry.inc_by(m.messages_parked, &[reason], 1);
+            outcome.parked.push(message.message_id.clone());
+        }
         Err(e) => {
             warn!(message_id = %message.message_id, reason, error = %error_chain(&e), "Could not park the message, it stays on the queue.");
             outcome.retry.push(message.message_id.clone());

@@ -25,6 +25,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Row};
 use tokio::process::{Child, Command};
 
+pub mod operator;
+
 /// A random lowercase id for resource names.
 pub fn random_id() -> String {
     use rand::Rng;

@@ -30,19 +30,29 @@ fn event_id(body: &str) -> String {
 /// Waits until `count` messages sit in the tap queue (a copy of everything published),
 /// then takes them all.
 async fn tap_all(stack: &Stack, count: usize) -> Result<Vec<String>> {
+    take_all(stack, &stack.tap_queue_url, count).await
+}
+
+/// Takes messages from `queue_url` until they carry `count` distinct events (and any
+/// duplicates that came with them). SNS→SQS delivery may be asynchronous (LocalStack),
+/// so a quiet moment proves nothing: only the count ends the wait, or the deadline.
+async fn take_all(stack: &Stack, queue_url: &str, count: usize) -> Result<Vec<String>> {
     let deadline = Instant::now() + CONVERGE;
     let mut got = Vec::new();
-    while got.len() < count {
+    let mut distinct = HashSet::new();
+    while distinct.len() < count {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "only {} of {count} messages published after {CONVERGE:?}",
-            got.len()
+            "only {} of {count} events published after {CONVERGE:?}",
+            distinct.len()
         );
-        got.extend(bodies(
+        let taken = bodies(
             &stack
-                .drain(&stack.tap_queue_url, Duration::from_millis(500), CONVERGE)
+                .drain(queue_url, Duration::from_millis(500), CONVERGE)
                 .await?,
-        ));
+        );
+        distinct.extend(taken.iter().map(|b| event_id(b)));
+        got.extend(taken);
     }
     Ok(got)
 }
@@ -156,11 +166,7 @@ async fn shuffled_delivery_converges_to_the_source() -> Result<()> {
     let traffic = write(&stack, "shuffle", 3, TrafficPlan::new(6, 90)).await?;
     let total = traffic.stats.total() as usize;
     tap_all(&stack, total).await?;
-    let mut queued = bodies(
-        &stack
-            .drain(&stack.resources.queue_url, Duration::from_secs(1), CONVERGE)
-            .await?,
-    );
+    let mut queued = take_all(&stack, &stack.resources.queue_url, total).await?;
     assert_eq!(queued.len(), total);
     let in_order = queued.clone();
     queued.shuffle(&mut StdRng::seed_from_u64(4));

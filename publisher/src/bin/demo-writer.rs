@@ -28,7 +28,7 @@ struct Cli {
     /// against the same table never collide.
     #[arg(long, env = "DEMO_PREFIX")]
     prefix: Option<String>,
-    /// Log format: auto, json or text.
+    /// Log format: auto, json or text. RUST_LOG filters (default `info`).
     #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
     log_format: telemetry::LogFormat,
 }

@@ -32,6 +32,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = cli.config.ops.metrics_addr {
+        let endpoints = operator_endpoints(&clients, &cli.config);
+        if let Err(e) = ops::server::serve(addr, endpoints, shutdown.clone()).await {
+            tracing::error!(%addr, error = %e, "Cannot serve TRIBUTARY_METRICS_ADDR.");
+            return ExitCode::from(2);
+        }
+    }
     tracing::info!(table = %cli.config.table, topic_arn = %cli.config.topic_arn, stream_arn = %pipeline.origin.stream_arn, schema_version = %pipeline.emit, "Publisher starting.");
     match pipeline.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,5 +46,44 @@ async fn main() -> ExitCode {
             tracing::error!(error = %e, "Publisher failed.");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `/readyz` answers 200 only when the checkpoint table (DynamoDB) and the topic (SNS)
+/// answer.
+fn operator_endpoints(clients: &Clients, config: &PublisherConfig) -> ops::server::Endpoints {
+    let dynamodb = clients.dynamodb.clone();
+    let sns = clients.sns.clone();
+    let table = config.checkpoint_table.clone();
+    let topic_arn = config.topic_arn.clone();
+    ops::server::Endpoints {
+        registry: Arc::clone(&publisher::metrics::metrics().registry),
+        checks: vec![
+            ops::server::Check::new("checkpoint_table", move || {
+                let dynamodb = dynamodb.clone();
+                let table = table.clone();
+                Box::pin(async move {
+                    dynamodb
+                        .describe_table()
+                        .table_name(table)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| publisher::describe_sdk_error(&e))
+                })
+            }),
+            ops::server::Check::new("topic", move || {
+                let sns = sns.clone();
+                let topic_arn = topic_arn.clone();
+                Box::pin(async move {
+                    sns.get_topic_attributes()
+                        .topic_arn(topic_arn)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| aws_sdk_sns::error::DisplayErrorContext(e).to_string())
+                })
+            }),
+        ],
     }
 }

@@ -44,9 +44,77 @@ async fn main() -> anyhow::Result<()> {
             let shutdown =
                 subscriber::worker::shutdown_on_signals().context("installing signal handlers")?;
             let sqs = aws_sdk_sqs::Client::new(&aws);
+            if let Some(addr) = config.ops.metrics_addr {
+                let endpoints = operator_endpoints(&pool, &sqs, config.queue_url.as_str());
+                ops::server::serve(addr, endpoints, shutdown.clone())
+                    .await
+                    .with_context(|| format!("serving TRIBUTARY_METRICS_ADDR {addr}"))?;
+            }
             subscriber::worker::run(&config, sqs, pool, shutdown).await?;
             info!("Subscriber stopped.");
         }
+        Command::Status(config) => {
+            let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(config.database.database_url.expose_secret())
+                .await
+                .context("connecting to DATABASE_URL")?;
+            let sqs = aws_sdk_sqs::Client::new(&aws);
+            let status = tokio::time::timeout(
+                subscriber::status::STATUS_TIMEOUT,
+                subscriber::status::gather(&config, sqs, &pool),
+            )
+            .await
+            .context("status took too long")?
+            .map_err(|e| anyhow::anyhow!(subscriber::error_chain(&e)))?;
+            if config.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", subscriber::status::render(&status));
+            }
+        }
     }
     Ok(())
+}
+
+/// `/readyz` answers 200 only when PostgreSQL (the analytics tables) and the queue
+/// answer.
+fn operator_endpoints(
+    pool: &sqlx::PgPool,
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> ops::server::Endpoints {
+    let pool = pool.clone();
+    let sqs = sqs.clone();
+    let queue_url = queue_url.to_owned();
+    ops::server::Endpoints {
+        registry: std::sync::Arc::clone(&subscriber::metrics::metrics().registry),
+        checks: vec![
+            ops::server::Check::new("database", move || {
+                let pool = pool.clone();
+                Box::pin(async move {
+                    subscriber::apply::probe(&pool)
+                        .await
+                        .map_err(|e| subscriber::error_chain(&e))
+                })
+            }),
+            ops::server::Check::new("queue", move || {
+                let sqs = sqs.clone();
+                let queue_url = queue_url.clone();
+                Box::pin(async move {
+                    sqs.get_queue_attributes()
+                        .queue_url(queue_url)
+                        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| subscriber::error_chain(&e))
+                })
+            }),
+        ],
+    }
 }

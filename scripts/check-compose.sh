@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Checks docker-compose.yml without a Docker engine:
+#   1. `docker-compose config` (Debian's docker-compose 1.29.2, installed here when
+#      missing) parses it and validates it against the Compose schema, for every
+#      profile combination;
+#   2. every `depends_on` waits on a health check or a successful exit, never on a bare
+#      start;
+#   3. every environment variable set for a tributary binary (a service labelled
+#      `org.tributary.runs: <binary> [subcommand]`) is one that binary reads: its
+#      `--help` lists it (`[env: NAME…]`), or it is one of the AWS SDK's standard
+#      variables, or RUST_LOG where the help names it. A typo fails here, not silently
+#      in a container.
+# Usage: scripts/check-compose.sh [COMPOSE_FILE]   (binaries from target/debug, or
+# TRIBUTARY_BIN_DIR). Exit 1 with one line per problem.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+file=$(realpath "${1:-$root/docker-compose.yml}")
+bins="${TRIBUTARY_BIN_DIR:-$root/target/debug}"
+
+log() { printf '[check-compose] %s\n' "$*" >&2; }
+
+if ! command -v docker-compose >/dev/null; then
+  [ "$(id -u)" = 0 ] || { log "docker-compose is missing: apt-get install docker-compose"; exit 1; }
+  log "installing docker-compose (Debian package)"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+fi
+# docker-compose's own interpreter has PyYAML (a dependency of the package).
+py=$(head -n 1 "$(command -v docker-compose)" | sed 's/^#! *//; s/ .*$//')
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# docker-compose 1.29 validates and prints every service whatever the active profiles.
+if ! COMPOSE_PROFILES=localstack,moto,demo docker-compose --project-directory "$(dirname "$file")" \
+    -f "$file" config > "$tmp/resolved.yml" 2> "$tmp/err"; then
+  log "docker-compose config failed: $(tr '\n' ' ' < "$tmp/err")"
+  exit 1
+fi
+
+"$py" - "$bins" "$tmp"/*.yml <<'PY'
+import os, re, subprocess, sys, yaml
+
+bins, files = sys.argv[1], sys.argv[2:]
+# Read by the AWS SDK itself (https://docs.aws.amazon.com/sdkref/latest/guide/settings-reference.html).
+SDK = {"AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+       "AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB",
+       "AWS_ENDPOINT_URL_DYNAMODB_STREAMS", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS"}
+helps = {}
+problems = []
+services_seen = set()
+for f in files:
+    config = yaml.safe_load(open(f))
+    services = config.get("services", {})
+    for name, svc in services.items():
+        for dep, how in (svc.get("depends_on") or {}).items():
+            cond = how.get("condition") if isinstance(how, dict) else None
+            if cond not in ("service_healthy", "service_completed_successfully"):
+                problems.append(f"{name}: depends_on {dep} does not wait for its health or its end (condition {cond})")
+            elif cond == "service_healthy" and "healthcheck" not in services.get(dep, {}):
+                problems.append(f"{name}: waits on the health of {dep}, which has no healthcheck")
+        runs = (svc.get("labels") or {}).get("org.tributary.runs")
+        if svc.get("build") and not runs:
+            problems.append(f"{name}: built from this repository but has no org.tributary.runs label")
+        if not runs:
+            continue
+        services_seen.add(name)
+        if runs not in helps:
+            argv = runs.split()
+            exe = os.path.join(bins, argv[0])
+            if not os.access(exe, os.X_OK):
+                sys.exit(f"[check-compose] {exe} not found: build the workspace first")
+            out = subprocess.run([exe, *argv[1:], "--help"], capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"[check-compose] {runs} --help failed: {out.stderr.strip()}")
+            helps[runs] = out.stdout
+        text = helps[runs]
+        listed = set(re.findall(r"\[env: ([A-Z0-9_]+)", text))
+        for var in sorted((svc.get("environment") or {}).keys()):
+            if var in listed or var in SDK or (var == "RUST_LOG" and "RUST_LOG" in text):
+                continue
+            problems.append(f"{name}: sets {var}, which `{runs}` does not read (not in its --help)")
+for p in sorted(set(problems)):
+    print(f"[check-compose] {p}", file=sys.stderr)
+if problems:
+    sys.exit(1)
+print(f"[check-compose] ok: {len(services_seen)} tributary services checked", file=sys.stderr)
+PY

@@ -1,0 +1,113 @@
+//! docker-compose.yml, checked without a Docker engine by `scripts/check-compose.sh`
+//! (Debian's docker-compose parses and validates it; every environment variable set
+//! for a tributary binary must be one its `--help` lists). These tests make sure the
+//! check passes on the real file and fails on a typo or a bare-start dependency.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn check(file: &Path) -> Output {
+    // The binaries whose --help is read: the same build as the other end-to-end tests.
+    let bins = e2e::bin("subscriber").unwrap();
+    std::process::Command::new(root().join("scripts/check-compose.sh"))
+        .arg(file)
+        .env("TRIBUTARY_BIN_DIR", bins.parent().unwrap())
+        .output()
+        .unwrap()
+}
+
+/// A copy of the real file with `from` replaced by `to` (which must change it), in a
+/// scratch directory inside the repository so that `build: .` still resolves.
+fn mutated(from: &str, to: &str) -> (tempdir::Dir, PathBuf) {
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    assert!(
+        text.contains(from),
+        "the compose file no longer contains {from:?}"
+    );
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("docker-compose.yml");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    (dir, path)
+}
+
+mod tempdir {
+    /// A directory under target/, removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            let p = super::root()
+                .join("target")
+                .join(format!("compose-check-{}", e2e::random_id()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn the_compose_file_validates_and_sets_only_variables_the_binaries_read() {
+    let out = check(&root().join("docker-compose.yml"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("ok: "), "{stderr}");
+}
+
+#[test]
+fn a_misspelt_variable_fails_the_check_naming_it() {
+    let (_dir, file) = mutated("SUBSCRIBER_WORKERS: \"4\"", "SUBSCRIBER_WORKRS: \"4\"");
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a typo passed: {stderr}");
+    assert!(
+        stderr.contains("subscriber: sets SUBSCRIBER_WORKRS, which `subscriber run` does not read"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_variable_of_another_binary_fails_the_check() {
+    // PUBLISHER_TABLE is real, but `subscriber migrate` does not read it.
+    let (_dir, file) = mutated(
+        "      <<: [*database, *logging]\n",
+        "      <<: [*database, *logging]\n      PUBLISHER_TABLE: profiles\n",
+    );
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("migrate: sets PUBLISHER_TABLE"), "{stderr}");
+}
+
+#[test]
+fn waiting_on_a_bare_start_fails_the_check() {
+    let (_dir, file) = mutated(
+        "      migrate:\n        condition: service_completed_successfully\n\n  # --- LocalStack",
+        "      migrate:\n        condition: service_started\n\n  # --- LocalStack",
+    );
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("demo-writer: depends_on migrate does not wait"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_schema_violation_fails_the_check() {
+    let (_dir, file) = mutated("    healthcheck: *readyz\n", "    healthcheck: [*readyz]\n");
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("docker-compose config failed"), "{stderr}");
+}

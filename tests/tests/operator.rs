@@ -1,0 +1,304 @@
+//! End-to-end: the operator's view. `/metrics`, `/healthz` and `/readyz` of the real
+//! `publisher` and `subscriber run` while events flow; readiness when PostgreSQL goes
+//! away (a proxy between the subscriber and the shared server is cut — the server
+//! itself is never touched); `subscriber status` against a state set up on purpose.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use e2e::operator::{TcpProxy, free_port, http_get, sample};
+use e2e::{Stack, eventually, terminate};
+use publisher::demo::{Traffic, TrafficPlan};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio_util::sync::CancellationToken;
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+async fn write(stack: &Stack, prefix: &str, seed: u64, plan: TrafficPlan) -> Result<Traffic> {
+    let mut traffic = Traffic::new(prefix);
+    let mut rng = StdRng::seed_from_u64(seed);
+    traffic
+        .run(&stack.writer(), &mut rng, &plan, &CancellationToken::new())
+        .await?;
+    Ok(traffic)
+}
+
+async fn metrics(addr: SocketAddr) -> Result<String> {
+    let (status, body) = http_get(addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
+    Ok(body)
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+}
+
+/// Waits until `addr`'s `/readyz` answers `want`; returns the body.
+async fn readiness(addr: SocketAddr, want: u16, timeout: Duration) -> Result<String> {
+    eventually(
+        &format!("/readyz on {addr} to answer {want}"),
+        timeout,
+        || async {
+            Ok(match http_get(addr, "/readyz").await {
+                Ok((status, body)) if status == want => Some(body),
+                _ => None,
+            })
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn metrics_move_with_the_events_and_readiness_follows_the_database() -> Result<()> {
+    let stack = Stack::new().await?;
+    let pg: PgConnectOptions = PgConnectOptions::from_str(&stack.database_url)?;
+    let upstream = tokio::net::lookup_host((pg.get_host(), pg.get_port()))
+        .await?
+        .next()
+        .context("PostgreSQL's address")?;
+    let proxy = TcpProxy::start(upstream).await?;
+    let proxied_url = pg
+        .clone()
+        .host("127.0.0.1")
+        .port(proxy.addr.port())
+        .to_url_lossy()
+        .to_string();
+
+    let pub_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let sub_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut publisher = stack.spawn_publisher(&["--metrics-addr", &pub_addr.to_string()])?;
+    let mut subscriber = stack.spawn_subscriber(&[
+        "--database-url",
+        &proxied_url,
+        "--metrics-addr",
+        &sub_addr.to_string(),
+    ])?;
+
+    let body = readiness(sub_addr, 200, CONVERGE).await?;
+    assert_eq!(body, "database: ok\nqueue: ok\n");
+    let body = readiness(pub_addr, 200, CONVERGE).await?;
+    assert_eq!(body, "checkpoint_table: ok\ntopic: ok\n");
+    assert_eq!(http_get(sub_addr, "/healthz").await?.0, 200);
+    assert_eq!(http_get(pub_addr, "/healthz").await?.0, 200);
+
+    let before = metrics(sub_addr).await?;
+    assert_eq!(value(&before, "tributary_events_applied_total"), 0.0);
+    assert_eq!(
+        value(
+            &before,
+            "tributary_messages_parked_total{reason=\"malformed_json\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &metrics(pub_addr).await?,
+            "tributary_events_published_total"
+        ),
+        0.0
+    );
+
+    // Events flow: the counters follow them.
+    let traffic = write(&stack, "ops", 11, TrafficPlan::new(8, 40)).await?;
+    let total = traffic.stats.total() as f64;
+    stack.wait_converged(CONVERGE).await?;
+    let published = eventually("the publisher to count every event", CONVERGE, || async {
+        let m = metrics(pub_addr).await?;
+        Ok((value(&m, "tributary_events_published_total") >= total).then_some(m))
+    })
+    .await?;
+    assert!(value(&published, "tributary_stream_records_read_total") >= total);
+    assert!(value(&published, "tributary_checkpoints_written_total") >= 1.0);
+    assert!(value(&published, "tributary_stream_batch_size_count") >= 1.0);
+    assert!(
+        published.contains("tributary_stream_iterator_age_seconds{shard=\""),
+        "an iterator age per shard:\n{published}"
+    );
+    assert!(value(&published, "tributary_seconds_since_last_poll") < 30.0);
+
+    let after = eventually("the subscriber to count every event", CONVERGE, || async {
+        let m = metrics(sub_addr).await?;
+        let seen =
+            value(&m, "tributary_events_applied_total") + value(&m, "tributary_events_stale_total");
+        Ok((seen >= total).then_some(m))
+    })
+    .await?;
+    assert!(value(&after, "tributary_events_applied_total") > 0.0);
+    assert!(value(&after, "tributary_messages_received_total") >= total);
+    assert!(value(&after, "tributary_receive_batch_size_count") >= 1.0);
+    assert!(value(&after, "tributary_replication_lag_seconds_count") >= total);
+    assert!(
+        value(
+            &after,
+            "tributary_replication_lag_seconds_bucket{le=\"+Inf\"}"
+        ) >= total
+    );
+    assert!(value(&after, "tributary_seconds_since_last_poll") < 30.0);
+
+    // PostgreSQL goes away: not ready, still alive.
+    proxy.cut();
+    let body = readiness(sub_addr, 503, Duration::from_secs(30)).await?;
+    assert!(body.starts_with("database: "), "{body}");
+    assert!(body.ends_with("queue: ok\n"), "{body}");
+    assert_eq!(http_get(sub_addr, "/healthz").await?.0, 200);
+
+    // It comes back: ready again, and replication resumes.
+    proxy.restore();
+    readiness(sub_addr, 200, CONVERGE).await?;
+    write(&stack, "ops-after", 12, TrafficPlan::new(4, 12)).await?;
+    stack.wait_converged(CONVERGE).await?;
+
+    assert_eq!(
+        terminate(&mut publisher, Duration::from_secs(20)).await?,
+        Some(0)
+    );
+    assert_eq!(
+        terminate(&mut subscriber, Duration::from_secs(30)).await?,
+        Some(0)
+    );
+    stack.teardown().await
+}
+
+/// A v2 upsert of `key` whose change happened `ago` before now.
+fn event(key: &str, version: i64, ago: Duration) -> Result<String> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(include_str!("../../contracts/fixtures/v2/upserted.json"))?;
+    let occurred = (OffsetDateTime::now_utc() - ago).format(&Rfc3339)?;
+    v["event_id"] = format!("{key}-v{version}").into();
+    v["key"] = key.into();
+    v["version"] = version.into();
+    v["occurred_at"] = occurred.clone().into();
+    v["data"]["user_id"] = key.into();
+    v["data"]["updated_at"] = occurred.into();
+    Ok(v.to_string())
+}
+
+#[tokio::test]
+async fn status_shows_the_parked_messages_by_reason_and_the_lag_it_was_given() -> Result<()> {
+    let stack = Stack::new().await?;
+    let space = format!("status-{}", stack.id);
+    let lag = Duration::from_secs(120);
+    let mut bodies: Vec<String> = (0..5)
+        .map(|i| event(&format!("{space}-{i:03}"), 1, lag))
+        .collect::<Result<_>>()?;
+    let mut newer: serde_json::Value = serde_json::from_str(&bodies[0])?;
+    newer["schema_version"] = 9.into();
+    bodies.push("not json".to_owned());
+    bodies.push("{\"half\": ".to_owned());
+    bodies.push(newer.to_string());
+    stack.send_bodies(&bodies).await?;
+
+    let mut subscriber = stack.spawn_subscriber(&[])?;
+    eventually("5 changes applied and 3 parked", CONVERGE, || async {
+        let (history, _) = stack.history_counts().await?;
+        let parked = stack.queue_depth(&stack.resources.dlq_url).await?;
+        Ok((history == 5 && parked == 3).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        terminate(&mut subscriber, Duration::from_secs(30)).await?,
+        Some(0)
+    );
+
+    let status = |json: bool| {
+        let mut cmd = std::process::Command::new(e2e::bin("subscriber").unwrap());
+        cmd.arg("status")
+            .env("DATABASE_URL", &stack.database_url)
+            .env("SUBSCRIBER_QUEUE_URL", &stack.resources.queue_url)
+            .env("RUST_LOG", "warn");
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output()
+    };
+    let out = status(true)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+
+    assert_eq!(s["in_sync"], false, "{s:#}");
+    assert_eq!(
+        s["queue"]["visible"].as_u64().unwrap() + s["queue"]["in_flight"].as_u64().unwrap(),
+        0,
+        "{s:#}"
+    );
+    assert_eq!(
+        s["dlq"]["url"],
+        stack.resources.dlq_url.as_str(),
+        "the DLQ from the redrive policy"
+    );
+    assert_eq!(s["dlq"]["visible"], 3, "{s:#}");
+    assert_eq!(s["parked_peeked"], 3);
+    let groups: Vec<(String, u64)> = s["parked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["reason"].as_str().unwrap().to_owned(),
+                g["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        vec![
+            ("malformed_json".to_owned(), 2),
+            ("unsupported_schema_version".to_owned(), 1)
+        ]
+    );
+    let sample = &s["parked"][1]["sample"];
+    assert_eq!(
+        sample["body"].as_str().unwrap().chars().count(),
+        160.min(newer.to_string().chars().count())
+    );
+    assert!(sample["detail"].as_str().unwrap().contains('9'), "{sample}");
+
+    // The lag it was given: occurred two minutes before it was applied.
+    let last_ms = s["lag"]["last_ms"].as_i64().unwrap();
+    assert!((120_000..150_000).contains(&last_ms), "lag {last_ms} ms");
+    assert_eq!(s["lag"]["window"]["changes"], 5);
+    let p50 = s["lag"]["window"]["p50_ms"].as_i64().unwrap();
+    assert!((120_000..150_000).contains(&p50), "p50 {p50} ms");
+    assert!(!s["lag"]["per_minute"].as_array().unwrap().is_empty());
+    assert_eq!(s["key_spaces"][0]["key_space"], space.as_str());
+    assert_eq!(s["key_spaces"][0]["changes"], 5);
+
+    // Read-only: the peeked messages are visible again at once.
+    assert_eq!(stack.queue_depth(&stack.resources.dlq_url).await?, 3);
+
+    let out = status(false)?;
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout)?;
+    assert!(
+        text.starts_with("analytics   NOT IN SYNC: 3 messages parked in the DLQ\n"),
+        "{text}"
+    );
+    assert!(text.contains("malformed_json"), "{text}");
+    assert!(text.contains(&space), "{text}");
+
+    // Once the DLQ is dealt with, it is in sync.
+    stack
+        .drain(
+            &stack.resources.dlq_url,
+            Duration::from_millis(500),
+            CONVERGE,
+        )
+        .await?;
+    let out = status(true)?;
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(s["in_sync"], true, "{s:#}");
+    stack.teardown().await
+}
