@@ -2,7 +2,9 @@
 # Runs every check and every test, the way CI does (.ci/run calls exactly this):
 #   formatting, clippy (warnings are errors), unit tests, database tests against
 #   PostgreSQL, and the end-to-end suite: the real binaries against DynamoDB Local,
-#   moto's server (SNS, SQS) and PostgreSQL, all started here and stopped at the end.
+#   moto's server (SNS, SQS) and PostgreSQL, all started here and stopped at the end,
+#   including the bad-input corpus, the configuration tests and a small chaos run;
+#   before them, `scripts/audit.sh` checks Cargo.lock against the RustSec database.
 # Everything is built once, in debug, into one target directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,9 @@ step() { printf '\n==> [%4d s] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "cargo audit: the dependency tree against the RustSec advisory database (offline)"
+scripts/audit.sh
 
 step "starting PostgreSQL (if down) and the emulators"
 scripts/env-up.sh
