@@ -306,6 +306,6 @@ mod tests {
         let err = Cli::try_parse_from(["publisher", "--table", "t"]).unwrap_err();
         let line = one_line(&err, &<Cli as clap::CommandFactory>::command());
         assert!(!line.contains('\n'), "{line}");
-        assert!(line.contains("(env PUBLISHER_TOPIC_ARN)"), "{line}");
+        assert!(line.contains("(env PUBLISHER_TOPIC_ARN, "), "{line}");
     }
 }
