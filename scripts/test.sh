@@ -36,8 +36,16 @@ cargo build --workspace --all-targets --locked
 step "tests"
 export TRIBUTARY_BINARIES_BUILT=1
 if cargo nextest --version >/dev/null 2>&1; then
-  # Each test is its own process; the end-to-end tests wait on I/O, so run 4 at once.
-  cargo nextest run --workspace --locked --test-threads 4 --no-fail-fast "$@"
+  if [ $# -gt 0 ]; then
+    cargo nextest run --workspace --locked --test-threads 4 --no-fail-fast "$@"
+  else
+    # Each test is its own process; the end-to-end tests wait on I/O, so run 4 at once.
+    # The chaos run goes alone afterwards: it loads the emulators the others share.
+    cargo nextest run --workspace --locked --test-threads 4 --no-fail-fast -E 'not test(chaos_run)'
+    step "chaos run (tests/tests/chaos.rs; its report follows)"
+    cargo nextest run --workspace --locked --no-capture -E 'test(chaos_run)' 2>&1 \
+      | grep -E '^chaos:|PASS|FAIL|panicked|Summary|error' >&2
+  fi
 else
   cargo test --workspace --locked --no-fail-fast "$@"
 fi
