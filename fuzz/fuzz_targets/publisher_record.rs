@@ -7,7 +7,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use publisher::record::{Origin, StreamRecord, to_event};
+
+#[path = "../../publisher/src/record.rs"]
+#[allow(dead_code)]
+mod record;
+use record::{Origin, StreamRecord, to_event};
 
 const REASONS: &[&str] = &[
     "missing_image",

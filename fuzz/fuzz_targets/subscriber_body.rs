@@ -7,6 +7,10 @@
 
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../../subscriber/src/envelope.rs"]
+#[allow(dead_code)]
+mod envelope;
+
 const REASONS: &[&str] = &[
     "malformed_json",
     "schema_mismatch",
@@ -21,10 +25,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(body) = std::str::from_utf8(data) else {
         return;
     };
-    match subscriber::envelope::decode_body(body) {
+    match envelope::decode_body(body) {
         Ok(event) => {
             let again = event.encode(contracts::CURRENT_SCHEMA_VERSION);
-            let back = subscriber::envelope::decode_body(
+            let back = envelope::decode_body(
                 std::str::from_utf8(&again).expect("the encoder writes UTF-8"),
             )
             .expect("a decoded event re-encodes to a body that decodes");
