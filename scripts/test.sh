@@ -2,9 +2,11 @@
 # Runs every check and every test, the way CI does (.ci/run calls exactly this):
 #   formatting, clippy (warnings are errors), unit tests, database tests against
 #   PostgreSQL, the end-to-end suite (the real binaries against DynamoDB Local, moto's
-#   server for SNS and SQS, and PostgreSQL), then the end-to-end suite again with
-#   LocalStack as the SNS/SQS emulator, and the docker-compose file's checks.
-#   Emulators are started here and stopped at the end.
+#   server for SNS and SQS, and PostgreSQL) including the bad-input corpus, the
+#   configuration tests and the replay tool, a small chaos run on its own, then the
+#   end-to-end suite again with LocalStack as the SNS/SQS emulator, and the
+#   docker-compose file's checks. Before them, `scripts/audit.sh` checks Cargo.lock
+#   against the RustSec database. Emulators are started here and stopped at the end.
 # Everything is built once, in debug, into one target directory.
 # TRIBUTARY_E2E_EMULATORS (default "moto localstack") picks the second run's emulators.
 set -euo pipefail
@@ -16,6 +18,9 @@ step() { printf '\n==> [%4d s] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "cargo audit: the dependency tree against the RustSec advisory database (offline)"
+scripts/audit.sh
 
 step "starting PostgreSQL (if down) and the emulators (SNS/SQS: moto)"
 TRIBUTARY_EMULATOR=moto scripts/env-up.sh
@@ -46,7 +51,15 @@ nextest() {
 
 step "tests (end-to-end against DynamoDB Local + moto)"
 export TRIBUTARY_BINARIES_BUILT=1
-nextest "$@"
+if [ $# -gt 0 ]; then
+  nextest "$@"
+else
+  # The chaos run goes alone afterwards: it loads the emulators the others share.
+  nextest -E 'not test(chaos_run)'
+  step "chaos run (tests/tests/chaos.rs; its report follows)"
+  cargo nextest run --workspace --locked --no-capture -E 'test(chaos_run)' 2>&1 \
+    | grep -E '^chaos:|PASS|FAIL|panicked|Summary|error' >&2
+fi
 
 step "end-to-end tests again, SNS/SQS on LocalStack"
 TRIBUTARY_RUN_DIR="$ls_run" TRIBUTARY_EMULATOR=localstack scripts/env-up.sh
@@ -54,7 +67,7 @@ TRIBUTARY_RUN_DIR="$ls_run" TRIBUTARY_EMULATOR=localstack scripts/env-up.sh
   # shellcheck disable=SC1091
   . "$ls_run/env"
   if cargo nextest --version >/dev/null 2>&1; then
-    nextest -E 'package(tributary-e2e) & !binary(compose)' "$@"
+    nextest -E 'package(tributary-e2e) & !binary(compose) & !binary(chaos) & !binary(config)' "$@"
   else
     nextest "$@" # cargo test cannot filter by package without re-resolving features
   fi

@@ -175,6 +175,67 @@ pub fn parse_arn(s: &str) -> Result<String, String> {
     }
 }
 
+/// Parses the command line and environment of a binary; on a bad or missing setting
+/// prints ONE line naming the flag and its environment variable, and exits with status 2
+/// (clap's own report spans several lines and names only the flag). `--help` and
+/// `--version` behave as usual.
+pub fn parse_or_exit<C: clap::Parser>() -> C {
+    match C::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit()
+            }
+            eprintln!("{}", one_line(&e, &C::command()));
+            std::process::exit(2);
+        }
+    }
+}
+
+/// A clap error as one line: clap's report up to its usage block, joined, then
+/// `(env NAME, …)` for the flags it names. No setting of these binaries is a secret, so clap's echo of the value stays.
+fn one_line(e: &clap::Error, command: &clap::Command) -> String {
+    let rendered = e.render().to_string();
+    let mut line = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("error: invalid command line")
+        .to_owned();
+    let detail: Vec<&str> = rendered
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+        .collect();
+    if !detail.is_empty() {
+        line = format!("{line} {}", detail.join(" "));
+    }
+    let envs: Vec<String> = command
+        .get_arguments()
+        .filter_map(|arg| {
+            let flag = format!("--{}", arg.get_long()?);
+            let named = line.match_indices(&flag).any(|(at, _)| {
+                line[at + flag.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(|c| !(c.is_alphanumeric() || c == '-'))
+            });
+            named.then(|| arg.get_env().map(|e| e.to_string_lossy().into_owned()))?
+        })
+        .collect();
+    if !envs.is_empty() {
+        line = format!("{line} (env {})", envs.join(", "));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +295,20 @@ mod tests {
                 "{flag}: {err}"
             );
             assert!(err.to_string().contains(flag), "{flag}: {err}");
+            let line = one_line(&err, &<Cli as clap::CommandFactory>::command());
+            assert!(!line.contains('\n'), "{line}");
+            assert!(
+                line.contains(flag) && line.contains("(env PUBLISHER_"),
+                "{line}"
+            );
         }
+    }
+
+    #[test]
+    fn a_missing_setting_is_one_line_naming_its_variable() {
+        let err = Cli::try_parse_from(["publisher", "--table", "t"]).unwrap_err();
+        let line = one_line(&err, &<Cli as clap::CommandFactory>::command());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("(env PUBLISHER_TOPIC_ARN, "), "{line}");
     }
 }

@@ -124,6 +124,13 @@ impl Stack {
     /// Creates every resource with random names and a migrated database.
     pub async fn new() -> Result<Stack> {
         let admin_url = require_env()?;
+        Stack::on_server(admin_url).await
+    }
+
+    /// Like [`Stack::new`], with the database on the server `admin_url` names (e.g. a
+    /// [`PrivatePostgres`] the test may restart).
+    pub async fn on_server(admin_url: String) -> Result<Stack> {
+        require_env()?;
         let id = random_id();
         let config = publisher::aws_config().await;
         let clients = Clients::new(&config);
@@ -600,4 +607,208 @@ pub async fn terminate(child: &mut Child, timeout: Duration) -> Result<Option<i3
         .await
         .context("process did not exit after SIGTERM")??;
     Ok(exit.code())
+}
+
+/// A PostgreSQL cluster of the test's own — `initdb` into a temporary directory, on a
+/// free loopback port — for tests that stop and restart the server: the machine's
+/// server is shared and must never be restarted by a test.
+///
+/// The binaries come from `TRIBUTARY_PG_BIN` or the newest
+/// `/usr/lib/postgresql/<major>/bin`. PostgreSQL refuses to run as root, so under root
+/// every command runs as the `postgres` user (`runuser`). Stopped (immediately) and
+/// deleted on drop.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PrivatePostgres {
+    /// `initdb` (trust auth, user `postgres`) and start.
+    pub fn start() -> Result<PrivatePostgres> {
+        let pg = PrivatePostgres::init()?;
+        pg.start_server()?;
+        Ok(pg)
+    }
+
+    /// `initdb` only: configure it ([`PrivatePostgres::write_file`]) and then
+    /// [`PrivatePostgres::restart`] starts it.
+    pub fn init() -> Result<PrivatePostgres> {
+        let bin = match std::env::var_os("TRIBUTARY_PG_BIN") {
+            Some(b) => PathBuf::from(b),
+            None => newest_pg_bin()?,
+        };
+        let as_postgres = current_uid_is_root();
+        let dir = std::env::temp_dir().join(format!("tributary-pg-{}", random_id()));
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let pg = PrivatePostgres {
+            bin,
+            dir,
+            port,
+            as_postgres,
+        };
+        pg.chown(&pg.dir)?;
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &pg.data().to_string_lossy(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        )?;
+        Ok(pg)
+    }
+
+    /// Writes a file into the data directory (owned by the server's user, mode 0600),
+    /// e.g. a certificate, or `pg_hba.conf`; `append` adds to it instead.
+    pub fn write_file(&self, name: &str, contents: &str, append: bool) -> Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.data().join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(contents.as_bytes())?;
+        self.chown(&path)?;
+        Ok(path)
+    }
+
+    fn chown(&self, path: &std::path::Path) -> Result<()> {
+        if self.as_postgres {
+            let status = std::process::Command::new("chown")
+                .args(["postgres:", &path.to_string_lossy()])
+                .status()?;
+            anyhow::ensure!(status.success(), "chown postgres {}", path.display());
+        }
+        Ok(())
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The admin URL (database `postgres`).
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> Result<()> {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", exe.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    fn start_server(&self) -> Result<()> {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=100",
+            self.port,
+            self.dir.display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-l",
+                &self.dir.join("server.log").to_string_lossy(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        )
+    }
+
+    /// Stops the server the way a crash does (`-m immediate`: no checkpoint, every
+    /// connection cut).
+    pub fn crash(&self) -> Result<()> {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        )
+    }
+
+    /// Starts it again after [`PrivatePostgres::crash`] (crash recovery runs first).
+    pub fn restart(&self) -> Result<()> {
+        self.start_server()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.crash();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn current_uid_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn newest_pg_bin() -> Result<PathBuf> {
+    let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: set TRIBUTARY_PG_BIN to PostgreSQL's bin directory")?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let major = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            Some((major, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| bin.join("initdb").exists())
+        .collect();
+    majors.sort();
+    majors
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("no initdb under /usr/lib/postgresql/*/bin: set TRIBUTARY_PG_BIN")
+}
+
+/// A loopback TCP port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
 }

@@ -20,7 +20,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = publisher::config::parse_or_exit();
     let clients = Clients::new(&publisher::aws_config().await);
     match bootstrap(&clients, &cli.names).await {
         Ok(resources) => {

@@ -21,7 +21,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = publisher::config::parse_or_exit();
     telemetry::init(cli.config.log_format);
     let shutdown = telemetry::shutdown_on_signals();
     let clients = Clients::new(&publisher::aws_config().await);
