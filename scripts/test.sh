@@ -2,7 +2,9 @@
 # Runs every check and every test, the way CI does (.ci/run calls exactly this):
 #   formatting, clippy (warnings are errors), unit tests, database tests against
 #   PostgreSQL, and the end-to-end suite: the real binaries against DynamoDB Local,
-#   moto's server (SNS, SQS) and PostgreSQL, all started here and stopped at the end.
+#   moto's server (SNS, SQS) and PostgreSQL, all started here and stopped at the end;
+#   the Lambda handlers, also under cargo-lambda's runtime emulator; and the SAM
+#   template (cfn-lint, IAM without wildcards).
 # Everything is built once, in debug, into one target directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,19 @@ step() { printf '\n==> [%4d s] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "deploy template: cfn-lint, and no IAM wildcard (the check must refuse every bad sample)"
+# cargo-lambda (for the Lambda end-to-end test) and cfn-lint, installed only when missing.
+eval "$(scripts/lambda-tools.sh)"
+export CARGO_LAMBDA
+"$CFN_LINT" deploy/template.yaml
+"$CFN_PYTHON" deploy/check_iam.py deploy/template.yaml
+for bad in deploy/iam-samples/bad-*.yaml; do
+  if "$CFN_PYTHON" deploy/check_iam.py "$bad" >/dev/null; then
+    echo "deploy/check_iam.py accepted $bad, which grants by wildcard" >&2
+    exit 1
+  fi
+done
 
 step "starting PostgreSQL (if down) and the emulators"
 scripts/env-up.sh

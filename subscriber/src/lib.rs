@@ -18,6 +18,9 @@
 //!   fails, and probes it.
 //! - [`worker`] — the receive loops, [`worker::process_batch`] (reusable by a Lambda
 //!   handler) and graceful shutdown.
+//! - [`lambda`] — the `subscriber-lambda` handler: SQS event → [`worker::process_batch`]
+//!   → partial batch response, with its own lenient event types and a lazily created
+//!   pool per execution environment.
 //! - [`telemetry`] — the tracing subscriber the binaries install.
 //! - [`MIGRATOR`] — the analytics store's migrations (`migrations/` at the workspace root).
 
@@ -25,6 +28,7 @@ pub mod apply;
 pub mod config;
 pub mod envelope;
 pub mod gate;
+pub mod lambda;
 pub mod source;
 pub mod telemetry;
 pub mod worker;
