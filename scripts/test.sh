@@ -5,7 +5,8 @@
 #   server for SNS and SQS, and PostgreSQL) including the bad-input corpus, the
 #   configuration tests and the replay tool, a small chaos run on its own, then the
 #   end-to-end suite again with LocalStack as the SNS/SQS emulator, and the
-#   docker-compose file's checks. Before them, `scripts/audit.sh` checks Cargo.lock
+#   docker-compose file's checks; the Lambda handlers, also under cargo-lambda's
+#   runtime emulator; and the SAM template (cfn-lint, IAM without wildcards). Before them, `scripts/audit.sh` checks Cargo.lock
 #   against the RustSec database. Emulators are started here and stopped at the end.
 # Everything is built once, in debug, into one target directory.
 # TRIBUTARY_E2E_EMULATORS (default "moto localstack") picks the second run's emulators.
@@ -18,6 +19,19 @@ step() { printf '\n==> [%4d s] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "deploy template: cfn-lint, and no IAM wildcard (the check must refuse every bad sample)"
+# cargo-lambda (for the Lambda end-to-end test) and cfn-lint, installed only when missing.
+eval "$(scripts/lambda-tools.sh)"
+export CARGO_LAMBDA
+"$CFN_LINT" deploy/template.yaml
+"$CFN_PYTHON" deploy/check_iam.py deploy/template.yaml
+for bad in deploy/iam-samples/bad-*.yaml; do
+  if "$CFN_PYTHON" deploy/check_iam.py "$bad" >/dev/null; then
+    echo "deploy/check_iam.py accepted $bad, which grants by wildcard" >&2
+    exit 1
+  fi
+done
 
 step "cargo audit: the dependency tree against the RustSec advisory database (offline)"
 scripts/audit.sh

@@ -131,6 +131,44 @@ impl PublisherConfig {
     }
 }
 
+/// Settings of `publisher-lambda`, from its function's environment (flags mirror them
+/// for local runs). The stream itself is the event-source mapping's: no table, lease or
+/// checkpoint settings here.
+#[derive(Debug, Clone, Args)]
+pub struct PublisherLambdaConfig {
+    /// ARN of the SNS topic to publish to.
+    #[arg(long, env = "PUBLISHER_TOPIC_ARN", value_parser = parse_arn)]
+    pub topic_arn: String,
+
+    /// SQS queue URL where records that can never be published are parked whole, with
+    /// their reason. Required: without it such a record would hold its shard.
+    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_parser = parse_url)]
+    pub failure_queue_url: String,
+
+    /// Contract schema version to publish (2 is current).
+    #[arg(
+        long,
+        env = "PUBLISHER_SCHEMA_VERSION",
+        value_enum,
+        default_value = "2"
+    )]
+    pub schema_version: EmitVersion,
+
+    /// Table name stamped on events whose stream ARN does not name one (emulated
+    /// events). Default: read from each event's `eventSourceARN`.
+    #[arg(long, env = "PUBLISHER_TABLE")]
+    pub table: Option<String>,
+
+    /// Milliseconds kept before the invocation's deadline: publishing stops then and
+    /// the first unfinished record is reported for retry.
+    #[arg(long = "deadline-margin-ms", env = "TRIBUTARY_LAMBDA_DEADLINE_MARGIN_MS", default_value = "2000", value_parser = parse_millis)]
+    pub deadline_margin: Duration,
+
+    /// Log format: auto (JSON when stderr is not a terminal), json or text.
+    #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+}
+
 /// Parses a whole number of seconds (> 0).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     match s.parse::<u64>() {

@@ -3,23 +3,28 @@
 //! # Layout
 //! - [`config`] — typed settings of the `publisher` binary (flags mirrored by env vars).
 //! - [`record`] — PURE stream record → [`contracts::ChangeEvent`]; the one
-//!   [`record::StreamRecord`] type both the SDK and (later) the Lambda event convert into.
+//!   [`record::StreamRecord`] type both the SDK and the Lambda event convert into.
 //! - [`stream`] — shards, lineage (parents before children), iterators, `GetRecords`.
 //! - [`checkpoint`] — the lease and per-shard checkpoints in a DynamoDB table.
 //! - [`sink`] — SNS `PublishBatch`, retrying only the entries that failed.
 //! - [`park`] — the failure queue for records that can never be published.
+//! - [`batch`] — the batch step both modes share: decode, publish, park.
 //! - [`pipeline`] — the container-mode loop tying them together.
+//! - [`lambda`] — the `publisher-lambda` handler: stream event → batch step → partial
+//!   batch response, with its own lenient event types.
 //! - [`bootstrap`] — creates every AWS resource the pipeline needs, idempotently.
 //! - [`demo`] — a stand-in profile service writing realistic traffic.
 //! - [`metrics`] — the process's Prometheus metrics (served by `publisher`).
 //! - [`telemetry`] — log setup and the shutdown signal for the binaries.
 //!
-//! Binaries: `publisher` (run the pipeline), `bootstrap`, `demo-writer`.
+//! Binaries: `publisher` (run the pipeline), `publisher-lambda`, `bootstrap`, `demo-writer`.
 
+pub mod batch;
 pub mod bootstrap;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub mod lambda;
 pub mod metrics;
 pub mod park;
 pub mod pipeline;

@@ -12,16 +12,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use contracts::SchemaVersion;
-use time::OffsetDateTime;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::batch::{BatchStep, StepError};
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 use crate::config::{PublisherConfig, StartPosition};
-use crate::park::{FailureQueue, ParkError, ParkedRecord};
-use crate::record::{Origin, StreamRecord, to_event};
-use crate::sink::{Encoded, PublishError, SnsSink};
+use crate::park::{FailureQueue, ParkError};
+use crate::record::{Origin, StreamRecord};
+use crate::sink::SnsSink;
 use crate::stream::{StartAt, StreamError, StreamReader, ready_shards};
 
 /// Why the publisher stopped before it was asked to.
@@ -524,8 +524,8 @@ impl Pipeline {
         }
     }
 
-    /// Decodes, publishes, parks what cannot be published, then checkpoints the last
-    /// record. Returns the checkpointed sequence number.
+    /// Runs the [`BatchStep`] (decode, publish, park what cannot be published), then
+    /// checkpoints the last record. Returns the checkpointed sequence number.
     async fn publish_records(
         &self,
         shard_id: &str,
@@ -535,48 +535,40 @@ impl Pipeline {
         Stats::add(&self.stats.records_read, records.len());
         let m = crate::metrics::metrics();
         m.registry.inc_by(m.records_read, &[], records.len() as u64);
-        let now = OffsetDateTime::now_utc();
-        let mut encoded = Vec::with_capacity(records.len());
-        for (i, record) in records.iter().enumerate() {
-            match to_event(record, &self.origin, now) {
-                Ok(Some(event)) => encoded.push(Encoded::new(i, &event, self.emit)),
-                Ok(None) => {
-                    Stats::add(&self.stats.records_skipped, 1);
-                    m.registry.inc_by(m.records_skipped, &[], 1);
-                }
-                Err(e) => {
-                    self.park(shard_id, record, e.reason_code(), e.to_string())
-                        .await?
-                }
-            }
-        }
-        let count = encoded.len();
-        // Every entry is tried at least once even during shutdown, so the batch in flight
-        // completes; only entries that keep failing are abandoned at shutdown, without a
-        // checkpoint, and are read again by the next publisher.
-        let report = match self.sink.publish(encoded, work).await {
+        let step = BatchStep {
+            sink: &self.sink,
+            failures: &self.failures,
+            origin: &self.origin,
+            emit: self.emit,
+        };
+        let report = match step.run(shard_id, &records, work).await {
             Ok(r) => r,
-            Err(PublishError::Interrupted { pending }) => {
+            // Nothing is checkpointed: the next publisher reads this batch again.
+            Err(StepError::Interrupted { pending, .. }) => {
                 warn!(%shard_id, pending, "Shutdown while publishing; this batch will be read again.");
                 return Ok(Published::Interrupted);
             }
+            Err(StepError::Park { index, source, .. }) => {
+                return Err(PipelineError::Park {
+                    shard_id: shard_id.to_owned(),
+                    sequence_number: records
+                        .get(index)
+                        .and_then(|r| r.sequence_number.clone())
+                        .unwrap_or_default(),
+                    source,
+                });
+            }
         };
         Stats::add(&self.stats.events_published, report.published);
+        Stats::add(&self.stats.records_skipped, report.skipped);
+        Stats::add(&self.stats.records_parked, report.parked);
         Stats::add(&self.stats.publish_retries, report.retries);
         m.registry
             .inc_by(m.events_published, &[], report.published as u64);
         m.registry
             .inc_by(m.publish_retries, &[], report.retries as u64);
-        for (enc, rejected) in &report.rejected {
-            let record = &records[enc.tag];
-            self.park(
-                shard_id,
-                record,
-                rejected.reason_code,
-                rejected.detail.clone(),
-            )
-            .await?;
-        }
+        m.registry
+            .inc_by(m.records_skipped, &[], report.skipped as u64);
         let last = records.iter().rev().find_map(|r| r.sequence_number.clone());
         if let Some(seq) = &last {
             self.save_checkpoint(shard_id, &Checkpoint::At(seq.clone()))
@@ -584,7 +576,7 @@ impl Pipeline {
             Stats::add(&self.stats.checkpoints_written, 1);
             m.registry.inc_by(m.checkpoints_written, &[], 1);
         }
-        debug!(%shard_id, records = records.len(), events = count, checkpoint = last.as_deref().unwrap_or("-"), "Batch published.");
+        debug!(%shard_id, records = records.len(), events = report.published, checkpoint = last.as_deref().unwrap_or("-"), "Batch published.");
         Ok(Published::Through(last))
     }
 
@@ -630,44 +622,6 @@ impl Pipeline {
             }
         }
     }
-
-    async fn park(
-        &self,
-        shard_id: &str,
-        record: &StreamRecord,
-        reason: &str,
-        detail: String,
-    ) -> Result<(), PipelineError> {
-        let parked = ParkedRecord {
-            reason: reason.to_owned(),
-            detail,
-            stream_arn: self.origin.stream_arn.clone(),
-            shard_id: shard_id.to_owned(),
-            record: record.clone(),
-        };
-        let mut attempt = 0;
-        loop {
-            match self.failures.park(&parked).await {
-                Ok(()) => break,
-                Err(e) if e.is_retryable() && attempt < 8 => {
-                    attempt += 1;
-                    warn!(%shard_id, error = %e, attempt, "Parking a record failed, will retry.");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(source) => {
-                    return Err(PipelineError::Park {
-                        shard_id: shard_id.to_owned(),
-                        sequence_number: record.sequence_number.clone().unwrap_or_default(),
-                        source,
-                    });
-                }
-            }
-        }
-        Stats::add(&self.stats.records_parked, 1);
-        let m = crate::metrics::metrics();
-        m.registry.inc_by(m.records_parked, &[reason], 1);
-        Ok(())
-    }
 }
 
 /// Records a successful GetRecords: the poll time, the batch size, and the shard's
@@ -683,7 +637,7 @@ fn observe_read(shard_id: &str, records: &[StreamRecord]) {
     m.registry
         .observe(m.read_batch_size, &[], records.len() as f64);
     if let Some(created) = records.iter().rev().find_map(|r| r.approximate_creation) {
-        let age = (OffsetDateTime::now_utc() - created)
+        let age = (time::OffsetDateTime::now_utc() - created)
             .as_seconds_f64()
             .max(0.0);
         m.registry.set(m.iterator_age, &[shard_id], age);

@@ -161,7 +161,12 @@ pub enum PublishError {
     /// Shutdown was asked for while entries were still failing; nothing after them may
     /// be checkpointed.
     #[error("shutdown while {pending} events were still unpublished")]
-    Interrupted { pending: usize },
+    Interrupted {
+        pending: usize,
+        /// Tags of every event neither accepted by SNS nor handed back as rejected
+        /// (rejections of the other batches included: nobody parked them yet).
+        unfinished: Vec<usize>,
+    },
 }
 
 /// What a publish call achieved: everything not rejected is accepted by SNS.
@@ -223,6 +228,7 @@ impl SnsSink {
             .collect()
             .await;
         let mut pending = 0;
+        let mut unfinished = Vec::new();
         for result in results {
             match result {
                 Ok(r) => {
@@ -230,11 +236,22 @@ impl SnsSink {
                     report.retries += r.retries;
                     report.rejected.extend(r.rejected);
                 }
-                Err(PublishError::Interrupted { pending: p }) => pending += p,
+                Err(PublishError::Interrupted {
+                    pending: p,
+                    unfinished: u,
+                }) => {
+                    pending += p;
+                    unfinished.extend(u);
+                }
             }
         }
         if pending > 0 {
-            return Err(PublishError::Interrupted { pending });
+            unfinished.extend(report.rejected.iter().map(|(e, _)| e.tag));
+            unfinished.sort_unstable();
+            return Err(PublishError::Interrupted {
+                pending,
+                unfinished,
+            });
         }
         Ok(report)
     }
@@ -323,7 +340,14 @@ impl SnsSink {
             let delay = delays.next().unwrap_or(Duration::from_secs(20));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return Err(PublishError::Interrupted { pending: retry.len() }),
+                _ = shutdown.cancelled() => {
+                    let unfinished = retry
+                        .iter()
+                        .map(|e| e.tag)
+                        .chain(report.rejected.iter().map(|(e, _)| e.tag))
+                        .collect();
+                    return Err(PublishError::Interrupted { pending: retry.len(), unfinished });
+                }
             }
             batch = retry;
         }

@@ -227,7 +227,7 @@ impl QueueSink {
             let delay = delays.next().unwrap_or(Duration::from_secs(20));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return Err(PublishError::Interrupted { pending: retry.len() }),
+                _ = shutdown.cancelled() => return Err(PublishError::Interrupted { pending: retry.len(), unfinished: retry.iter().map(|e| e.tag).collect() }),
             }
             batch = retry;
         }

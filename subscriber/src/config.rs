@@ -201,6 +201,57 @@ impl RunConfig {
     }
 }
 
+/// Settings of `subscriber-lambda`, from its function's environment (flags mirror them
+/// for local runs). The queue is the event-source mapping's; the DLQ is named here
+/// because a Lambda parks without reading the queue's RedrivePolicy.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "subscriber-lambda",
+    version,
+    about = "AWS Lambda handler: SQS batches → the PostgreSQL analytics store, with partial batch responses."
+)]
+pub struct LambdaConfig {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// URL of the dead-letter queue that undecodable or refused messages are parked in.
+    /// Required.
+    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = parse_http_url)]
+    pub dlq_url: Url,
+
+    /// PostgreSQL connections of one execution environment (one invocation at a time).
+    /// Default: 2 (one for the batch, one for isolating a refused event).
+    #[arg(
+        long,
+        env = "SUBSCRIBER_DB_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value = "2"
+    )]
+    pub db_max_connections: NonZeroU32,
+
+    /// Milliseconds kept before the invocation's deadline: work stops then and what is
+    /// unsettled is reported for retry. Default: 2000.
+    #[arg(
+        long = "deadline-margin-ms",
+        env = "TRIBUTARY_LAMBDA_DEADLINE_MARGIN_MS",
+        value_name = "MS",
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub deadline_margin_ms: u64,
+
+    /// Log format: `auto` is JSON when stderr is not a terminal. Default: auto.
+    #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+}
+
+impl LambdaConfig {
+    /// As [`Cli::parse_or_exit`]: one line naming the setting, exit status 2.
+    pub fn parse_or_exit() -> LambdaConfig {
+        parse_or_exit()
+    }
+}
+
 fn parse_http_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| e.to_string())?;
     match url.scheme() {

@@ -20,6 +20,9 @@
 //!   handler) and graceful shutdown.
 //! - [`metrics`] — the process's Prometheus metrics (served by `subscriber run`).
 //! - [`status`] — `subscriber status`: is the analytics store in sync, what is parked.
+//! - [`lambda`] — the `subscriber-lambda` handler: SQS event → [`worker::process_batch`]
+//!   → partial batch response, with its own lenient event types and a lazily created
+//!   pool per execution environment.
 //! - [`telemetry`] — the tracing subscriber the binaries install.
 //! - [`MIGRATOR`] — the analytics store's migrations (`migrations/` at the workspace root).
 
@@ -27,6 +30,7 @@ pub mod apply;
 pub mod config;
 pub mod envelope;
 pub mod gate;
+pub mod lambda;
 pub mod metrics;
 pub mod source;
 pub mod status;

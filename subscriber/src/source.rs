@@ -216,13 +216,11 @@ pub struct ReceiveSettings {
 pub struct SqsSource {
     client: Client,
     queue_url: String,
-    dlq_url: String,
+    dlq: DeadLetterQueue,
     receive: ReceiveSettings,
     /// The RedrivePolicy's `maxReceiveCount`: SQS moves a message to the DLQ (without
     /// a reason) after that many receives. `None` without a RedrivePolicy.
     max_receive_count: Option<u32>,
-    /// The DLQ's `MaximumMessageSize`, in bytes: a parked copy is made to fit it.
-    dlq_max_message_bytes: usize,
 }
 
 impl SqsSource {
@@ -277,15 +275,14 @@ impl SqsSource {
             max_receive_count, "Queue and DLQ bound."
         );
         Ok(SqsSource {
+            dlq: DeadLetterQueue::new(client.clone(), dlq_url, dlq_max_message_bytes),
             client,
             queue_url,
-            dlq_url,
             receive: ReceiveSettings {
                 max_messages: receive.max_messages.clamp(1, MAX_BATCH_ENTRIES as u8),
                 wait_time_secs: receive.wait_time_secs.min(MAX_WAIT_TIME_SECS),
             },
             max_receive_count,
-            dlq_max_message_bytes,
         })
     }
 
@@ -296,7 +293,7 @@ impl SqsSource {
 
     /// The dead-letter queue's URL.
     pub fn dlq_url(&self) -> &str {
-        &self.dlq_url
+        self.dlq.url()
     }
 
     /// The long-poll wait of each receive, in seconds (0: short polling).
@@ -439,11 +436,8 @@ impl SqsSource {
         .await
     }
 
-    /// Sends a copy of `message` to the DLQ: the original body and message attributes,
-    /// plus the reason, the detail and the original message id, made to fit the DLQ's
-    /// maximum message size ([`dlq_attributes`]). If the DLQ refuses that copy for good
-    /// (an attribute it will not take), sends it once more with only the body and the
-    /// reason. Does not delete it.
+    /// Sends a copy of `message` to the DLQ ([`DeadLetterQueue::send`]). Does not
+    /// delete it.
     ///
     /// # Errors
     /// [`SourceError::Sdk`]; the message must then stay on the main queue.
@@ -453,7 +447,51 @@ impl SqsSource {
         reason_code: &'static str,
         detail: &str,
     ) -> Result<(), SourceError> {
-        let attributes = dlq_attributes(message, reason_code, detail, self.dlq_max_message_bytes);
+        self.dlq.send(message, reason_code, detail).await
+    }
+}
+
+/// A dead-letter queue, where messages that can never be applied are parked with their
+/// reason. The container worker parks through [`SqsSource`] (send, then delete); a
+/// Lambda handler parks through this directly (send only: the service deletes the
+/// messages it reports as handled).
+#[derive(Debug, Clone)]
+pub struct DeadLetterQueue {
+    client: Client,
+    url: String,
+    /// The DLQ's `MaximumMessageSize`, in bytes: a parked copy is made to fit it.
+    max_message_bytes: usize,
+}
+
+impl DeadLetterQueue {
+    pub fn new(client: Client, url: String, max_message_bytes: usize) -> DeadLetterQueue {
+        DeadLetterQueue {
+            client,
+            url,
+            max_message_bytes,
+        }
+    }
+
+    /// The queue's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends a copy of `message` to the DLQ: the original body and message attributes,
+    /// plus the reason, the detail and the original message id, made to fit the DLQ's
+    /// maximum message size ([`dlq_attributes`]). If the DLQ refuses that copy for good
+    /// (an attribute it will not take), sends it once more with only the body and the
+    /// reason. Does not delete it.
+    ///
+    /// # Errors
+    /// [`SourceError::Sdk`]; the message must then stay on the main queue.
+    pub async fn send(
+        &self,
+        message: &ReceivedMessage,
+        reason_code: &'static str,
+        detail: &str,
+    ) -> Result<(), SourceError> {
+        let attributes = dlq_attributes(message, reason_code, detail, self.max_message_bytes);
         match self.send_copy(&message.body, attributes).await {
             Err(e) if !e.is_retryable() => {
                 error!(
@@ -476,12 +514,33 @@ impl SqsSource {
     ) -> Result<(), SourceError> {
         self.client
             .send_message()
-            .queue_url(&self.dlq_url)
+            .queue_url(&self.url)
             .message_body(body)
             .set_message_attributes(Some(attributes))
             .send()
             .await
-            .map_err(|e| sdk_error(Operation::SendToDlq, &self.dlq_url, e))?;
+            .map_err(|e| sdk_error(Operation::SendToDlq, &self.url, e))?;
+        Ok(())
+    }
+}
+
+impl Parker for DeadLetterQueue {
+    /// Sends to the DLQ only; the caller reports the message as handled.
+    #[instrument(skip_all, fields(message_id = %message.message_id, reason = reason_code))]
+    async fn park(
+        &self,
+        message: &ReceivedMessage,
+        reason_code: &'static str,
+        detail: &str,
+    ) -> Result<(), SourceError> {
+        self.send(message, reason_code, detail).await?;
+        error!(
+            message_id = %message.message_id,
+            reason = reason_code,
+            detail,
+            dlq_url = %self.url,
+            "Message parked in the DLQ."
+        );
         Ok(())
     }
 }
@@ -501,7 +560,7 @@ impl Parker for SqsSource {
             message_id = %message.message_id,
             reason = reason_code,
             detail,
-            dlq_url = %self.dlq_url,
+            dlq_url = %self.dlq.url(),
             "Message parked in the DLQ."
         );
         if let Err(e) = self.delete_batch(&[message]).await {
