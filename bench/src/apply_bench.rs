@@ -1,0 +1,688 @@
+//! Apply rate: the same events through PostgreSQL's own ceiling, a one-transaction-per-
+//! event peer, and tributary's apply path, in one run, each verified against the
+//! workload's expected final state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use contracts::{Change, ChangeEvent, SchemaVersion};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use subscriber::source::{Parker, ReceivedMessage, SourceError};
+use tokio::sync::Mutex;
+
+use crate::workload::{self, Mix, Workload};
+
+/// Settings of one apply run.
+#[derive(Debug, Clone)]
+pub struct ApplyArgs {
+    pub admin_url: String,
+    pub events: usize,
+    pub keys: usize,
+    /// Events the peer applies (a prefix of the workload): at one commit per event it
+    /// would take minutes to do them all, and its rate does not depend on the count.
+    pub peer_events: usize,
+    /// Concurrent workers for the peer and for tributary (the subscriber's default).
+    pub workers: usize,
+    /// Events per transaction as the container worker forms them.
+    pub container_batch: usize,
+    /// Events per invocation of the Lambda (the SQS event source mapping's default).
+    pub lambda_batch: usize,
+    /// Rows per statement of the ceiling.
+    pub ceiling_rows: usize,
+}
+
+/// One contender's result.
+#[derive(Debug, Clone)]
+struct Row {
+    name: String,
+    how: String,
+    events: usize,
+    elapsed: Duration,
+}
+
+impl Row {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs every contender against a scratch database and prints the table.
+pub async fn run(args: &ApplyArgs) -> Result<()> {
+    let mix = Mix {
+        events: args.events,
+        keys: args.keys,
+        ..Mix::standard()
+    };
+    let w = workload::generate(mix);
+    println!(
+        "## Apply rate: {} events ({} creates, {} updates, {} deletes, {} duplicates, {} out of order) over {} keys",
+        w.events.len(),
+        w.stats.creates,
+        w.stats.updates,
+        w.stats.deletes,
+        w.stats.duplicates,
+        w.stats.out_of_order,
+        mix.keys
+    );
+    let db = ScratchDb::create(&args.admin_url).await?;
+    let result = contenders(args, &w, &db).await;
+    db.drop_it().await?;
+    let rows = result?;
+
+    let ceiling = rows[0].rate();
+    let peer = rows[1].rate();
+    println!();
+    println!("| contender | how | events | seconds | events/s | × ceiling | × peer |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.1} |",
+            r.name,
+            r.how,
+            r.events,
+            r.elapsed.as_secs_f64(),
+            r.rate(),
+            r.rate() / ceiling,
+            r.rate() / peer
+        );
+    }
+    println!();
+    println!(
+        "Every contender's final state was verified: one row per key at its greatest position (tombstone or the latest email), one history row per distinct change."
+    );
+    Ok(())
+}
+
+async fn contenders(args: &ApplyArgs, w: &Workload, db: &ScratchDb) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+
+    db.reset().await?;
+    let elapsed = ceiling(db, &w.events, args.ceiling_rows).await?;
+    verify(db, &w.events).await.context("ceiling")?;
+    rows.push(Row {
+        name: "ceiling".into(),
+        how: format!(
+            "one SQL statement per {} rows (history insert + guarded upsert), 1 connection",
+            args.ceiling_rows
+        ),
+        events: w.events.len(),
+        elapsed,
+    });
+
+    db.reset().await?;
+    let sample = &w.events[..args.peer_events.min(w.events.len())];
+    let elapsed = peer(db, sample, args.workers).await?;
+    verify(db, sample).await.context("peer")?;
+    rows.push(Row {
+        name: "peer".into(),
+        how: format!(
+            "one transaction per event, {} connections (first {} events)",
+            args.workers,
+            sample.len()
+        ),
+        events: sample.len(),
+        elapsed,
+    });
+
+    // Diagnostic: the same SQL without the decode, to tell the client's share from the
+    // server's.
+    db.reset().await?;
+    let elapsed = apply_only(db, &w.events, args.container_batch, args.workers).await?;
+    verify(db, &w.events).await.context("apply only")?;
+    rows.push(Row {
+        name: "(diagnostic) apply_atomically only".into(),
+        how: format!(
+            "pre-decoded events, {} per transaction, {} workers",
+            args.container_batch, args.workers
+        ),
+        events: w.events.len(),
+        elapsed,
+    });
+
+    for (name, batch, how) in [
+        (
+            "tributary container",
+            args.container_batch,
+            "worker::process_batch (decode + apply_atomically)",
+        ),
+        (
+            "tributary lambda (library call)",
+            args.lambda_batch,
+            "worker::process_batch, as a Lambda handler would call it",
+        ),
+    ] {
+        db.reset().await?;
+        let elapsed = tributary(db, &w.events, batch, args.workers).await?;
+        verify(db, &w.events).await.context(name)?;
+        rows.push(Row {
+            name: name.into(),
+            how: format!(
+                "{how}: {batch} events per transaction, {} workers",
+                args.workers
+            ),
+            events: w.events.len(),
+            elapsed,
+        });
+    }
+    Ok(rows)
+}
+
+/// A database of our own, migrated, dropped at the end.
+pub(crate) struct ScratchDb {
+    admin_url: String,
+    name: String,
+    options: PgConnectOptions,
+    pool: PgPool,
+}
+
+impl ScratchDb {
+    pub(crate) async fn create(admin_url: &str) -> Result<ScratchDb> {
+        let name = format!("tributary_bench_{}", crate::random_id());
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let options: PgConnectOptions = admin_url.parse()?;
+        let options = options.database(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options.clone())
+            .await?;
+        subscriber::MIGRATOR
+            .run(&pool)
+            .await
+            .context("migrations")?;
+        Ok(ScratchDb {
+            admin_url: admin_url.to_owned(),
+            name,
+            options,
+            pool,
+        })
+    }
+
+    async fn reset(&self) -> Result<()> {
+        sqlx::query("TRUNCATE analytics.user_profiles, analytics.profile_changes")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("CHECKPOINT").execute(&self.pool).await.ok();
+        Ok(())
+    }
+
+    async fn pool(&self, connections: u32) -> Result<PgPool> {
+        Ok(PgPoolOptions::new()
+            .max_connections(connections)
+            .min_connections(connections)
+            .connect_with(self.options.clone())
+            .await?)
+    }
+
+    /// The scratch database's URL, for a child process.
+    pub(crate) fn url(&self) -> String {
+        self.options.to_url_lossy().to_string()
+    }
+
+    pub(crate) fn pool_ref(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) async fn drop_it(self) -> Result<()> {
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Checks the invariants: every key at its greatest position, tombstones where the
+/// greatest event is a delete, the latest email on live rows, one history row per
+/// distinct change.
+async fn verify(db: &ScratchDb, events: &[ChangeEvent]) -> Result<()> {
+    let (expected, _) = workload::expected_state(events);
+    let rows: Vec<(String, i64, i64, bool, Option<String>)> = sqlx::query_as(
+        "SELECT user_id, generation, version, deleted, email FROM analytics.user_profiles",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    ensure!(
+        rows.len() == expected.len(),
+        "{} state rows, expected {}",
+        rows.len(),
+        expected.len()
+    );
+    for (key, generation, version, deleted, email) in rows {
+        let want = expected
+            .get(&key)
+            .with_context(|| format!("unexpected key {key}"))?;
+        if (
+            want.position.generation,
+            want.position.version,
+            want.deleted,
+            &want.email,
+        ) != (generation, version, deleted, &email)
+        {
+            bail!(
+                "{key}: stored ({generation}, {version}, {deleted}, {email:?}), expected {want:?}"
+            );
+        }
+    }
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.profile_changes")
+        .fetch_one(&db.pool)
+        .await?;
+    let distinct = workload::distinct_changes(events);
+    ensure!(
+        history as usize == distinct,
+        "{history} history rows, expected {distinct}"
+    );
+    Ok(())
+}
+
+const CEILING: &str = r#"
+WITH e AS (
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bool[],
+                         $6::text[], $7::text[], $8::int2[], $9::text[], $10::timestamptz[],
+                         $11::timestamptz[], $12::text[], $13::text[], $14::text[], $15::text[],
+                         $16::text[], $17::bool[], $18::bool[], $19::text[], $20::text[],
+                         $21::text[], $22::timestamptz[], $23::timestamptz[])
+        AS e(event_id, key, generation, version, deleted, event_type, reason, schema_version,
+             data, occurred_at, published_at, seq, email, display_name, country, plan,
+             marketing_email, marketing_sms, locale, time_zone, ltv, created_at, updated_at)
+), history AS (
+    INSERT INTO analytics.profile_changes
+        (event_id, key, generation, version, deleted, event_type, reason, schema_version,
+         data, occurred_at, published_at, source_sequence_number)
+    SELECT event_id, key, generation, version, deleted, event_type, reason, schema_version,
+           data::jsonb, occurred_at, published_at, seq
+    FROM e
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO analytics.user_profiles AS stored
+    (user_id, email, display_name, country, plan, marketing_email, marketing_sms, locale,
+     time_zone, lifetime_value_cents, created_at, updated_at, deleted, deleted_reason,
+     generation, version, last_event_id, occurred_at)
+SELECT DISTINCT ON (key) key, email, display_name, country, plan, marketing_email,
+       marketing_sms, locale, time_zone, ltv::numeric, created_at, updated_at, deleted,
+       reason, generation, version, event_id, occurred_at
+FROM e
+ORDER BY key, generation DESC, version DESC, deleted DESC
+ON CONFLICT (user_id) DO UPDATE SET
+    email = excluded.email, display_name = excluded.display_name,
+    country = excluded.country, plan = excluded.plan,
+    marketing_email = excluded.marketing_email, marketing_sms = excluded.marketing_sms,
+    locale = excluded.locale, time_zone = excluded.time_zone,
+    lifetime_value_cents = excluded.lifetime_value_cents,
+    created_at = excluded.created_at, updated_at = excluded.updated_at,
+    deleted = excluded.deleted, deleted_reason = excluded.deleted_reason,
+    generation = excluded.generation, version = excluded.version,
+    last_event_id = excluded.last_event_id, occurred_at = excluded.occurred_at,
+    applied_at = now()
+WHERE (stored.generation, stored.version, stored.deleted::int)
+    < (excluded.generation, excluded.version, excluded.deleted::int)
+"#;
+
+/// The columns of a chunk of events, built before the clock starts: the ceiling is what
+/// the server does, not what a client spends preparing it.
+#[derive(Default)]
+struct Columns {
+    event_id: Vec<String>,
+    key: Vec<String>,
+    generation: Vec<i64>,
+    version: Vec<i64>,
+    deleted: Vec<bool>,
+    event_type: Vec<&'static str>,
+    reason: Vec<Option<&'static str>>,
+    schema_version: Vec<i16>,
+    data: Vec<Option<String>>,
+    occurred_at: Vec<time::OffsetDateTime>,
+    published_at: Vec<time::OffsetDateTime>,
+    seq: Vec<Option<String>>,
+    email: Vec<Option<String>>,
+    display_name: Vec<Option<String>>,
+    country: Vec<Option<String>>,
+    plan: Vec<Option<String>>,
+    marketing_email: Vec<Option<bool>>,
+    marketing_sms: Vec<Option<bool>>,
+    locale: Vec<Option<String>>,
+    time_zone: Vec<Option<String>>,
+    ltv: Vec<Option<String>>,
+    created_at: Vec<Option<time::OffsetDateTime>>,
+    updated_at: Vec<Option<time::OffsetDateTime>>,
+}
+
+impl Columns {
+    fn of(events: &[ChangeEvent]) -> Result<Columns> {
+        let mut c = Columns::default();
+        for e in events {
+            let p = e.change.profile();
+            c.event_id.push(e.event_id.clone());
+            c.key.push(e.key.clone());
+            c.generation.push(e.position.generation);
+            c.version.push(e.position.version);
+            c.deleted.push(matches!(e.change, Change::Deleted(_)));
+            c.event_type.push(e.change.event_type().as_str());
+            c.reason.push(match e.change {
+                Change::Deleted(r) => Some(r.as_str()),
+                _ => None,
+            });
+            c.schema_version
+                .push(i16::from(e.published_schema.number()));
+            c.data.push(p.map(serde_json::to_string).transpose()?);
+            c.occurred_at.push(e.occurred_at);
+            c.published_at.push(e.published_at);
+            c.seq.push(e.source.sequence_number.clone());
+            c.email.push(p.map(|p| p.email.clone()));
+            c.display_name.push(p.map(|p| p.display_name.clone()));
+            c.country.push(p.and_then(|p| p.country.clone()));
+            c.plan.push(p.map(|p| p.plan.clone()));
+            c.marketing_email
+                .push(p.map(|p| p.consents.marketing_email));
+            c.marketing_sms.push(p.map(|p| p.consents.marketing_sms));
+            c.locale.push(p.and_then(|p| p.locale.clone()));
+            c.time_zone.push(p.and_then(|p| p.time_zone.clone()));
+            c.ltv.push(p.and_then(|p| {
+                p.lifetime_value_cents
+                    .as_ref()
+                    .map(|v| v.as_str().to_owned())
+            }));
+            c.created_at.push(p.map(|p| p.created_at));
+            c.updated_at.push(p.map(|p| p.updated_at));
+        }
+        Ok(c)
+    }
+}
+
+async fn ceiling(db: &ScratchDb, events: &[ChangeEvent], rows: usize) -> Result<Duration> {
+    let chunks = events
+        .chunks(rows)
+        .map(Columns::of)
+        .collect::<Result<Vec<_>>>()?;
+    let mut conn = db.pool.acquire().await?;
+    let start = Instant::now();
+    for c in chunks {
+        sqlx::query(CEILING)
+            .bind(c.event_id)
+            .bind(c.key)
+            .bind(c.generation)
+            .bind(c.version)
+            .bind(c.deleted)
+            .bind(c.event_type)
+            .bind(c.reason)
+            .bind(c.schema_version)
+            .bind(c.data)
+            .bind(c.occurred_at)
+            .bind(c.published_at)
+            .bind(c.seq)
+            .bind(c.email)
+            .bind(c.display_name)
+            .bind(c.country)
+            .bind(c.plan)
+            .bind(c.marketing_email)
+            .bind(c.marketing_sms)
+            .bind(c.locale)
+            .bind(c.time_zone)
+            .bind(c.ltv)
+            .bind(c.created_at)
+            .bind(c.updated_at)
+            .execute(&mut *conn)
+            .await
+            .context("ceiling statement")?;
+    }
+    Ok(start.elapsed())
+}
+
+const PEER_HISTORY: &str = r#"
+INSERT INTO analytics.profile_changes
+    (event_id, key, generation, version, deleted, event_type, reason, schema_version, data,
+     occurred_at, published_at, source_sequence_number)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12)
+ON CONFLICT DO NOTHING
+"#;
+
+const PEER_STATE: &str = r#"
+INSERT INTO analytics.user_profiles AS stored
+    (user_id, email, display_name, country, plan, marketing_email, marketing_sms, locale,
+     time_zone, lifetime_value_cents, created_at, updated_at, deleted, deleted_reason,
+     generation, version, last_event_id, occurred_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::numeric, $11, $12, $13, $14, $15, $16, $17, $18)
+ON CONFLICT (user_id) DO UPDATE SET
+    email = excluded.email, display_name = excluded.display_name,
+    country = excluded.country, plan = excluded.plan,
+    marketing_email = excluded.marketing_email, marketing_sms = excluded.marketing_sms,
+    locale = excluded.locale, time_zone = excluded.time_zone,
+    lifetime_value_cents = excluded.lifetime_value_cents,
+    created_at = excluded.created_at, updated_at = excluded.updated_at,
+    deleted = excluded.deleted, deleted_reason = excluded.deleted_reason,
+    generation = excluded.generation, version = excluded.version,
+    last_event_id = excluded.last_event_id, occurred_at = excluded.occurred_at,
+    applied_at = now()
+WHERE (stored.generation, stored.version, stored.deleted::int)
+    < (excluded.generation, excluded.version, excluded.deleted::int)
+"#;
+
+/// What a typical Lambda subscriber does: per event, BEGIN; insert the history row;
+/// upsert the state row under the same guard; COMMIT. Prepared statements (sqlx caches
+/// them per connection), `workers` events in flight.
+async fn peer(db: &ScratchDb, events: &[ChangeEvent], workers: usize) -> Result<Duration> {
+    let pool = db.pool(u32::try_from(workers)?).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let pool = pool.clone();
+        let next = Arc::clone(&next);
+        let events: Vec<ChangeEvent> = events.to_vec();
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(e) = events.get(i) else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                // A deadlock between two per-event transactions is retried, as a
+                // Lambda's failed invocation would be.
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match peer_one(&pool, e).await {
+                        Ok(()) => break,
+                        Err(err) if attempt < 5 => {
+                            eprintln!("peer: retrying {}: {err}", e.event_id);
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    let elapsed = start.elapsed();
+    pool.close().await;
+    Ok(elapsed)
+}
+
+async fn peer_one(pool: &PgPool, e: &ChangeEvent) -> sqlx::Result<()> {
+    let p = e.change.profile();
+    let deleted = matches!(e.change, Change::Deleted(_));
+    let reason = match e.change {
+        Change::Deleted(r) => Some(r.as_str()),
+        _ => None,
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query(PEER_HISTORY)
+        .bind(&e.event_id)
+        .bind(&e.key)
+        .bind(e.position.generation)
+        .bind(e.position.version)
+        .bind(deleted)
+        .bind(e.change.event_type().as_str())
+        .bind(reason)
+        .bind(i16::from(e.published_schema.number()))
+        .bind(p.map(|p| serde_json::to_string(p).unwrap_or_default()))
+        .bind(e.occurred_at)
+        .bind(e.published_at)
+        .bind(e.source.sequence_number.as_deref())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(PEER_STATE)
+        .bind(&e.key)
+        .bind(p.map(|p| p.email.as_str()))
+        .bind(p.map(|p| p.display_name.as_str()))
+        .bind(p.and_then(|p| p.country.as_deref()))
+        .bind(p.map(|p| p.plan.as_str()))
+        .bind(p.map(|p| p.consents.marketing_email))
+        .bind(p.map(|p| p.consents.marketing_sms))
+        .bind(p.and_then(|p| p.locale.as_deref()))
+        .bind(p.and_then(|p| p.time_zone.as_deref()))
+        .bind(p.and_then(|p| p.lifetime_value_cents.as_ref().map(|v| v.as_str())))
+        .bind(p.map(|p| p.created_at))
+        .bind(p.map(|p| p.updated_at))
+        .bind(deleted)
+        .bind(reason)
+        .bind(e.position.generation)
+        .bind(e.position.version)
+        .bind(&e.event_id)
+        .bind(e.occurred_at)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// A parker for the benchmark: the workload has no poison, so parking is a failure.
+#[derive(Debug, Default)]
+struct CountingParker {
+    parked: AtomicUsize,
+}
+
+impl Parker for CountingParker {
+    async fn park(
+        &self,
+        _message: &ReceivedMessage,
+        _reason_code: &'static str,
+        _detail: &str,
+    ) -> Result<(), SourceError> {
+        self.parked.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// tributary's apply path as the worker drives it: SQS bodies (the encoded events, as
+/// raw delivery puts them in the queue) in batches of `batch`, `workers` batches in
+/// flight, each decoded and applied in one transaction by `worker::process_batch`, on a
+/// pool sized as `subscriber run` sizes it (workers + 1).
+async fn tributary(
+    db: &ScratchDb,
+    events: &[ChangeEvent],
+    batch: usize,
+    workers: usize,
+) -> Result<Duration> {
+    let messages: Vec<ReceivedMessage> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            Ok(ReceivedMessage {
+                message_id: format!("m-{i}"),
+                receipt_handle: format!("r-{i}"),
+                body: String::from_utf8(e.encode(SchemaVersion::V2))?,
+                receive_count: 1,
+                message_attributes: Default::default(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let batches: Vec<Vec<ReceivedMessage>> = messages.chunks(batch).map(<[_]>::to_vec).collect();
+    let batches = Arc::new(Mutex::new(batches.into_iter()));
+    let pool = db.pool(u32::try_from(workers + 1)?).await?;
+    let parker = Arc::new(CountingParker::default());
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let pool = pool.clone();
+        let parker = Arc::clone(&parker);
+        let batches = Arc::clone(&batches);
+        tasks.spawn(async move {
+            loop {
+                let next = batches.lock().await.next();
+                let Some(batch) = next else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let outcome =
+                        subscriber::worker::process_batch(&pool, parker.as_ref(), &batch).await;
+                    if outcome.retry.is_empty() {
+                        ensure!(
+                            outcome.succeeded.len() == batch.len(),
+                            "a batch of {} had {} succeeded",
+                            batch.len(),
+                            outcome.succeeded.len()
+                        );
+                        break;
+                    }
+                    // A deadlock or serialization failure between workers: the worker
+                    // would retry these after a visibility delay.
+                    ensure!(attempt < 5, "a batch kept failing");
+                    eprintln!("tributary: retrying a batch of {}", batch.len());
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    let elapsed = start.elapsed();
+    pool.close().await;
+    ensure!(
+        parker.parked.load(Ordering::Relaxed) == 0,
+        "tributary parked messages of a clean workload"
+    );
+    Ok(elapsed)
+}
+
+/// `apply::apply_atomically` on events decoded beforehand: the SQL side of the apply
+/// path alone.
+async fn apply_only(
+    db: &ScratchDb,
+    events: &[ChangeEvent],
+    batch: usize,
+    workers: usize,
+) -> Result<Duration> {
+    let batches: Vec<Vec<ChangeEvent>> = events.chunks(batch).map(<[_]>::to_vec).collect();
+    let batches = Arc::new(Mutex::new(batches.into_iter()));
+    let pool = db.pool(u32::try_from(workers + 1)?).await?;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let pool = pool.clone();
+        let batches = Arc::clone(&batches);
+        tasks.spawn(async move {
+            loop {
+                let next = batches.lock().await.next();
+                let Some(batch) = next else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let mut attempt = 0;
+                while let Err(e) = subscriber::apply::apply_atomically(&pool, &batch).await {
+                    attempt += 1;
+                    ensure!(attempt < 5 && e.is_retryable(), "apply failed: {e}");
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    let elapsed = start.elapsed();
+    pool.close().await;
+    Ok(elapsed)
+}
