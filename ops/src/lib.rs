@@ -25,3 +25,41 @@ pub struct OpsArgs {
     #[arg(long, env = "TRIBUTARY_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
 }
+
+/// A Lambda invocation's deadline from the runtime API's `Lambda-Runtime-Deadline-Ms`
+/// header, which AWS defines as milliseconds since the Unix epoch.
+///
+/// cargo-lambda's runtime emulator (1.9.2) sends the function's timeout there instead
+/// (`600000`: a duration), which read as an epoch time is in 1970, so every handler
+/// would think its deadline long past. A value before 2001 cannot be a real deadline;
+/// it is read as a duration from `now`.
+pub fn invocation_deadline(deadline_ms: u64, now: std::time::SystemTime) -> std::time::SystemTime {
+    /// 2001-01-01T00:00:00Z in milliseconds since the epoch.
+    const PLAUSIBLE_EPOCH_MS: u64 = 978_307_200_000;
+    let ms = std::time::Duration::from_millis(deadline_ms);
+    if deadline_ms < PLAUSIBLE_EPOCH_MS {
+        now + ms
+    } else {
+        std::time::UNIX_EPOCH + ms
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn an_epoch_deadline_is_taken_as_it_is_and_a_duration_is_counted_from_now() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_586_566);
+        let real = 1_795_586_596_000;
+        assert_eq!(
+            invocation_deadline(real, now),
+            UNIX_EPOCH + Duration::from_millis(real)
+        );
+        assert_eq!(
+            invocation_deadline(600_000, now),
+            now + Duration::from_secs(600)
+        );
+    }
+}

@@ -720,13 +720,10 @@ async fn publisher_binary_answers_under_cargo_lambdas_runtime_emulator() -> Resu
     stack.teardown().await
 }
 
-/// Known failure, left visible: under `cargo lambda watch --only-lambda-apis` (1.9.2)
-/// the subscriber binary receives a deadline that is already (nearly) past, with or
-/// without `--timeout`, so it reports the whole batch for retry without applying it.
-/// The handler itself passes the same fixtures when called directly (the tests above).
-/// Not yet diagnosed: which deadline header the emulator sends.
+/// Under `cargo lambda watch --only-lambda-apis` (1.9.2) the deadline header carries
+/// the function's timeout, not an epoch time; `ops::invocation_deadline` reads it so,
+/// and the subscriber binary applies the batch instead of reporting it all for retry.
 #[tokio::test]
-#[ignore = "cargo-lambda's emulator hands the subscriber a past deadline; see the doc comment"]
 async fn subscriber_binary_answers_under_cargo_lambdas_runtime_emulator() -> Result<()> {
     let stack = Stack::new().await?;
     let r = &stack.resources;

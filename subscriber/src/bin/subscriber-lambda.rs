@@ -37,7 +37,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let handler = &handler;
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
-            let deadline = event.context.deadline();
+            let deadline =
+                ops::invocation_deadline(event.context.deadline, std::time::SystemTime::now());
             handler
                 .handle(event.payload, Some(deadline))
                 .await
