@@ -49,10 +49,36 @@ where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
     match (err.code(), err.message()) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code.to_owned(),
+        // The parse error of an unreadable answer quotes the answer, and a GetRecords or
+        // Scan answer is item images: personal data must not reach the logs.
+        _ if matches!(err, SdkError::ResponseError(_)) => {
+            "the service's answer could not be parsed (its body, item data, is not logged)"
+                .to_owned()
+        }
         _ => aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unparseable_answer_is_described_without_its_body() {
+        let raw = "{\"Records\":[{\"email\":\"ada@example.com\"}]}";
+        let err: aws_sdk_dynamodb::error::SdkError<
+            aws_sdk_dynamodb::operation::scan::ScanError,
+            String,
+        > = aws_sdk_dynamodb::error::SdkError::response_error(
+            std::io::Error::other(format!("Union did not contain a valid variant: {raw}")),
+            raw.to_owned(),
+        );
+        let text = describe_sdk_error(&err);
+        assert!(!text.contains("ada@example.com"), "{text}");
+        assert!(text.contains("could not be parsed"), "{text}");
     }
 }

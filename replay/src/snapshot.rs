@@ -96,7 +96,7 @@ pub async fn describe_table(clients: &Clients, table: &str) -> Result<Option<u64
             table: table.to_owned(),
             detail: match e.code() {
                 Some("ResourceNotFoundException") => "no such table".to_owned(),
-                _ => aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string(),
+                _ => publisher::describe_sdk_error(&e),
             },
         })?;
     Ok(out
@@ -358,7 +358,7 @@ impl Shared {
                     }));
                 }
                 Err(e) => {
-                    let detail = aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string();
+                    let detail = publisher::describe_sdk_error(&e);
                     // The SDK already retried throttling and transient errors; a few
                     // more rounds ride out a longer blip, then give up with the cause.
                     if attempt >= 5 || e.code() == Some("ResourceNotFoundException") {

@@ -318,7 +318,7 @@ async fn pass_present(
         }
         let out = request.send().await.map_err(|e| VerifyError::Dynamo {
             operation: "Scan",
-            detail: aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string(),
+            detail: publisher::describe_sdk_error(&e),
         })?;
         let page: Vec<Item> = out
             .items
@@ -446,7 +446,7 @@ async fn batch_get(
             .await
             .map_err(|e| VerifyError::Dynamo {
                 operation: "BatchGetItem",
-                detail: aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string(),
+                detail: publisher::describe_sdk_error(&e),
             })?;
         for item in out
             .responses
