@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use e2e::{PrivatePostgres, Stack, terminate};
 use publisher::demo::{Traffic, TrafficPlan};
 use publisher::record::{Origin, to_event};
@@ -98,33 +98,6 @@ struct Tap {
     duplicates_sent: usize,
 }
 
-/// Sends bodies to the subscriber's queue, ten at a time.
-async fn resend(stack: &Stack, bodies: &[String]) -> Result<()> {
-    for chunk in bodies.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(b)
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        let out = stack
-            .clients
-            .sqs
-            .send_message_batch()
-            .queue_url(&stack.resources.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await?;
-        anyhow::ensure!(out.failed.is_empty(), "re-send failed: {:?}", out.failed);
-    }
-    Ok(())
-}
-
 /// Reads the tap queue until `stop`, keeping every body and re-sending
 /// `duplicate_percent` of them at once.
 async fn run_tap(
@@ -175,7 +148,7 @@ async fn run_tap(
             .filter(|_| rng.random_range(0..100) < duplicate_percent)
             .cloned()
             .collect();
-        resend(&stack, &dups).await?;
+        stack.send_bodies(&dups).await?;
         let mut tap = tap.lock().unwrap();
         tap.duplicates_sent += dups.len();
         tap.bodies.extend(bodies);
@@ -364,7 +337,7 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
                     .cloned()
                     .collect()
             };
-            resend(&stack, &late).await?;
+            stack.send_bodies(&late).await?;
             faults.late_sent += late.len();
         }
         let faults_left = !sub_kills.is_empty() || !pub_kills.is_empty() || pg_crash.is_some();
