@@ -107,6 +107,14 @@ pub struct PublisherConfig {
     #[arg(long, env = "PUBLISHER_MAX_SHARDS", default_value = "64")]
     pub max_shards: NonZeroUsize,
 
+    /// Records published between two checkpoint writes. A GetRecords page (up to 1 000
+    /// records) is published in slices of this many, each checkpointed when SNS has
+    /// accepted it, so a publisher killed mid-page resends at most this many records
+    /// (as duplicates the subscriber ignores). Smaller costs more checkpoint writes
+    /// (one DynamoDB transaction per slice); larger resends more after a crash.
+    #[arg(long, env = "PUBLISHER_CHECKPOINT_EVERY", default_value = "200")]
+    pub checkpoint_every: NonZeroUsize,
+
     /// Log format: auto (JSON when stderr is not a terminal), json or text. Filter with
     /// RUST_LOG (default `info`).
     #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]

@@ -88,6 +88,8 @@ pub struct Pipeline {
     pub pacing: Pacing,
     pub lease_ttl: Duration,
     pub max_shards: usize,
+    /// Records published between two checkpoint writes (a page is published in slices).
+    pub checkpoint_every: usize,
     pub stats: Stats,
 }
 
@@ -186,6 +188,7 @@ impl Pipeline {
             },
             lease_ttl: config.lease_ttl,
             max_shards: config.max_shards.get(),
+            checkpoint_every: config.checkpoint_every.get(),
             stats: Stats::default(),
         })
     }
@@ -479,7 +482,14 @@ impl Pipeline {
                 }
                 Err(e) if e.is_retryable() => {
                     failures += 1;
-                    warn!(%shard_id, error = %e, attempt = failures, "GetRecords failed, will retry.");
+                    if failures < STUCK_AFTER {
+                        warn!(%shard_id, error = %e, attempt = failures, "GetRecords failed, will retry.");
+                    } else {
+                        // Never skipped (that would lose the records), so say loudly that
+                        // this shard is not moving. One known cause: DynamoDB Local writes
+                        // an empty map inside a list as `{}`, an answer the SDK rejects.
+                        error!(%shard_id, error = %e, attempt = failures, ?start, "GetRecords keeps failing at the same position: this shard makes no progress until it succeeds. Retrying.");
+                    }
                     iterator = Some(current);
                     if !self.pause(backoff(failures), work).await {
                         return Ok(false);
@@ -524,12 +534,32 @@ impl Pipeline {
         }
     }
 
-    /// Runs the [`BatchStep`] (decode, publish, park what cannot be published), then
-    /// checkpoints the last record. Returns the checkpointed sequence number.
+    /// Publishes one GetRecords page in slices of `checkpoint_every` records, each
+    /// checkpointed once SNS has it, so a crash mid-page repeats one slice, not the page.
+    /// Returns the last checkpointed sequence number.
     async fn publish_records(
         &self,
         shard_id: &str,
         records: Vec<StreamRecord>,
+        work: &CancellationToken,
+    ) -> Result<Published, PipelineError> {
+        let mut through = None;
+        for slice in records.chunks(self.checkpoint_every.max(1)) {
+            match self.publish_slice(shard_id, slice, work).await? {
+                Published::Through(Some(seq)) => through = Some(seq),
+                Published::Through(None) => {}
+                Published::Interrupted => return Ok(Published::Interrupted),
+            }
+        }
+        Ok(Published::Through(through))
+    }
+
+    /// Runs the [`BatchStep`] (decode, publish, park what cannot be published) on a
+    /// slice, then checkpoints its last record. Returns the checkpointed sequence number.
+    async fn publish_slice(
+        &self,
+        shard_id: &str,
+        records: &[StreamRecord],
         work: &CancellationToken,
     ) -> Result<Published, PipelineError> {
         Stats::add(&self.stats.records_read, records.len());
@@ -541,11 +571,11 @@ impl Pipeline {
             origin: &self.origin,
             emit: self.emit,
         };
-        let report = match step.run(shard_id, &records, work).await {
+        let report = match step.run(shard_id, records, work).await {
             Ok(r) => r,
-            // Nothing is checkpointed: the next publisher reads this batch again.
+            // This slice is not checkpointed: the next publisher reads it again.
             Err(StepError::Interrupted { pending, .. }) => {
-                warn!(%shard_id, pending, "Shutdown while publishing; this batch will be read again.");
+                warn!(%shard_id, pending, "Shutdown while publishing; the records since the last checkpoint will be read again.");
                 return Ok(Published::Interrupted);
             }
             Err(StepError::Park { index, source, .. }) => {
@@ -652,6 +682,9 @@ enum Published {
     /// Shutdown while entries were still failing; nothing was checkpointed.
     Interrupted,
 }
+
+/// Consecutive GetRecords failures after which a shard is reported as stuck (ERROR).
+const STUCK_AFTER: u32 = 5;
 
 /// Exponential back-off with full jitter: 100 ms doubling to 20 s.
 pub fn backoff(attempt: u32) -> Duration {
