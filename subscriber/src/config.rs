@@ -152,6 +152,48 @@ pub struct RunConfig {
     )]
     pub wait_time_secs: u8,
 
+    /// Most messages one worker applies in one transaction. When a receive comes back
+    /// full (a backlog), the worker receives again at once, without waiting, until it
+    /// holds this many or `--batch-window-ms` has passed; a receive that is not full
+    /// ends the gathering. One commit then covers up to this many events. 1 to 1000.
+    /// Default: 100.
+    #[arg(
+        long,
+        env = "SUBSCRIBER_BATCH_MAX_MESSAGES",
+        value_name = "N",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u16).range(1..=1000)
+    )]
+    pub batch_max_messages: u16,
+
+    /// Longest time, in milliseconds, a worker spends gathering more messages after a
+    /// full receive, 0 to 1000 (0: one receive per transaction). It bounds the latency
+    /// the gathering adds; the first messages' visibility timeout runs meanwhile.
+    /// Default: 50.
+    #[arg(
+        long,
+        env = "SUBSCRIBER_BATCH_WINDOW_MS",
+        value_name = "MS",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u16).range(0..=1000)
+    )]
+    pub batch_window_ms: u16,
+
+    /// Longest wait, in milliseconds, after a receive that was not full, so that the
+    /// next receive comes back fuller: the wait is what the measured arrival rate needs
+    /// to queue a full receive for every worker (workers × max-messages ÷ rate), at
+    /// most this. Fewer ReceiveMessage and DeleteMessageBatch requests (SQS bills per
+    /// request) for at most this much added latency; no wait under a backlog. 0 to
+    /// 5000 (0: receive again at once). Default: 250.
+    #[arg(
+        long,
+        env = "SUBSCRIBER_FILL_WAIT_MS",
+        value_name = "MS",
+        default_value_t = 250,
+        value_parser = clap::value_parser!(u16).range(0..=5000)
+    )]
+    pub fill_wait_ms: u16,
+
     /// Maximum PostgreSQL connections in the pool. Default: workers + 1 (one per batch
     /// in flight, one spare for isolation and migrations).
     #[arg(long, env = "SUBSCRIBER_DB_MAX_CONNECTIONS", value_name = "N")]
@@ -193,6 +235,9 @@ impl RunConfig {
             workers = self.workers.get(),
             max_messages = self.max_messages,
             wait_time_secs = self.wait_time_secs,
+            batch_max_messages = self.batch_max_messages,
+            batch_window_ms = self.batch_window_ms,
+            fill_wait_ms = self.fill_wait_ms,
             db_max_connections = self.db_max_connections(),
             migrate_on_start = self.migrate_on_start,
             metrics_addr = ?self.ops.metrics_addr,

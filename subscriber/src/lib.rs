@@ -32,6 +32,7 @@ pub mod envelope;
 pub mod gate;
 pub mod lambda;
 pub mod metrics;
+pub mod pace;
 pub mod source;
 pub mod status;
 pub mod telemetry;

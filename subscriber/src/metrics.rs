@@ -48,7 +48,7 @@ static METRICS: LazyLock<SubscriberMetrics> = LazyLock::new(|| {
         ),
         receive_batch_size: r.histogram(
             "tributary_receive_batch_size",
-            "Messages per non-empty ReceiveMessage answer.",
+            "Messages per batch a worker applies: one non-empty ReceiveMessage answer, or several gathered from a backlog.",
             &[],
             BATCH_BUCKETS,
         ),

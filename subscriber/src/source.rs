@@ -324,13 +324,36 @@ impl SqsSource {
         &self,
         max_messages: u8,
     ) -> Result<Vec<ReceivedMessage>, SourceError> {
+        self.receive_call(max_messages, self.receive.wait_time_secs)
+            .await
+    }
+
+    /// As [`SqsSource::receive_at_most`], but a short poll: returns at once with what
+    /// is there. For gathering more of a backlog into the batch in hand.
+    ///
+    /// # Errors
+    /// [`SourceError::Sdk`].
+    pub async fn receive_now(&self, max_messages: u8) -> Result<Vec<ReceivedMessage>, SourceError> {
+        self.receive_call(max_messages, 0).await
+    }
+
+    /// Most messages one ReceiveMessage call asks for.
+    pub fn max_messages(&self) -> u8 {
+        self.receive.max_messages
+    }
+
+    async fn receive_call(
+        &self,
+        max_messages: u8,
+        wait_time_secs: u8,
+    ) -> Result<Vec<ReceivedMessage>, SourceError> {
         let max_messages = max_messages.clamp(1, self.receive.max_messages);
         let output = self
             .client
             .receive_message()
             .queue_url(&self.queue_url)
             .max_number_of_messages(i32::from(max_messages))
-            .wait_time_seconds(i32::from(self.receive.wait_time_secs))
+            .wait_time_seconds(i32::from(wait_time_secs))
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
@@ -596,8 +619,14 @@ where
     let mut given_up: Vec<FailedEntry> = Vec::new();
     while !pending.is_empty() {
         let mut again = Vec::new();
-        for chunk in pending.chunks(MAX_BATCH_ENTRIES) {
-            for failed in send(chunk.to_vec()).await? {
+        // The calls of one round go out together: a coalesced batch of 100 messages is
+        // ten calls, and their round trips should not add up.
+        let calls = pending
+            .chunks(MAX_BATCH_ENTRIES)
+            .map(|chunk| send(chunk.to_vec()))
+            .collect::<Vec<_>>();
+        for answer in futures::future::join_all(calls).await {
+            for failed in answer? {
                 if failed.sender_fault {
                     // Our request was wrong for this entry (an expired receipt handle):
                     // sending it again cannot help.

@@ -28,6 +28,7 @@ use crate::config::RunConfig;
 use crate::envelope::decode_body;
 use crate::error_chain;
 use crate::gate::{Admission, StoreGate};
+use crate::pace::{ArrivalMeter, fill_wait};
 use crate::source::{Parker, ReceiveSettings, ReceivedMessage, SourceError, SqsSource};
 
 /// Reason code of a message whose event the database refuses on its own (a data
@@ -126,6 +127,13 @@ pub async fn run(
     );
     let source = Arc::new(source);
     let gate = Arc::new(StoreGate::default());
+    let batching = Batching {
+        max_messages: usize::from(config.batch_max_messages),
+        window: Duration::from_millis(u64::from(config.batch_window_ms)),
+        fill_wait: Duration::from_millis(u64::from(config.fill_wait_ms)),
+        workers: config.workers.get(),
+    };
+    let meter = Arc::new(ArrivalMeter::new(tokio::time::Instant::now()));
 
     let mut workers = JoinSet::new();
     for worker in 0..config.workers.get() {
@@ -135,6 +143,8 @@ pub async fn run(
                 Arc::clone(&source),
                 pool.clone(),
                 Arc::clone(&gate),
+                batching,
+                Arc::clone(&meter),
                 shutdown.clone(),
             )
             .instrument(span),
@@ -191,11 +201,65 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
     Ok(token)
 }
 
+/// How a worker gathers a backlog into one transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most messages in one batch.
+    pub max_messages: usize,
+    /// Longest time spent gathering after the first, full, receive.
+    pub window: Duration,
+    /// Longest pause after a partial receive ([`crate::pace::fill_wait`]).
+    pub fill_wait: Duration,
+    /// Workers receiving from the queue in this process.
+    pub workers: usize,
+}
+
+/// After a full receive (there is a backlog), receives again at once (short polls)
+/// until `batching.max_messages`, the window's end, or a receive that is not full.
+/// A message received twice (its visibility ran out, or the emulator handed it out
+/// twice) is kept once, with its newest receipt handle. A failed receive only ends
+/// the gathering: what is in hand is processed.
+async fn gather(source: &SqsSource, messages: &mut Vec<ReceivedMessage>, batching: Batching) {
+    let per_call = usize::from(source.max_messages());
+    if messages.len() < per_call {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + batching.window;
+    while messages.len() < batching.max_messages && tokio::time::Instant::now() < deadline {
+        let want = (batching.max_messages - messages.len()).min(per_call);
+        let more = match source
+            .receive_now(u8::try_from(want).unwrap_or(u8::MAX))
+            .await
+        {
+            Ok(more) => more,
+            Err(e) => {
+                debug!(error = %error_chain(&e), held = messages.len(), "Receive while gathering failed; processing what is held.");
+                break;
+            }
+        };
+        let backlog = more.len() >= want;
+        for m in more {
+            match messages
+                .iter_mut()
+                .find(|held| held.message_id == m.message_id)
+            {
+                Some(held) => *held = m,
+                None => messages.push(m),
+            }
+        }
+        if !backlog {
+            break;
+        }
+    }
+}
+
 /// One worker: at most one batch in flight, and no receive while the gate is open.
 async fn receive_loop(
     source: Arc<SqsSource>,
     pool: PgPool,
     gate: Arc<StoreGate>,
+    batching: Batching,
+    meter: Arc<ArrivalMeter>,
     shutdown: CancellationToken,
 ) {
     let mut failures: u32 = 0;
@@ -212,8 +276,21 @@ async fn receive_loop(
             Some(_) => source.receive_at_most(TRIAL_MESSAGES).await,
             None => source.receive().await,
         };
+        let received_at = tokio::time::Instant::now();
+        let mut fill_pause = Duration::ZERO;
         let messages = match received {
-            Ok(messages) => {
+            Ok(mut messages) => {
+                if trial.is_none() {
+                    fill_pause = fill_wait(
+                        messages.len(),
+                        usize::from(source.max_messages()),
+                        batching.workers,
+                        meter.rate(),
+                        batching.fill_wait,
+                    );
+                    gather(&source, &mut messages, batching).await;
+                }
+                meter.record(messages.len(), received_at);
                 crate::metrics::metrics().received(messages.len());
                 messages
             }
@@ -265,6 +342,11 @@ async fn receive_loop(
         if outcome.retry.is_empty() || store_failure.is_some() {
             // The gate paces the retries of a database failure, for every worker.
             failures = 0;
+            // Let the queue fill the next receive (counted from this one's arrival).
+            let pause = fill_pause.saturating_sub(received_at.elapsed());
+            if !pause.is_zero() && !sleep_unless_shutdown(pause, &shutdown).await {
+                break;
+            }
             continue;
         }
         // SQS is failing (a message could not be parked): pause this worker.

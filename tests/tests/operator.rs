@@ -302,3 +302,87 @@ async fn status_shows_the_parked_messages_by_reason_and_the_lag_it_was_given() -
     assert_eq!(s["in_sync"], true, "{s:#}");
     stack.teardown().await
 }
+
+/// A GetRecords page larger than `--checkpoint-every` is published in slices, each
+/// checkpointed: a publisher killed mid-page resends one slice, not the page (the large
+/// chaos run stalled when every restart re-published the same 1 000-record page).
+#[tokio::test]
+async fn a_large_page_is_checkpointed_slice_by_slice() -> Result<()> {
+    let stack = Stack::new().await?;
+    // Written before the publisher starts, so its first reads return big pages.
+    let traffic = write(&stack, "slices", 12, TrafficPlan::new(300, 300)).await?;
+    let total = traffic.stats.total() as f64;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut publisher = stack.spawn_publisher(&[
+        "--checkpoint-every",
+        "50",
+        "--metrics-addr",
+        &addr.to_string(),
+    ])?;
+    let m = eventually("the publisher to publish every event", CONVERGE, || async {
+        let Ok(m) = metrics(addr).await else {
+            return Ok(None);
+        };
+        Ok((value(&m, "tributary_events_published_total") >= total).then_some(m))
+    })
+    .await?;
+    let pages = value(&m, "tributary_stream_batch_size_count");
+    let checkpoints = value(&m, "tributary_checkpoints_written_total");
+    // One checkpoint per slice of 50: at least 300 / 50, and more than one per page.
+    assert!(
+        checkpoints >= total / 50.0 && checkpoints > pages,
+        "{checkpoints} checkpoints for {total} records in {pages} non-empty pages"
+    );
+    assert_eq!(
+        terminate(&mut publisher, Duration::from_secs(20)).await?,
+        Some(0)
+    );
+    stack.teardown().await
+}
+
+/// Under a backlog a worker gathers several receives into one transaction
+/// (`--batch-max-messages`); the batch-size histogram shows batches above one receive's
+/// 10 messages, and the state converges.
+#[tokio::test]
+async fn a_backlog_is_applied_in_batches_larger_than_one_receive() -> Result<()> {
+    let stack = Stack::new().await?;
+    let mut publisher = stack.spawn_publisher(&[])?;
+    let traffic = write(&stack, "gather", 13, TrafficPlan::new(60, 200)).await?;
+    let total = traffic.stats.total();
+    // The whole backlog is queued before any subscriber runs.
+    eventually("every event to be queued", CONVERGE, || async {
+        Ok((stack.queue_depth(&stack.resources.queue_url).await? >= total).then_some(()))
+    })
+    .await?;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut subscriber = stack.spawn_subscriber(&[
+        "--workers",
+        "1",
+        "--batch-max-messages",
+        "100",
+        "--batch-window-ms",
+        "1000",
+        "--metrics-addr",
+        &addr.to_string(),
+    ])?;
+    stack.wait_converged(CONVERGE).await?;
+    let m = metrics(addr).await?;
+    let batches = value(&m, "tributary_receive_batch_size_count");
+    let at_most_ten = value(&m, "tributary_receive_batch_size_bucket{le=\"10\"}");
+    let messages = value(&m, "tributary_messages_received_total");
+    assert!(messages >= total as f64, "{messages} received of {total}");
+    assert!(
+        at_most_ten < batches,
+        "every one of {batches} batches held at most 10 messages"
+    );
+    assert!(value(&m, "tributary_receive_batch_size_bucket{le=\"100\"}") == batches);
+    assert_eq!(
+        terminate(&mut subscriber, Duration::from_secs(30)).await?,
+        Some(0)
+    );
+    assert_eq!(
+        terminate(&mut publisher, Duration::from_secs(20)).await?,
+        Some(0)
+    );
+    stack.teardown().await
+}
