@@ -50,12 +50,13 @@ enum Bench {
         /// Concurrent workers (the subscriber's default).
         #[arg(long, default_value = "4")]
         workers: usize,
-        /// Events per transaction of the container worker: one receive (at most 10) on
-        /// main today; 100 measures the receive coalescing proposed on branch issue-6.
-        #[arg(long, default_value_t = 10)]
+        /// Events per transaction of the container worker under backlog: the
+        /// subscriber's default `--batch-max-messages`.
+        #[arg(long, default_value_t = 100)]
         container_batch: usize,
-        /// Events per Lambda invocation (the SQS event source mapping's default).
-        #[arg(long, default_value = "10")]
+        /// Events per Lambda invocation: the BatchSize of the SQS event source mapping
+        /// in deploy/template.yaml.
+        #[arg(long, default_value = "100")]
         lambda_batch: usize,
         /// Rows per statement of the ceiling.
         #[arg(long, default_value = "10000")]
