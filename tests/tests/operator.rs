@@ -319,15 +319,27 @@ async fn a_large_page_is_checkpointed_slice_by_slice() -> Result<()> {
         "--metrics-addr",
         &addr.to_string(),
     ])?;
-    let m = eventually("the publisher to publish every event", CONVERGE, || async {
+    eventually("the publisher to publish every event", CONVERGE, || async {
         let Ok(m) = metrics(addr).await else {
             return Ok(None);
         };
-        Ok((value(&m, "tributary_events_published_total") >= total).then_some(m))
+        Ok((value(&m, "tributary_events_published_total") >= total).then_some(()))
     })
     .await?;
-    let pages = value(&m, "tributary_stream_batch_size_count");
-    let checkpoints = value(&m, "tributary_checkpoints_written_total");
+    // The last slice's checkpoint follows its publish: wait for the count to settle.
+    let mut last = String::new();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let m = metrics(addr).await?;
+        let settled = value(&m, "tributary_checkpoints_written_total")
+            == sample(&last, "tributary_checkpoints_written_total").unwrap_or(-1.0);
+        last = m;
+        if settled {
+            break;
+        }
+    }
+    let pages = value(&last, "tributary_stream_batch_size_count");
+    let checkpoints = value(&last, "tributary_checkpoints_written_total");
     // One checkpoint per slice of 50: at least 300 / 50, and more than one per page.
     assert!(
         checkpoints >= total / 50.0 && checkpoints > pages,
