@@ -6,7 +6,8 @@
 #   scripts/chaos.sh                       # CI's small run: 400 mutations over 40 keys
 #   scripts/chaos.sh 10000 1000            # the large run: 10k mutations over 1k keys
 #
-# Arguments: MUTATIONS KEYS [RATE per second]. Everything else by environment:
+# Arguments: MUTATIONS KEYS [RATE per second]. SNS/SQS on moto, or on LocalStack above
+# 2 000 mutations (TRIBUTARY_EMULATOR=moto|localstack overrides). Everything else by environment:
 # TRIBUTARY_CHAOS_WORKERS, _SUBSCRIBER_KILLS, _PUBLISHER_KILLS, _DUPLICATE_PERCENT,
 # _LATE_PERCENT, _SEED (see the test's doc comment). The emulators are started for the
 # run and stopped after it; PostgreSQL is a private cluster the test creates (initdb)
@@ -20,6 +21,13 @@ export TRIBUTARY_CHAOS_KEYS="${2:-${TRIBUTARY_CHAOS_KEYS:-40}}"
 default_rate=20
 [ "$TRIBUTARY_CHAOS_MUTATIONS" -gt 2000 ] && default_rate=60
 export TRIBUTARY_CHAOS_RATE="${3:-${TRIBUTARY_CHAOS_RATE:-$default_rate}}"
+
+# moto's SQS slows as its queues grow (the test's tap queue holds every published
+# message): at 10k mutations it served 3 requests/s and the run would take hours. The
+# large run uses LocalStack unless TRIBUTARY_EMULATOR says otherwise.
+if [ -z "${TRIBUTARY_EMULATOR:-}" ] && [ "$TRIBUTARY_CHAOS_MUTATIONS" -gt 2000 ]; then
+  export TRIBUTARY_EMULATOR=localstack
+fi
 
 export TRIBUTARY_RUN_DIR="${TRIBUTARY_RUN_DIR:-$PWD/.run/chaos}"
 scripts/env-up.sh
