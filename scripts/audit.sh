@@ -45,3 +45,19 @@ git -c init.defaultBranch=main clone --quiet "$db_source" "$work/advisory-db"
 log "advisory database: $db_source (last commit $(git -C "$work/advisory-db" log -1 --format=%cs))"
 # --stale: the snapshot is as old as it is; offline, there is nothing newer to fetch.
 cargo audit --no-fetch --stale --db "$work/advisory-db" --deny warnings "$@"
+
+# An exception in .cargo/audit.toml that rests on "nothing builds this crate" holds
+# only while it is true: fail when any of these enters the built graph.
+never_built=(${TRIBUTARY_AUDIT_NEVER_BUILT:-rsa})
+for crate in "${never_built[@]}"; do
+  if ! users=$(cargo tree --locked --workspace -e normal,build -i "$crate" 2>/dev/null); then
+    log "cargo tree -i $crate failed; cannot tell whether the exception holds"
+    exit 1
+  fi
+  if [ -n "$users" ]; then
+    log "$crate is now built by the workspace; its exception in .cargo/audit.toml no longer holds:"
+    printf '%s\n' "$users" >&2
+    exit 1
+  fi
+done
+log "crates excepted as never built are still not built: ${never_built[*]}"

@@ -274,7 +274,7 @@ impl ScratchDb {
         let mut admin = PgConnection::connect(admin_url)
             .await
             .context("connecting to PostgreSQL")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .await?;
         admin.close().await?;
@@ -324,10 +324,10 @@ impl ScratchDb {
     pub(crate) async fn drop_it(self) -> Result<()> {
         self.pool.close().await;
         let mut admin = PgConnection::connect(&self.admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name
-        )))
+        ))
         .execute(&mut admin)
         .await?;
         Ok(())

@@ -236,7 +236,7 @@ async fn main() {
         // The store, filled with the same items through the subscriber's apply path.
         let database = format!("replay_bench_{id}");
         let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        sqlx::query(&format!("CREATE DATABASE {database}"))
             .execute(&mut admin)
             .await
             .unwrap();
@@ -279,7 +279,7 @@ async fn main() {
         assert_eq!(report["source_items"], n as u64, "{report}");
         assert!(report["drift"].as_object().unwrap().is_empty(), "{report}");
         pool.close().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {database}")))
+        sqlx::query(&format!("DROP DATABASE {database}"))
             .execute(&mut admin)
             .await
             .unwrap();

@@ -176,7 +176,7 @@ impl Stack {
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
             .context("connecting to PostgreSQL")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        sqlx::query(&format!("CREATE DATABASE {database}"))
             .execute(&mut admin)
             .await?;
         admin.close().await?;
@@ -207,10 +207,10 @@ impl Stack {
     pub async fn teardown(self) -> Result<()> {
         self.pool.close().await;
         let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.database
-        )))
+        ))
         .execute(&mut admin)
         .await?;
         Ok(())
