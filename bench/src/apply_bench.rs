@@ -685,6 +685,7 @@ async fn tributary(
                 receipt_handle: format!("r-{i}"),
                 body: String::from_utf8(e.encode(SchemaVersion::V2))?,
                 receive_count: 1,
+                sent_at_ms: None,
                 message_attributes: Default::default(),
             })
         })

@@ -99,6 +99,15 @@ pub struct PublisherConfig {
     #[arg(long = "idle-poll-max-ms", env = "PUBLISHER_IDLE_POLL_MAX_MS", default_value = "1000", value_parser = parse_millis)]
     pub idle_poll_max: Duration,
 
+    /// Shortest time, in milliseconds, between two GetRecords calls on one shard while
+    /// it is caught up (its last page was not full). Each call then returns what
+    /// accumulated meanwhile, so SNS batches fill up and fewer reads, publishes and
+    /// checkpoints are paid per event, for at most this much added latency. A full page
+    /// (a backlog) is followed by the next read at once. DynamoDB allows 5 reads per
+    /// second per shard; a Lambda event source mapping polls 4 times a second.
+    #[arg(long = "read-interval-ms", env = "PUBLISHER_READ_INTERVAL_MS", default_value = "250", value_parser = parse_millis)]
+    pub read_interval: Duration,
+
     /// Seconds between looks for new shards (children of split shards).
     #[arg(long = "shard-discovery-secs", env = "PUBLISHER_SHARD_DISCOVERY_SECS", default_value = "10", value_parser = parse_secs)]
     pub shard_discovery: Duration,

@@ -73,6 +73,8 @@ pub struct Pacing {
     pub idle_min: Duration,
     pub idle_max: Duration,
     pub discovery: Duration,
+    /// Shortest time between two reads of a caught-up shard.
+    pub read_interval: Duration,
 }
 
 /// Everything a shard task needs, built once.
@@ -185,6 +187,7 @@ impl Pipeline {
                 idle_min: config.idle_poll_min,
                 idle_max: config.idle_poll_max.max(config.idle_poll_min),
                 discovery: config.shard_discovery,
+                read_interval: config.read_interval,
             },
             lease_ttl: config.lease_ttl,
             max_shards: config.max_shards.get(),
@@ -437,6 +440,9 @@ impl Pipeline {
         let mut iterator: Option<String> = None;
         let mut idle = self.pacing.idle_min;
         let mut failures: u32 = 0;
+        // When the last GetRecords started, and whether it returned a full page.
+        let mut last_read: Option<tokio::time::Instant> = None;
+        let mut backlog = false;
         loop {
             if work.is_cancelled() {
                 return Ok(false);
@@ -461,6 +467,15 @@ impl Pipeline {
                     Err(e) => return Err(e.into()),
                 },
             };
+            // A caught-up shard is read at most once per interval, so each read brings
+            // what accumulated meanwhile (fuller SNS batches, fewer requests per event).
+            if !backlog && let Some(at) = last_read {
+                let wait = self.pacing.read_interval.saturating_sub(at.elapsed());
+                if !wait.is_zero() && !self.pause(wait, work).await {
+                    return Ok(false);
+                }
+            }
+            last_read = Some(tokio::time::Instant::now());
             let batch = tokio::select! {
                 b = self.reader.get_records(&current) => b,
                 _ = work.cancelled() => return Ok(false),
@@ -468,6 +483,7 @@ impl Pipeline {
             let batch = match batch {
                 Ok(b) => {
                     failures = 0;
+                    backlog = b.records.len() >= crate::stream::MAX_RECORDS_PER_CALL as usize;
                     observe_read(shard_id, &b.records);
                     b
                 }

@@ -152,11 +152,11 @@ pub struct RunConfig {
     )]
     pub wait_time_secs: u8,
 
-    /// Most messages one worker applies in one transaction. When a receive comes back
-    /// full (a backlog), the worker receives again at once, without waiting, until it
-    /// holds this many or `--batch-window-ms` has passed; a receive that is not full
-    /// ends the gathering. One commit then covers up to this many events. 1 to 1000.
-    /// Default: 100.
+    /// Most messages one worker applies in one transaction. When a worker is behind
+    /// (see --fill-wait-ms) and a receive comes back full, it receives again at once
+    /// until it holds this many or --batch-window-ms has passed; a receive that is not
+    /// full ends the gathering. One commit then covers up to this many events. 1 to
+    /// 1000. Default: 100.
     #[arg(
         long,
         env = "SUBSCRIBER_BATCH_MAX_MESSAGES",
@@ -179,12 +179,13 @@ pub struct RunConfig {
     )]
     pub batch_window_ms: u16,
 
-    /// Longest wait, in milliseconds, after a receive that was not full, so that the
-    /// next receive comes back fuller: the wait is what the measured arrival rate needs
-    /// to queue a full receive for every worker (workers × max-messages ÷ rate), at
-    /// most this. Fewer ReceiveMessage and DeleteMessageBatch requests (SQS bills per
-    /// request) for at most this much added latency; no wait under a backlog. 0 to
-    /// 5000 (0: receive again at once). Default: 250.
+    /// Longest wait, in milliseconds, between a caught-up worker's receives, so that
+    /// each comes back full: the wait is what the measured arrival rate needs to queue
+    /// a full receive for every worker (workers × max-messages ÷ rate), at most this.
+    /// Fewer ReceiveMessage and DeleteMessageBatch requests (SQS bills per request) for
+    /// at most this much added latency. A worker whose oldest message waited more than
+    /// twice this (at least 500 ms) is behind: it does not wait, and gathers up to
+    /// --batch-max-messages. 0 to 5000 (0: never wait). Default: 250.
     #[arg(
         long,
         env = "SUBSCRIBER_FILL_WAIT_MS",

@@ -104,14 +104,15 @@ pub enum HandlerError {
 impl SqsEventRecord {
     /// The message as the worker code takes it; `None` without a message id.
     pub fn to_received(&self) -> Option<ReceivedMessage> {
-        let receive_count = self
-            .attributes
-            .get("ApproximateReceiveCount")
-            .and_then(|v| match v {
+        let number = |name: &str| -> Option<u64> {
+            match self.attributes.get(name)? {
                 Value::String(s) => s.parse().ok(),
-                Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+                Value::Number(n) => n.as_u64(),
                 _ => None,
-            })
+            }
+        };
+        let receive_count = number("ApproximateReceiveCount")
+            .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(1);
         let message_attributes: HashMap<String, MessageAttributeValue> = self
             .message_attributes
@@ -130,6 +131,7 @@ impl SqsEventRecord {
             receipt_handle: self.receipt_handle.clone().unwrap_or_default(),
             body: self.body.clone().unwrap_or_default(),
             receive_count,
+            sent_at_ms: number("SentTimestamp"),
             message_attributes,
         })
     }
@@ -281,6 +283,7 @@ mod tests {
         let m = event.records[0].to_received().unwrap();
         assert_eq!(m.message_id, "059f36b4-87a3-44ab-83d2-661975830a7d");
         assert_eq!(m.receive_count, 3);
+        assert_eq!(m.sent_at_ms, Some(1_545_082_649_183));
         assert_eq!(
             m.message_attributes["event_type"].string_value(),
             Some("profile.upserted")

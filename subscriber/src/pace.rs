@@ -1,13 +1,19 @@
-//! Receive pacing: how long a worker waits after a receive that was not full, so that
-//! the next one comes back fuller.
+//! Receive pacing: how long a caught-up worker waits between receives so that each
+//! comes back full, and how it tells that it is behind.
 //!
 //! SQS bills per request, and a long poll returns as soon as one message is there: at
 //! a steady 200 events/s, four workers long-polling back to back get one to three
-//! messages per ReceiveMessage and make about one request per event. Waiting, after a
-//! partial receive, for as long as the measured arrival rate needs to put a full
-//! receive's worth of messages in the queue for every worker (`workers × per_call ÷
-//! rate`) brings receives and deletes to about one per `per_call` events, for an added
-//! latency bounded by the configured maximum. A full receive means a backlog: no wait.
+//! messages per ReceiveMessage and make about one request per event. A caught-up worker
+//! therefore waits, after each receive, as long as the measured arrival rate needs to
+//! queue a full receive for every worker (`workers × per_call ÷ rate`), bounded by the
+//! configured maximum: receives and deletes fall to about one per `per_call` events.
+//!
+//! Fullness alone cannot tell a worker that it is behind: a paced receive is meant to
+//! come back full, and receiving again at once to check would cost the very request the
+//! wait saves. The messages' age can: when the oldest one waited in the queue longer
+//! than [`lag_threshold`] the worker is behind, so it neither waits nor stops at one
+//! receive (it gathers a larger batch). Without timestamps a full receive counts as
+//! behind.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -61,11 +67,30 @@ impl ArrivalMeter {
     }
 }
 
-/// The wait before a worker's next receive, after one that returned `received` of the
-/// `per_call` messages asked for. None after an empty receive (a long poll already
-/// waited; a short poll has its own pause), after a full one (a backlog), before the
-/// rate is known, or when `max` is zero; otherwise `workers × per_call ÷ rate`, at most
-/// `max`.
+/// Whether a worker is behind: the oldest message it just received waited in the queue
+/// longer than `threshold` (`SentTimestamp` against this host's clock). `None` when no
+/// message carries a timestamp.
+pub fn behind(
+    messages_sent_ms: impl IntoIterator<Item = Option<u64>>,
+    now_ms: u64,
+    threshold: Duration,
+) -> Option<bool> {
+    let oldest = messages_sent_ms.into_iter().flatten().min()?;
+    Some(u128::from(now_ms.saturating_sub(oldest)) > threshold.as_millis())
+}
+
+/// How old a message may be before its worker counts as behind: twice the longest fill
+/// wait (a paced worker's messages wait about one), and never under 500 ms.
+pub fn lag_threshold(max_fill_wait: Duration) -> Duration {
+    (max_fill_wait * 2).max(Duration::from_millis(500))
+}
+
+/// The wait before a caught-up worker's next receive, after one that returned
+/// `received` messages: `workers × per_call ÷ rate`, the time the measured arrival rate
+/// needs to queue a full receive for every worker, at most `max`. None after an empty
+/// receive (a long poll already waited; a short poll has its own pause), before the
+/// rate is known, or when `max` is zero. A worker that is behind does not wait at all;
+/// the caller decides that.
 pub fn fill_wait(
     received: usize,
     per_call: usize,
@@ -73,7 +98,7 @@ pub fn fill_wait(
     rate: Option<f64>,
     max: Duration,
 ) -> Duration {
-    if received == 0 || received >= per_call || max.is_zero() {
+    if received == 0 || max.is_zero() {
         return Duration::ZERO;
     }
     match rate {
@@ -93,8 +118,7 @@ mod tests {
     const MAX: Duration = Duration::from_millis(250);
 
     #[test]
-    fn full_empty_or_unmeasured_receives_do_not_wait() {
-        assert_eq!(fill_wait(10, 10, 4, Some(200.0), MAX), Duration::ZERO);
+    fn empty_or_unmeasured_receives_do_not_wait() {
         assert_eq!(fill_wait(0, 10, 4, Some(200.0), MAX), Duration::ZERO);
         assert_eq!(fill_wait(3, 10, 4, None, MAX), Duration::ZERO);
         assert_eq!(
@@ -104,10 +128,14 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_receive_waits_for_a_full_one_per_worker() {
-        // 4 workers × 10 messages at 200/s: 200 ms.
+    fn a_receive_waits_for_a_full_one_per_worker() {
+        // 4 workers × 10 messages at 200/s: 200 ms, whether this receive was full or not.
         assert_eq!(
             fill_wait(3, 10, 4, Some(200.0), MAX),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            fill_wait(10, 10, 4, Some(200.0), MAX),
             Duration::from_millis(200)
         );
         // 1 worker at 1 000/s: 10 ms.
@@ -121,6 +149,24 @@ mod tests {
     fn a_slow_or_stopped_flow_waits_at_most_the_maximum() {
         assert_eq!(fill_wait(1, 10, 4, Some(5.0), MAX), MAX);
         assert_eq!(fill_wait(1, 10, 4, Some(0.0), MAX), MAX);
+    }
+
+    #[test]
+    fn a_worker_is_behind_when_its_oldest_message_waited_past_the_threshold() {
+        let t = Duration::from_millis(500);
+        assert_eq!(behind([Some(9_600), Some(9_800)], 10_000, t), Some(false));
+        assert_eq!(
+            behind([Some(9_400), None, Some(9_900)], 10_000, t),
+            Some(true)
+        );
+        // A clock behind SQS's: not behind.
+        assert_eq!(behind([Some(10_200)], 10_000, t), Some(false));
+        assert_eq!(behind([None, None], 10_000, t), None);
+        assert_eq!(lag_threshold(Duration::from_millis(250)), t);
+        assert_eq!(
+            lag_threshold(Duration::from_secs(1)),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct ReceivedMessage {
     pub body: String,
     /// `ApproximateReceiveCount`: 1 on first delivery. Drives the retry back-off.
     pub receive_count: u32,
+    /// `SentTimestamp`, milliseconds since the epoch: when the message entered the
+    /// queue. Tells a worker whether it is behind (see [`crate::pace`]).
+    pub sent_at_ms: Option<u64>,
     /// Copied to the DLQ when the message is parked.
     pub message_attributes: HashMap<String, MessageAttributeValue>,
 }
@@ -72,11 +75,17 @@ impl ReceivedMessage {
             .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
             .and_then(|n| n.parse().ok())
             .unwrap_or(1);
+        let sent_at_ms = message
+            .attributes
+            .as_ref()
+            .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+            .and_then(|n| n.parse().ok());
         Some(ReceivedMessage {
             message_id: message.message_id?,
             receipt_handle: message.receipt_handle?,
             body: message.body.unwrap_or_default(),
             receive_count,
+            sent_at_ms,
             message_attributes: message.message_attributes.unwrap_or_default(),
         })
     }
@@ -356,6 +365,7 @@ impl SqsSource {
             .wait_time_seconds(i32::from(wait_time_secs))
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send()
             .await
             .map_err(|e| sdk_error(Operation::Receive, &self.queue_url, e))?;
@@ -919,6 +929,7 @@ mod tests {
             receipt_handle: "rh-1".to_owned(),
             body: "{}".to_owned(),
             receive_count: 1,
+            sent_at_ms: None,
             message_attributes: attributes
                 .iter()
                 .map(|(name, data_type, value)| {

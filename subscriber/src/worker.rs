@@ -28,7 +28,7 @@ use crate::config::RunConfig;
 use crate::envelope::decode_body;
 use crate::error_chain;
 use crate::gate::{Admission, StoreGate};
-use crate::pace::{ArrivalMeter, fill_wait};
+use crate::pace::{ArrivalMeter, behind, fill_wait, lag_threshold};
 use crate::source::{Parker, ReceiveSettings, ReceivedMessage, SourceError, SqsSource};
 
 /// Reason code of a message whose event the database refuses on its own (a data
@@ -214,8 +214,8 @@ pub struct Batching {
     pub workers: usize,
 }
 
-/// After a full receive (there is a backlog), receives again at once (short polls)
-/// until `batching.max_messages`, the window's end, or a receive that is not full.
+/// For a worker that is behind: after a full receive, receives again at once (short
+/// polls) until `batching.max_messages`, the window's end, or a receive that is not full.
 /// A message received twice (its visibility ran out, or the emulator handed it out
 /// twice) is kept once, with its newest receipt handle. A failed receive only ends
 /// the gathering: what is in hand is processed.
@@ -281,14 +281,24 @@ async fn receive_loop(
         let messages = match received {
             Ok(mut messages) => {
                 if trial.is_none() {
-                    fill_pause = fill_wait(
-                        messages.len(),
-                        usize::from(source.max_messages()),
-                        batching.workers,
-                        meter.rate(),
-                        batching.fill_wait,
-                    );
-                    gather(&source, &mut messages, batching).await;
+                    let per_call = usize::from(source.max_messages());
+                    let lagging = behind(
+                        messages.iter().map(|m| m.sent_at_ms),
+                        now_ms(),
+                        lag_threshold(batching.fill_wait),
+                    )
+                    .unwrap_or(messages.len() >= per_call);
+                    if lagging {
+                        gather(&source, &mut messages, batching).await;
+                    } else {
+                        fill_pause = fill_wait(
+                            messages.len(),
+                            per_call,
+                            batching.workers,
+                            meter.rate(),
+                            batching.fill_wait,
+                        );
+                    }
                 }
                 meter.record(messages.len(), received_at);
                 crate::metrics::metrics().received(messages.len());
@@ -667,6 +677,13 @@ async fn sleep_unless_shutdown(delay: Duration, shutdown: &CancellationToken) ->
     }
 }
 
+/// This host's clock, in milliseconds since the epoch (SQS's `SentTimestamp` unit).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -764,6 +781,7 @@ mod db_tests {
             receipt_handle: format!("rh-{id}"),
             body: body.to_owned(),
             receive_count: 1,
+            sent_at_ms: None,
             message_attributes: HashMap::new(),
         }
     }
