@@ -116,13 +116,22 @@ pub struct PublisherConfig {
     #[arg(long, env = "PUBLISHER_MAX_SHARDS", default_value = "64")]
     pub max_shards: NonZeroUsize,
 
-    /// Records published between two checkpoint writes. A GetRecords page (up to 1 000
-    /// records) is published in slices of this many, each checkpointed when SNS has
-    /// accepted it, so a publisher killed mid-page resends at most this many records
-    /// (as duplicates the subscriber ignores). Smaller costs more checkpoint writes
-    /// (one DynamoDB transaction per slice); larger resends more after a crash.
+    /// Most records published between two checkpoint writes. A GetRecords page (up to
+    /// 1 000 records) is published in slices of this many, and the position is
+    /// checkpointed once SNS has this many more (or --checkpoint-interval-ms has
+    /// passed), so a publisher killed mid-page resends at most this many records (as
+    /// duplicates the subscriber ignores). Smaller costs more checkpoint writes (one
+    /// DynamoDB transaction each); larger resends more after a crash.
     #[arg(long, env = "PUBLISHER_CHECKPOINT_EVERY", default_value = "200")]
     pub checkpoint_every: NonZeroUsize,
+
+    /// Longest time, in milliseconds, a published position waits for its checkpoint
+    /// while fewer than --checkpoint-every records follow it. A crash re-publishes at
+    /// most this much (duplicates the subscriber ignores); a trickle of small pages then
+    /// costs a checkpoint per interval, not one per page. An idle shard and a stopping
+    /// publisher checkpoint at once.
+    #[arg(long = "checkpoint-interval-ms", env = "PUBLISHER_CHECKPOINT_INTERVAL_MS", default_value = "1000", value_parser = parse_millis)]
+    pub checkpoint_interval: Duration,
 
     /// Log format: auto (JSON when stderr is not a terminal), json or text. Filter with
     /// RUST_LOG (default `info`).

@@ -92,6 +92,8 @@ pub struct Pipeline {
     pub max_shards: usize,
     /// Records published between two checkpoint writes (a page is published in slices).
     pub checkpoint_every: usize,
+    /// Longest time a published position waits for its checkpoint.
+    pub checkpoint_interval: Duration,
     pub stats: Stats,
 }
 
@@ -192,6 +194,7 @@ impl Pipeline {
             lease_ttl: config.lease_ttl,
             max_shards: config.max_shards.get(),
             checkpoint_every: config.checkpoint_every.get(),
+            checkpoint_interval: config.checkpoint_interval,
             stats: Stats::default(),
         })
     }
@@ -430,12 +433,31 @@ impl Pipeline {
         outcome
     }
 
-    /// Reads one shard until it ends (`Ok(true)`) or work stops (`Ok(false)`).
+    /// Reads one shard until it ends (`Ok(true)`) or work stops (`Ok(false)`); on a
+    /// stop, the position published but not yet checkpointed is checkpointed first, so
+    /// a graceful shutdown re-publishes nothing.
     async fn read_shard(
+        &self,
+        shard_id: &str,
+        start: StartAt,
+        work: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let mut progress = Progress::new();
+        let finished = self
+            .read_shard_until(shard_id, start, work, &mut progress)
+            .await?;
+        if !finished {
+            self.flush_checkpoint(shard_id, &mut progress).await?;
+        }
+        Ok(finished)
+    }
+
+    async fn read_shard_until(
         &self,
         shard_id: &str,
         mut start: StartAt,
         work: &CancellationToken,
+        progress: &mut Progress,
     ) -> Result<bool, PipelineError> {
         let mut iterator: Option<String> = None;
         let mut idle = self.pacing.idle_min;
@@ -516,7 +538,10 @@ impl Pipeline {
             };
             let had_records = !batch.records.is_empty();
             if had_records {
-                match self.publish_records(shard_id, batch.records, work).await? {
+                match self
+                    .publish_records(shard_id, batch.records, work, progress)
+                    .await?
+                {
                     Published::Through(Some(last)) => start = StartAt::After(last),
                     Published::Through(None) => {}
                     Published::Interrupted => return Ok(false),
@@ -534,6 +559,8 @@ impl Pipeline {
                 Some(next) => iterator = Some(next),
             }
             if !had_records {
+                // Caught up and idle: nothing more is coming to share a checkpoint with.
+                self.flush_checkpoint(shard_id, progress).await?;
                 if !self.pause(idle, work).await {
                     return Ok(false);
                 }
@@ -550,18 +577,31 @@ impl Pipeline {
         }
     }
 
-    /// Publishes one GetRecords page in slices of `checkpoint_every` records, each
-    /// checkpointed once SNS has it, so a crash mid-page repeats one slice, not the page.
-    /// Returns the last checkpointed sequence number.
+    /// Publishes one GetRecords page in slices of `checkpoint_every` records. The
+    /// position is checkpointed once `checkpoint_every` records or `checkpoint_interval`
+    /// have gone by since the last checkpoint, so a crash mid-page repeats at most that
+    /// much, and a trickle of small pages does not cost a checkpoint each. Returns the
+    /// last published sequence number.
     async fn publish_records(
         &self,
         shard_id: &str,
         records: Vec<StreamRecord>,
         work: &CancellationToken,
+        progress: &mut Progress,
     ) -> Result<Published, PipelineError> {
         let mut through = None;
         for slice in records.chunks(self.checkpoint_every.max(1)) {
-            match self.publish_slice(shard_id, slice, work).await? {
+            let published = self.publish_slice(shard_id, slice, work).await?;
+            if let Published::Through(Some(seq)) = &published {
+                progress.pending = Some(seq.clone());
+                progress.since_checkpoint += slice.len();
+                if progress.since_checkpoint >= self.checkpoint_every
+                    || progress.last_checkpoint.elapsed() >= self.checkpoint_interval
+                {
+                    self.flush_checkpoint(shard_id, progress).await?;
+                }
+            }
+            match published {
                 Published::Through(Some(seq)) => through = Some(seq),
                 Published::Through(None) => {}
                 Published::Interrupted => return Ok(Published::Interrupted),
@@ -570,8 +610,26 @@ impl Pipeline {
         Ok(Published::Through(through))
     }
 
+    /// Checkpoints the position published but not yet checkpointed, if any.
+    async fn flush_checkpoint(
+        &self,
+        shard_id: &str,
+        progress: &mut Progress,
+    ) -> Result<(), PipelineError> {
+        let Some(seq) = progress.pending.take() else {
+            return Ok(());
+        };
+        self.save_checkpoint(shard_id, &Checkpoint::At(seq)).await?;
+        progress.since_checkpoint = 0;
+        progress.last_checkpoint = tokio::time::Instant::now();
+        Stats::add(&self.stats.checkpoints_written, 1);
+        let m = crate::metrics::metrics();
+        m.registry.inc_by(m.checkpoints_written, &[], 1);
+        Ok(())
+    }
+
     /// Runs the [`BatchStep`] (decode, publish, park what cannot be published) on a
-    /// slice, then checkpoints its last record. Returns the checkpointed sequence number.
+    /// slice. Returns the sequence number of its last record.
     async fn publish_slice(
         &self,
         shard_id: &str,
@@ -591,7 +649,7 @@ impl Pipeline {
             Ok(r) => r,
             // This slice is not checkpointed: the next publisher reads it again.
             Err(StepError::Interrupted { pending, .. }) => {
-                warn!(%shard_id, pending, "Shutdown while publishing; the records since the last checkpoint will be read again.");
+                warn!(%shard_id, pending, "Shutdown while publishing; the unfinished records will be read again.");
                 return Ok(Published::Interrupted);
             }
             Err(StepError::Park { index, source, .. }) => {
@@ -616,13 +674,7 @@ impl Pipeline {
         m.registry
             .inc_by(m.records_skipped, &[], report.skipped as u64);
         let last = records.iter().rev().find_map(|r| r.sequence_number.clone());
-        if let Some(seq) = &last {
-            self.save_checkpoint(shard_id, &Checkpoint::At(seq.clone()))
-                .await?;
-            Stats::add(&self.stats.checkpoints_written, 1);
-            m.registry.inc_by(m.checkpoints_written, &[], 1);
-        }
-        debug!(%shard_id, records = records.len(), events = report.published, checkpoint = last.as_deref().unwrap_or("-"), "Batch published.");
+        debug!(%shard_id, records = records.len(), events = report.published, through = last.as_deref().unwrap_or("-"), "Batch published.");
         Ok(Published::Through(last))
     }
 
@@ -690,10 +742,29 @@ fn observe_read(shard_id: &str, records: &[StreamRecord]) {
     }
 }
 
+/// A shard's position published since its last checkpoint.
+#[derive(Debug)]
+struct Progress {
+    /// The last sequence number published and not yet checkpointed.
+    pending: Option<String>,
+    since_checkpoint: usize,
+    last_checkpoint: tokio::time::Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            pending: None,
+            since_checkpoint: 0,
+            last_checkpoint: tokio::time::Instant::now(),
+        }
+    }
+}
+
 /// How far a batch got.
 #[derive(Debug)]
 enum Published {
-    /// Published and checkpointed through this sequence number.
+    /// Published through this sequence number.
     Through(Option<String>),
     /// Shutdown while entries were still failing; nothing was checkpointed.
     Interrupted,
