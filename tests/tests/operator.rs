@@ -111,13 +111,20 @@ async fn metrics_move_with_the_events_and_readiness_follows_the_database() -> Re
     let traffic = write(&stack, "ops", 11, TrafficPlan::new(8, 40)).await?;
     let total = traffic.stats.total() as f64;
     stack.wait_converged(CONVERGE).await?;
-    let published = eventually("the publisher to count every event", CONVERGE, || async {
-        let m = metrics(pub_addr).await?;
-        Ok((value(&m, "tributary_events_published_total") >= total).then_some(m))
-    })
+    // The checkpoint follows the publish by design (after 200 records, 1 s, or as
+    // soon as the shard is idle), so both are waited for.
+    let published = eventually(
+        "the publisher to count every event and checkpoint it",
+        CONVERGE,
+        || async {
+            let m = metrics(pub_addr).await?;
+            Ok((value(&m, "tributary_events_published_total") >= total
+                && value(&m, "tributary_checkpoints_written_total") >= 1.0)
+                .then_some(m))
+        },
+    )
     .await?;
     assert!(value(&published, "tributary_stream_records_read_total") >= total);
-    assert!(value(&published, "tributary_checkpoints_written_total") >= 1.0);
     assert!(value(&published, "tributary_stream_batch_size_count") >= 1.0);
     assert!(
         published.contains("tributary_stream_iterator_age_seconds{shard=\""),
