@@ -10,6 +10,7 @@
 //!   labels, rendered in the Prometheus text exposition format.
 //! - [`server`] — the HTTP listener: `GET /metrics`, `/healthz`, `/readyz`.
 //! - [`OpsArgs`] — the listen address setting (`--metrics-addr`, `TRIBUTARY_METRICS_ADDR`).
+//! - [`BatchResponse`], [`invocation_deadline`] — what both Lambda handlers share.
 
 pub mod metrics;
 pub mod server;
@@ -24,6 +25,21 @@ pub struct OpsArgs {
     /// use `0.0.0.0:9464`. Default: not served.
     #[arg(long, env = "TRIBUTARY_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+}
+
+/// A Lambda handler's partial batch response (`FunctionResponseTypes:
+/// [ReportBatchItemFailures]`), the same for a stream and a queue event source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatchResponse {
+    #[serde(rename = "batchItemFailures")]
+    pub batch_item_failures: Vec<BatchItemFailure>,
+}
+
+/// One failed item: a stream record's sequence number, or an SQS message id.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatchItemFailure {
+    #[serde(rename = "itemIdentifier")]
+    pub item_identifier: String,
 }
 
 /// A Lambda invocation's deadline from the runtime API's `Lambda-Runtime-Deadline-Ms`

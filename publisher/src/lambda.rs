@@ -112,19 +112,7 @@ pub struct UserIdentity {
     pub principal_id: Option<String>,
 }
 
-/// The partial batch response (`FunctionResponseTypes: [ReportBatchItemFailures]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchResponse {
-    #[serde(rename = "batchItemFailures")]
-    pub batch_item_failures: Vec<BatchItemFailure>,
-}
-
-/// One failed item: a stream record's sequence number, or an SQS message id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchItemFailure {
-    #[serde(rename = "itemIdentifier")]
-    pub item_identifier: String,
-}
+pub use ops::{BatchItemFailure, BatchResponse};
 
 /// The invocation failed as a whole; Lambda retries the whole batch.
 #[derive(Debug, thiserror::Error)]

@@ -80,19 +80,7 @@ pub struct SqsMessageAttribute {
     pub data_type: Option<String>,
 }
 
-/// The partial batch response (`FunctionResponseTypes: [ReportBatchItemFailures]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchResponse {
-    #[serde(rename = "batchItemFailures")]
-    pub batch_item_failures: Vec<BatchItemFailure>,
-}
-
-/// One failed message, by message id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchItemFailure {
-    #[serde(rename = "itemIdentifier")]
-    pub item_identifier: String,
-}
+pub use ops::{BatchItemFailure, BatchResponse};
 
 /// The invocation failed as a whole; the service retries every message.
 #[derive(Debug, thiserror::Error)]
