@@ -97,79 +97,83 @@ pub async fn run(args: &ApplyArgs) -> Result<()> {
 }
 
 async fn contenders(args: &ApplyArgs, w: &Workload, db: &ScratchDb) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
+    let (events, batch, workers) = (&w.events[..], args.container_batch, args.workers);
+    let sample = &events[..args.peer_events.min(events.len())];
+    Ok(vec![
+        measure(
+            db,
+            events,
+            "ceiling",
+            format!(
+                "one SQL statement per {} rows (history insert + guarded upsert), 1 connection",
+                args.ceiling_rows
+            ),
+            ceiling(db, events, args.ceiling_rows),
+        )
+        .await?,
+        measure(
+            db,
+            sample,
+            "peer",
+            format!(
+                "one transaction per event, {workers} connections (first {} events)",
+                sample.len()
+            ),
+            peer(db, sample, workers),
+        )
+        .await?,
+        // Diagnostic: the same SQL without the decode, to tell the client's share from
+        // the server's.
+        measure(
+            db,
+            events,
+            "(diagnostic) apply_atomically only",
+            format!("pre-decoded events, {batch} per transaction, {workers} workers"),
+            apply_only(db, events, batch, workers),
+        )
+        .await?,
+        measure(
+            db,
+            events,
+            "tributary container",
+            format!(
+                "worker::process_batch (decode + apply_atomically): {batch} events per transaction, {workers} workers"
+            ),
+            tributary(db, events, batch, workers),
+        )
+        .await?,
+        measure(
+            db,
+            events,
+            "tributary lambda handler",
+            format!(
+                "SubscriberLambda::handle on SQS events of {} records (JSON-shaped, as the service sends them), {workers} environments at once, 1 connection each",
+                args.lambda_batch
+            ),
+            lambda(db, events, args.lambda_batch, workers),
+        )
+        .await?,
+    ])
+}
 
+/// One contender: empties the store, runs `run` (not started before: futures are
+/// lazy), checks the invariants against `events`, and names the result.
+async fn measure(
+    db: &ScratchDb,
+    events: &[ChangeEvent],
+    name: &str,
+    how: String,
+    run: impl std::future::Future<Output = Result<Duration>>,
+) -> Result<Row> {
     db.reset().await?;
-    let elapsed = ceiling(db, &w.events, args.ceiling_rows).await?;
-    verify(db, &w.events).await.context("ceiling")?;
-    rows.push(Row {
-        name: "ceiling".into(),
-        how: format!(
-            "one SQL statement per {} rows (history insert + guarded upsert), 1 connection",
-            args.ceiling_rows
-        ),
-        events: w.events.len(),
-        elapsed,
-    });
-
-    db.reset().await?;
-    let sample = &w.events[..args.peer_events.min(w.events.len())];
-    let elapsed = peer(db, sample, args.workers).await?;
-    verify(db, sample).await.context("peer")?;
-    rows.push(Row {
-        name: "peer".into(),
-        how: format!(
-            "one transaction per event, {} connections (first {} events)",
-            args.workers,
-            sample.len()
-        ),
-        events: sample.len(),
-        elapsed,
-    });
-
-    // Diagnostic: the same SQL without the decode, to tell the client's share from the
-    // server's.
-    db.reset().await?;
-    let elapsed = apply_only(db, &w.events, args.container_batch, args.workers).await?;
-    verify(db, &w.events).await.context("apply only")?;
-    rows.push(Row {
-        name: "(diagnostic) apply_atomically only".into(),
-        how: format!(
-            "pre-decoded events, {} per transaction, {} workers",
-            args.container_batch, args.workers
-        ),
-        events: w.events.len(),
-        elapsed,
-    });
-
-    let name = "tributary container";
-    db.reset().await?;
-    let elapsed = tributary(db, &w.events, args.container_batch, args.workers).await?;
-    verify(db, &w.events).await.context(name)?;
-    rows.push(Row {
+    let elapsed = run.await?;
+    verify(db, events).await.context(name.to_owned())?;
+    Ok(Row {
         name: name.into(),
-        how: format!(
-            "worker::process_batch (decode + apply_atomically): {} events per transaction, {} workers",
-            args.container_batch, args.workers
-        ),
-        events: w.events.len(),
+        how,
+        events: events.len(),
         elapsed,
-    });
-
-    let name = "tributary lambda handler";
-    db.reset().await?;
-    let elapsed = lambda(db, &w.events, args.lambda_batch, args.workers).await?;
-    verify(db, &w.events).await.context(name)?;
-    rows.push(Row {
-        name: name.into(),
-        how: format!(
-            "SubscriberLambda::handle on SQS events of {} records (JSON-shaped, as the service sends them), {} environments at once, 1 connection each",
-            args.lambda_batch, args.workers
-        ),
-        events: w.events.len(),
-        elapsed,
-    });
-    Ok(rows)
+    })
 }
 
 /// The subscriber Lambda's handler, called as the runtime calls it: `workers`
