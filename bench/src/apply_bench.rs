@@ -403,12 +403,12 @@ WITH e AS (
 INSERT INTO analytics.user_profiles AS stored
     (user_id, email, display_name, country, plan, marketing_email, marketing_sms, locale,
      time_zone, lifetime_value_cents, created_at, updated_at, deleted, deleted_reason,
-     generation, version, last_event_id, occurred_at)
+     generation, version, schema_version, last_event_id, occurred_at)
 SELECT DISTINCT ON (key) key, email, display_name, country, plan, marketing_email,
        marketing_sms, locale, time_zone, ltv::numeric, created_at, updated_at, deleted,
-       reason, generation, version, event_id, occurred_at
+       reason, generation, version, schema_version, event_id, occurred_at
 FROM e
-ORDER BY key, generation DESC, version DESC, deleted DESC
+ORDER BY key, generation DESC, version DESC, deleted DESC, schema_version DESC
 ON CONFLICT (user_id) DO UPDATE SET
     email = excluded.email, display_name = excluded.display_name,
     country = excluded.country, plan = excluded.plan,
@@ -418,10 +418,11 @@ ON CONFLICT (user_id) DO UPDATE SET
     created_at = excluded.created_at, updated_at = excluded.updated_at,
     deleted = excluded.deleted, deleted_reason = excluded.deleted_reason,
     generation = excluded.generation, version = excluded.version,
+    schema_version = excluded.schema_version,
     last_event_id = excluded.last_event_id, occurred_at = excluded.occurred_at,
     applied_at = now()
-WHERE (stored.generation, stored.version, stored.deleted::int)
-    < (excluded.generation, excluded.version, excluded.deleted::int)
+WHERE (stored.generation, stored.version, stored.deleted::int, stored.schema_version)
+    < (excluded.generation, excluded.version, excluded.deleted::int, excluded.schema_version)
 "#;
 
 /// The columns of a chunk of events, built before the clock starts: the ceiling is what
@@ -546,8 +547,9 @@ const PEER_STATE: &str = r#"
 INSERT INTO analytics.user_profiles AS stored
     (user_id, email, display_name, country, plan, marketing_email, marketing_sms, locale,
      time_zone, lifetime_value_cents, created_at, updated_at, deleted, deleted_reason,
-     generation, version, last_event_id, occurred_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::numeric, $11, $12, $13, $14, $15, $16, $17, $18)
+     generation, version, last_event_id, occurred_at, schema_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::numeric, $11, $12, $13, $14, $15, $16, $17, $18,
+        $19)
 ON CONFLICT (user_id) DO UPDATE SET
     email = excluded.email, display_name = excluded.display_name,
     country = excluded.country, plan = excluded.plan,
@@ -557,10 +559,11 @@ ON CONFLICT (user_id) DO UPDATE SET
     created_at = excluded.created_at, updated_at = excluded.updated_at,
     deleted = excluded.deleted, deleted_reason = excluded.deleted_reason,
     generation = excluded.generation, version = excluded.version,
+    schema_version = excluded.schema_version,
     last_event_id = excluded.last_event_id, occurred_at = excluded.occurred_at,
     applied_at = now()
-WHERE (stored.generation, stored.version, stored.deleted::int)
-    < (excluded.generation, excluded.version, excluded.deleted::int)
+WHERE (stored.generation, stored.version, stored.deleted::int, stored.schema_version)
+    < (excluded.generation, excluded.version, excluded.deleted::int, excluded.schema_version)
 "#;
 
 /// What a typical Lambda subscriber does: per event, BEGIN; insert the history row;
@@ -647,6 +650,7 @@ async fn peer_one(pool: &PgPool, e: &ChangeEvent) -> sqlx::Result<()> {
         .bind(e.position.version)
         .bind(&e.event_id)
         .bind(e.occurred_at)
+        .bind(i16::from(e.published_schema.number()))
         .execute(&mut *tx)
         .await?;
     tx.commit().await

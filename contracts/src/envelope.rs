@@ -186,6 +186,15 @@ pub struct ChangeEvent {
 }
 
 impl ChangeEvent {
+    /// This event's place among its key's events; see [`crate::Rank`].
+    pub fn rank(&self) -> crate::Rank {
+        crate::Rank {
+            position: self.position,
+            deleted: matches!(self.change, Change::Deleted(_)),
+            schema: self.published_schema,
+        }
+    }
+
     /// Encodes the event as schema version `as_version`: the current version, or an older
     /// one to act as a publisher that predates it (a rolling deploy), dropping what the
     /// older version cannot carry.

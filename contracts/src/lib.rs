@@ -10,6 +10,7 @@
 //!   validated, current-version form), [`decode`] and [`ChangeEvent::encode`].
 //! - [`v1`], [`v2`] — the payload of each published schema version, and the upcast
 //!   from v1 to v2.
+//! - [`rank`] — [`Rank`], the ordering rule the store, verify and the bench share.
 //! - [`number`] — DynamoDB numbers carried as decimal strings, never through `f64`.
 //! - [`error`] — [`DecodeError`], with a stable reason code for parking.
 //! - [`schema`] — the JSON Schema of each version, generated from these types and
@@ -18,7 +19,8 @@
 //! # Ordering
 //! An event's place in its key's history is its [`Position`]: `(generation, version)`,
 //! compared lexicographically, with a delete ranking above an upsert of the same
-//! position. `generation` is the item's `created_at` in microseconds since the Unix
+//! position, and of two copies of one change the richer schema version above the poorer
+//! (see [`Rank`]). `generation` is the item's `created_at` in microseconds since the Unix
 //! epoch, so a deleted and re-created item (whose version counter restarts) starts a
 //! new, higher generation and wins over the tombstone of the old one; `version` is the
 //! item's own counter, which the profile service increments on every write.
@@ -26,6 +28,7 @@
 pub mod envelope;
 pub mod error;
 pub mod number;
+pub mod rank;
 pub mod schema;
 pub mod v1;
 pub mod v2;
@@ -35,6 +38,7 @@ pub use envelope::{
 };
 pub use error::{DecodeError, InvalidEvent};
 pub use number::DdbNumber;
+pub use rank::Rank;
 pub use v2::{Consents, Profile};
 
 /// The newest schema version this build understands and publishes by default.

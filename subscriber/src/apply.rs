@@ -6,15 +6,24 @@
 //! Both run on the caller's connection, normally inside one transaction
 //! ([`apply_atomically`]), so history and state never disagree.
 //!
-//! The guard compares positions as a PostgreSQL row: a write lands only when
-//! `(stored.generation, stored.version, stored.deleted::int) <
-//! (excluded.generation, excluded.version, excluded.deleted::int)`. That makes the apply
-//! idempotent and order-independent, which is what lets standard (unordered, at least
-//! once) SNS/SQS feed several concurrent workers. One exception: an event at the *same*
-//! live position whose content differs from the stored row also lands. A correct source
-//! never writes two contents under one version, so only a row edited out of band can
-//! differ, and the event (a snapshot from `replay verify --repair`) restores it; an
-//! identical redelivery still writes nothing.
+//! The guard compares ranks ([`contracts::Rank`]) as a PostgreSQL row: a write lands
+//! only when `(stored.generation, stored.version, stored.deleted::int,
+//! stored.schema_version) < (excluded.…)`. That makes the apply idempotent and
+//! order-independent, which is what lets standard (unordered, at least once) SNS/SQS
+//! feed several concurrent workers. The schema version is the last component, so two
+//! copies of one change published under different schema versions converge on the
+//! richer one whatever their order, and a poorer copy never overrides it.
+//!
+//! One exception: an event at the *same* live rank (position and schema version) whose
+//! content differs from the stored row also lands. A correct source never writes two
+//! contents under one version, and copies of one change under one schema version are
+//! identical, so only a row edited out of band can differ; the event (a snapshot from
+//! `replay verify --repair`) restores it, and an identical redelivery writes nothing.
+//!
+//! The history keeps one row per source change. When a richer copy of a change arrives
+//! after a poorer one was recorded, the row's `data` and `schema_version` are upgraded
+//! to the richer copy (its event id and type stay those of the first copy): the history
+//! never keeps the lossy form of a change for which a richer one was delivered.
 
 use std::collections::BTreeMap;
 
@@ -59,7 +68,9 @@ pub enum FailureKind {
     /// constraint violation: a new NOT NULL column, foreign key or unique index):
     /// retrying cannot succeed until an operator acts (runs the migrations, fixes
     /// grants or the constraint), but parking would dead-letter every good message in
-    /// the meantime. So it is retried, and logged at ERROR.
+    /// the meantime. So it is retried, and logged at ERROR. The worker does not take the
+    /// code's word for whom to blame: before it retries or parks, it asks the store to
+    /// accept a known-good event ([`probe_with_good_event`]).
     NeedsOperator,
     /// Something in this batch's data is refused (a data exception, a program limit):
     /// the same batch fails forever. Isolate the offending event and park it.
@@ -171,17 +182,7 @@ pub fn classify_sqlstate(code: &str) -> FailureKind {
     }
 }
 
-/// The rank that orders an event among its key's events: its position, a delete above
-/// an upsert of the same position. The store's guard compares exactly this triple.
-pub fn rank(event: &ChangeEvent) -> (i64, i64, bool) {
-    (
-        event.position.generation,
-        event.position.version,
-        matches!(event.change, Change::Deleted(_)),
-    )
-}
-
-/// The greatest event per key by [`rank`], sorted by key.
+/// The greatest event per key by [`contracts::Rank`], sorted by key.
 ///
 /// One `INSERT … ON CONFLICT DO UPDATE` cannot touch the same row twice, so the state
 /// upsert gets one event per key; and sorted keys make concurrent workers lock rows in
@@ -193,7 +194,7 @@ pub fn latest_per_key(events: &[ChangeEvent]) -> Vec<&ChangeEvent> {
         latest
             .entry(event.key.as_str())
             .and_modify(|kept| {
-                if rank(event) > rank(kept) {
+                if event.rank() > kept.rank() {
                     *kept = event;
                 }
             })
@@ -266,9 +267,73 @@ pub async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Whether the store accepts a known-good event now: the evidence that tells "this
+/// batch's data is bad" from "the store is broken" when the database refuses a batch.
+///
+/// Applies [`probe_event`] exactly as a batch is applied, in a transaction that is
+/// always rolled back, so it leaves nothing behind. A store that refuses it (a missing
+/// table or column, a NOT NULL column added behind our back, a type narrowed under us,
+/// lost grants) refuses good messages too, and parking would dead-letter them all; a
+/// store that accepts it refuses only the batch's own data, and those events are parked.
+///
+/// # Errors
+/// The probe's [`ApplyError`], classified as for a batch.
+pub async fn probe_with_good_event(pool: &PgPool) -> Result<(), ApplyError> {
+    let mut tx = pool.begin().await.map_err(ApplyError::Begin)?;
+    apply_batch(&mut tx, &[probe_event()]).await?;
+    if let Err(e) = tx.rollback().await {
+        // Nothing was committed either way; the connection is discarded by the pool.
+        tracing::debug!(error = %e, "Rolling back the store probe failed.");
+    }
+    Ok(())
+}
+
+/// A complete, ordinary current-version upsert under a key no source item has (each
+/// probe its own, so concurrent probes never wait on each other's row lock).
+pub fn probe_event() -> ChangeEvent {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use time::OffsetDateTime;
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, Ordering::Relaxed);
+    let key = format!("tributary-probe-{}-{n}", std::process::id());
+    let at = OffsetDateTime::now_utc();
+    ChangeEvent {
+        event_id: format!("{key}/probe"),
+        key: key.clone(),
+        position: contracts::Position {
+            generation: 1,
+            version: 1,
+        },
+        occurred_at: at,
+        published_at: at,
+        source: contracts::Source {
+            table: "tributary-probe".to_owned(),
+            stream_arn: None,
+            sequence_number: Some("1".to_owned()),
+        },
+        published_schema: contracts::CURRENT_SCHEMA_VERSION,
+        change: Change::Upserted(contracts::Profile {
+            user_id: key,
+            email: "probe@example.com".to_owned(),
+            display_name: "Probe".to_owned(),
+            country: Some("GB".to_owned()),
+            plan: "free".to_owned(),
+            consents: contracts::Consents {
+                marketing_email: false,
+                marketing_sms: false,
+            },
+            locale: Some("en-GB".to_owned()),
+            time_zone: Some("Europe/London".to_owned()),
+            lifetime_value_cents: Some("0".parse().expect("0 is a DynamoDB number")),
+            created_at: at,
+            updated_at: at,
+        }),
+    }
+}
+
 const INSERT_HISTORY: &str = r#"
-WITH inserted AS (
-    INSERT INTO analytics.profile_changes
+WITH written AS (
+    INSERT INTO analytics.profile_changes AS recorded
         (event_id, key, generation, version, deleted, event_type, reason, schema_version,
          data, occurred_at, published_at, source_sequence_number)
     SELECT e.event_id, e.key, e.generation, e.version, e.deleted, e.event_type, e.reason,
@@ -281,17 +346,41 @@ WITH inserted AS (
          AS e(event_id, key, generation, version, deleted, event_type, reason,
               schema_version, data, occurred_at, published_at, source_sequence_number, n)
     ORDER BY e.n
-    ON CONFLICT DO NOTHING
-    RETURNING 1
+    -- The same source change seen again: a redelivery writes nothing; a richer copy
+    -- (a higher schema version) upgrades the recorded data, so the history never keeps
+    -- the lossy form of a change.
+    ON CONFLICT (key, generation, version, deleted) DO UPDATE SET
+        data           = excluded.data,
+        schema_version = excluded.schema_version
+    WHERE recorded.schema_version < excluded.schema_version
+    RETURNING (xmax = 0) AS inserted
 )
-SELECT count(*) FROM inserted
+SELECT count(*) FILTER (WHERE inserted) FROM written
 "#;
 
 /// Inserts every event into the history, in (key, rank) order so that concurrent
-/// workers take the unique-index locks in the same order. Returns the rows written.
+/// workers take the unique-index locks in the same order. Returns the rows written
+/// (new source changes; an upgrade of a recorded change to a richer copy is not one).
+///
+/// Copies of one change within the batch are reduced to the richest first: one
+/// `INSERT … ON CONFLICT DO UPDATE` cannot touch the same row twice.
 async fn insert_history(conn: &mut PgConnection, events: &[ChangeEvent]) -> sqlx::Result<u64> {
     let mut sorted: Vec<&ChangeEvent> = events.iter().collect();
-    sorted.sort_by(|a, b| (a.key.as_str(), rank(a)).cmp(&(b.key.as_str(), rank(b))));
+    sorted.sort_by(|a, b| (a.key.as_str(), a.rank()).cmp(&(b.key.as_str(), b.rank())));
+    // Sorted (stably) by rank, the richest copy of a change ends its run; of copies of
+    // equal rank the first is kept, as the history's ON CONFLICT would.
+    let mut richest: Vec<&ChangeEvent> = Vec::with_capacity(sorted.len());
+    for e in sorted {
+        match richest.last_mut() {
+            Some(last) if last.key == e.key && last.rank().same_change(&e.rank()) => {
+                if e.rank() > last.rank() {
+                    *last = e;
+                }
+            }
+            _ => richest.push(e),
+        }
+    }
+    let sorted = richest;
 
     let n = sorted.len();
     let mut event_id = Vec::with_capacity(n);
@@ -350,19 +439,20 @@ WITH written AS (
     INSERT INTO analytics.user_profiles AS stored
         (user_id, email, display_name, country, plan, marketing_email, marketing_sms,
          locale, time_zone, lifetime_value_cents, created_at, updated_at, deleted,
-         deleted_reason, generation, version, last_event_id, occurred_at)
+         deleted_reason, generation, version, schema_version, last_event_id, occurred_at)
     SELECT s.user_id, s.email, s.display_name, s.country, s.plan, s.marketing_email,
            s.marketing_sms, s.locale, s.time_zone, s.lifetime_value_cents::numeric,
            s.created_at, s.updated_at, s.deleted, s.deleted_reason, s.generation,
-           s.version, s.last_event_id, s.occurred_at
+           s.version, s.schema_version, s.last_event_id, s.occurred_at
     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
                 $7::bool[], $8::text[], $9::text[], $10::text[], $11::timestamptz[],
                 $12::timestamptz[], $13::bool[], $14::text[], $15::int8[], $16::int8[],
-                $17::text[], $18::timestamptz[])
+                $17::int2[], $18::text[], $19::timestamptz[])
          WITH ORDINALITY
          AS s(user_id, email, display_name, country, plan, marketing_email, marketing_sms,
               locale, time_zone, lifetime_value_cents, created_at, updated_at, deleted,
-              deleted_reason, generation, version, last_event_id, occurred_at, n)
+              deleted_reason, generation, version, schema_version, last_event_id,
+              occurred_at, n)
     ORDER BY s.n
     ON CONFLICT (user_id) DO UPDATE SET
         email                = excluded.email,
@@ -380,16 +470,19 @@ WITH written AS (
         deleted_reason       = excluded.deleted_reason,
         generation           = excluded.generation,
         version              = excluded.version,
+        schema_version       = excluded.schema_version,
         last_event_id        = excluded.last_event_id,
         occurred_at          = excluded.occurred_at,
         applied_at           = now()
-    WHERE (stored.generation, stored.version, stored.deleted::int)
-        < (excluded.generation, excluded.version, excluded.deleted::int)
-       -- The same live position with other content: the row was edited out of band
-       -- (a correct source never writes one version twice). The event restores it;
-       -- this is how `replay verify --repair` fixes a row that `differs`.
-       OR ((stored.generation, stored.version, stored.deleted)
-             = (excluded.generation, excluded.version, excluded.deleted)
+    -- contracts::Rank, as a row value (Rank::SQL_GUARD_COLUMNS).
+    WHERE (stored.generation, stored.version, stored.deleted::int, stored.schema_version)
+        < (excluded.generation, excluded.version, excluded.deleted::int, excluded.schema_version)
+       -- The same live rank with other content: the row was edited out of band (a
+       -- correct source never writes one version twice, and copies of a change under
+       -- one schema version are identical). The event restores it; this is how
+       -- `replay verify --repair` fixes a row that `differs`.
+       OR ((stored.generation, stored.version, stored.deleted, stored.schema_version)
+             = (excluded.generation, excluded.version, excluded.deleted, excluded.schema_version)
            AND NOT excluded.deleted
            AND (stored.email, stored.display_name, stored.country, stored.plan,
                 stored.marketing_email, stored.marketing_sms, stored.locale,
@@ -426,6 +519,7 @@ async fn upsert_state(conn: &mut PgConnection, latest: &[&ChangeEvent]) -> sqlx:
     let mut deleted_reason = Vec::with_capacity(n);
     let mut generation = Vec::with_capacity(n);
     let mut version = Vec::with_capacity(n);
+    let mut schema_version = Vec::with_capacity(n);
     let mut last_event_id = Vec::with_capacity(n);
     let mut occurred_at = Vec::with_capacity(n);
     for e in latest {
@@ -452,6 +546,7 @@ async fn upsert_state(conn: &mut PgConnection, latest: &[&ChangeEvent]) -> sqlx:
         });
         generation.push(e.position.generation);
         version.push(e.position.version);
+        schema_version.push(i16::from(e.published_schema.number()));
         last_event_id.push(e.event_id.as_str());
         occurred_at.push(e.occurred_at);
     }
@@ -472,6 +567,7 @@ async fn upsert_state(conn: &mut PgConnection, latest: &[&ChangeEvent]) -> sqlx:
         .bind(deleted_reason)
         .bind(generation)
         .bind(version)
+        .bind(schema_version)
         .bind(last_event_id)
         .bind(occurred_at)
         .fetch_one(&mut *conn)
@@ -734,6 +830,131 @@ mod db_tests {
         assert_eq!(states[0], Some((false, Some("a2@x".into()), 1, 2, None)));
         assert_eq!(states[1], Some((true, None, 1, 2, Some("deleted".into()))));
         assert_eq!(states[2], Some((false, Some("c7@x".into()), 1, 7, None)));
+    }
+
+    /// The v2 golden-style upsert with the v2-only fields set, and its v1 twin: the same
+    /// change as a v1 publisher sends it (encoded as v1, decoded and upcast).
+    fn v2_and_v1_twin() -> (ChangeEvent, ChangeEvent) {
+        let mut v2 = upsert("a", 1, 3, "a@x");
+        if let Change::Upserted(p) = &mut v2.change {
+            p.consents.marketing_sms = true;
+            p.time_zone = Some("Europe/London".to_owned());
+        }
+        let v1 = contracts::decode(&v2.encode(contracts::SchemaVersion::V1)).unwrap();
+        assert_eq!(v1.published_schema, contracts::SchemaVersion::V1);
+        assert_eq!(v1.position, v2.position);
+        (v2, v1)
+    }
+
+    /// (marketing_sms, time_zone, schema_version) of the state row, and the history's
+    /// (schema_version, data->consents->marketing_sms) for the change.
+    async fn sms_and_zone(pool: &PgPool) -> ((bool, Option<String>, i16), (i16, bool)) {
+        let state = sqlx::query_as(
+            "SELECT marketing_sms, time_zone, schema_version FROM analytics.user_profiles
+             WHERE user_id = 'a'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let history = sqlx::query_as(
+            "SELECT schema_version, (data->'consents'->>'marketing_sms')::bool
+             FROM analytics.profile_changes WHERE key = 'a'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (state, history)
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn v1_and_v2_copies_of_one_change_converge_on_the_v2_content_in_any_order(pool: PgPool) {
+        let (v2, v1) = v2_and_v1_twin();
+        let richest = ((true, Some("Europe/London".to_owned()), 2), (2, true));
+        // One at a time, alternating, in both starting orders: the row never flaps.
+        for order in [[&v2, &v1, &v2, &v1], [&v1, &v2, &v1, &v2]] {
+            sqlx::query("TRUNCATE analytics.user_profiles, analytics.profile_changes")
+                .execute(&pool)
+                .await
+                .unwrap();
+            for (i, event) in order.into_iter().enumerate() {
+                apply_atomically(&pool, std::slice::from_ref(event))
+                    .await
+                    .unwrap();
+                if i > 0 || event.published_schema == contracts::SchemaVersion::V2 {
+                    assert_eq!(sms_and_zone(&pool).await, richest, "after event {i}");
+                }
+            }
+            assert_eq!(history_count(&pool).await, 1, "one change, one history row");
+        }
+        // Both copies in one batch, in either order.
+        for batch in [[v1.clone(), v2.clone()], [v2.clone(), v1.clone()]] {
+            sqlx::query("TRUNCATE analytics.user_profiles, analytics.profile_changes")
+                .execute(&pool)
+                .await
+                .unwrap();
+            let report = apply_atomically(&pool, &batch).await.unwrap();
+            assert_eq!((report.history_inserted, report.applied), (1, 1));
+            assert_eq!(sms_and_zone(&pool).await, richest);
+        }
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn the_sql_guard_orders_every_pair_of_ranks_as_rank_does(pool: PgPool) {
+        use contracts::{Position, Rank, SchemaVersion};
+        let mut ranks = Vec::new();
+        for generation in [1, 2] {
+            for version in [1, 2] {
+                for deleted in [false, true] {
+                    for schema in SchemaVersion::ALL {
+                        ranks.push(Rank {
+                            position: Position {
+                                generation,
+                                version,
+                            },
+                            deleted,
+                            schema,
+                        });
+                    }
+                }
+            }
+        }
+        let cols = |side: &str| {
+            Rank::SQL_GUARD_COLUMNS
+                .iter()
+                .map(|c| format!("{side}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sql = format!(
+            "WITH r AS (SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::bool[], $4::int2[])
+                         WITH ORDINALITY AS r(generation, version, deleted, schema_version, n))
+             SELECT a.n, b.n, ({}) < ({}) FROM r a, r b",
+            cols("a"),
+            cols("b")
+        );
+        let rows: Vec<(i64, i64, bool)> = sqlx::query_as(&sql)
+            .bind(
+                ranks
+                    .iter()
+                    .map(|r| r.position.generation)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(ranks.iter().map(|r| r.position.version).collect::<Vec<_>>())
+            .bind(ranks.iter().map(|r| r.deleted).collect::<Vec<_>>())
+            .bind(
+                ranks
+                    .iter()
+                    .map(|r| i16::from(r.schema.number()))
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), ranks.len() * ranks.len());
+        for (a, b, sql_less) in rows {
+            let (ra, rb) = (ranks[a as usize - 1], ranks[b as usize - 1]);
+            assert_eq!(sql_less, ra < rb, "{ra:?} < {rb:?}");
+        }
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

@@ -16,6 +16,8 @@
 //!   the DLQ.
 //! - [`gate`] — the circuit breaker that stops every receive loop while the database
 //!   fails, and probes it.
+//! - [`isolation`] — PURE: when a batch applied event by event extends its messages'
+//!   visibility, or gives them back.
 //! - [`worker`] — the receive loops, [`worker::process_batch`] (reusable by a Lambda
 //!   handler) and graceful shutdown.
 //! - [`metrics`] — the process's Prometheus metrics (served by `subscriber run`).
@@ -30,6 +32,7 @@ pub mod apply;
 pub mod config;
 pub mod envelope;
 pub mod gate;
+pub mod isolation;
 pub mod lambda;
 pub mod metrics;
 pub mod pace;

@@ -209,6 +209,22 @@ pub trait Parker: Sync {
         reason_code: &'static str,
         detail: &str,
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// How long a received message stays invisible to other consumers, when the batch
+    /// must keep its messages invisible itself while it works on them one by one (the
+    /// container worker). `None` where the invocation's own bound is below the queue's
+    /// visibility timeout (a Lambda: the template sets the visibility timeout to six
+    /// times the function timeout, as AWS advises).
+    fn visibility_timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Makes `messages` invisible for another [`Parker::visibility_timeout`] from now.
+    /// Returns whether every message's visibility was extended.
+    fn keep_invisible(&self, messages: &[&ReceivedMessage]) -> impl Future<Output = bool> + Send {
+        let _ = messages;
+        async { true }
+    }
 }
 
 /// Receive settings, already validated by the config.
@@ -230,6 +246,9 @@ pub struct SqsSource {
     /// The RedrivePolicy's `maxReceiveCount`: SQS moves a message to the DLQ (without
     /// a reason) after that many receives. `None` without a RedrivePolicy.
     max_receive_count: Option<u32>,
+    /// The queue's `VisibilityTimeout`: how long a received message stays invisible,
+    /// which a batch isolating its events one by one must keep extending.
+    visibility_timeout: Duration,
 }
 
 impl SqsSource {
@@ -259,6 +278,14 @@ impl SqsSource {
         let max_receive_count = policy
             .as_deref()
             .and_then(max_receive_count_from_redrive_policy);
+        let visibility_timeout = match read_visibility_timeout(&client, &queue_url).await {
+            Ok(Some(timeout)) => timeout,
+            Ok(None) => DEFAULT_VISIBILITY_TIMEOUT,
+            Err(e) => {
+                warn!(error = %error_chain(&e), default_secs = DEFAULT_VISIBILITY_TIMEOUT.as_secs(), "Could not read the queue's VisibilityTimeout; assuming SQS's default.");
+                DEFAULT_VISIBILITY_TIMEOUT
+            }
+        };
         let dlq_url = match (dlq_url, policy) {
             (Some(url), _) => url.as_str().to_owned(),
             (None, Some(policy)) => resolve_dlq(&client, &queue_url, &policy).await?,
@@ -292,6 +319,7 @@ impl SqsSource {
                 wait_time_secs: receive.wait_time_secs.min(MAX_WAIT_TIME_SECS),
             },
             max_receive_count,
+            visibility_timeout,
         })
     }
 
@@ -579,6 +607,24 @@ impl Parker for DeadLetterQueue {
 }
 
 impl Parker for SqsSource {
+    fn visibility_timeout(&self) -> Option<Duration> {
+        Some(self.visibility_timeout)
+    }
+
+    async fn keep_invisible(&self, messages: &[&ReceivedMessage]) -> bool {
+        let changes: Vec<(&ReceivedMessage, Duration)> = messages
+            .iter()
+            .map(|&m| (m, self.visibility_timeout))
+            .collect();
+        match self.change_visibility_batch(&changes).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %error_chain(&e), messages = messages.len(), "Could not extend the visibility of the batch being isolated.");
+                false
+            }
+        }
+    }
+
     /// Sends to the DLQ first and deletes from the main queue after, so a crash in
     /// between leaves a duplicate in the DLQ, never a lost message.
     #[instrument(skip_all, fields(message_id = %message.message_id, reason = reason_code))]
@@ -831,6 +877,29 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// The queue's RedrivePolicy (JSON), if it has one.
+/// SQS's default `VisibilityTimeout` of a queue.
+///
+/// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-visibility-timeout.html>
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn read_visibility_timeout(
+    client: &Client,
+    queue_url: &str,
+) -> Result<Option<Duration>, SourceError> {
+    let output = client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .send()
+        .await
+        .map_err(|e| sdk_error(Operation::GetQueueAttributes, queue_url, e))?;
+    Ok(output
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
+        .and_then(|secs| secs.parse::<u64>().ok())
+        .map(Duration::from_secs))
+}
+
 async fn read_redrive_policy(
     client: &Client,
     queue_url: &str,

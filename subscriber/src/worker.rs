@@ -23,11 +23,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, instrument, warn};
 
-use crate::apply::{ApplyError, ApplyReport, FailureKind, apply_atomically};
+use crate::apply::{ApplyError, ApplyReport, FailureKind, apply_atomically, probe_with_good_event};
 use crate::config::RunConfig;
 use crate::envelope::decode_body;
 use crate::error_chain;
 use crate::gate::{Admission, StoreGate};
+use crate::isolation::{KeepStep, keep_step};
 use crate::pace::{ArrivalMeter, behind, fill_wait, lag_threshold};
 use crate::source::{Parker, ReceiveSettings, ReceivedMessage, SourceError, SqsSource};
 
@@ -451,13 +452,15 @@ impl StoreFailure {
 /// Decodes, applies and classifies one batch of messages. Deletes nothing: the caller
 /// deletes [`BatchOutcome::succeeded`] (or a Lambda reports the rest as failures).
 ///
-/// Undecodable messages are parked at once. The others are applied in one transaction;
-/// if the database refuses the batch's data, each event is applied in its own
-/// transaction and exactly the ones refused again are parked ([`APPLY_REJECTED`]) —
-/// unless every event of a batch of several is refused, which is a store problem
-/// rather than bad data: they are all retried. A transient failure puts the messages
-/// concerned in [`BatchOutcome::retry`]. A message that fails to park is retried too:
-/// it is never dropped.
+/// Undecodable messages are parked at once. The others are applied in one transaction.
+/// If the database refuses the batch other than transiently, the store is first asked to
+/// accept a known-good event ([`probe_with_good_event`]): if it refuses that too, the
+/// store is broken (a schema drift, lost grants) and every message is retried, none
+/// parked; if it accepts it, each event is applied in its own transaction and exactly
+/// the ones refused again are parked ([`APPLY_REJECTED`]). The decision rests on that
+/// evidence, never on how many events of the batch failed. A transient failure puts
+/// the messages concerned in [`BatchOutcome::retry`]. A message that fails to park is
+/// retried too: it is never dropped.
 pub async fn process_batch<P: Parker>(
     pool: &PgPool,
     parker: &P,
@@ -473,6 +476,8 @@ async fn process_batch_inner<P: Parker>(
     parker: &P,
     messages: &[ReceivedMessage],
 ) -> (BatchOutcome, Option<StoreFailure>) {
+    // The messages' visibility was set when they were received, just before this.
+    let received = tokio::time::Instant::now();
     let mut outcome = BatchOutcome::default();
     let mut decoded: Vec<&ReceivedMessage> = Vec::with_capacity(messages.len());
     let mut events: Vec<ChangeEvent> = Vec::with_capacity(messages.len());
@@ -510,17 +515,43 @@ async fn process_batch_inner<P: Parker>(
                 .extend(decoded.iter().map(|m| m.message_id.clone()));
             None
         }
-        Err(e) if e.is_retryable() => {
+        Err(e) if e.kind() == FailureKind::Transient => {
             log_retryable(&e, decoded.len());
             outcome
                 .retry
                 .extend(decoded.iter().map(|m| m.message_id.clone()));
             Some(StoreFailure::of(&e))
         }
-        Err(e) => {
-            warn!(error = %error_chain(&e), sqlstate = e.sqlstate().as_deref().unwrap_or("none"), "Batch refused by the database, applying its events one by one.");
-            isolate(pool, parker, &decoded, &events, &mut outcome).await
-        }
+        Err(e) => match probe_with_good_event(pool).await {
+            Ok(()) => {
+                warn!(error = %error_chain(&e), sqlstate = e.sqlstate().as_deref().unwrap_or("none"), "Batch refused by the database, which accepts a good event: applying the batch's events one by one.");
+                isolate(pool, parker, &decoded, &events, received, &mut outcome).await
+            }
+            Err(probe) => {
+                // The store refuses a known-good event too: the batch is not to blame.
+                let failure = if probe.kind() == FailureKind::Transient {
+                    log_retryable(&probe, decoded.len());
+                    StoreFailure::of(&probe)
+                } else {
+                    error!(
+                        error = %error_chain(&e),
+                        sqlstate = e.sqlstate().as_deref().unwrap_or("none"),
+                        probe_error = %error_chain(&probe),
+                        probe_sqlstate = probe.sqlstate().as_deref().unwrap_or("none"),
+                        messages = decoded.len(),
+                        "The analytics store refuses a known-good event as well as the batch; an operator must act (are the migrations applied? was a constraint added or a column changed?). Will retry, parking none."
+                    );
+                    StoreFailure {
+                        kind: FailureKind::NeedsOperator,
+                        ..StoreFailure::of(&e)
+                    }
+                };
+                outcome
+                    .retry
+                    .extend(decoded.iter().map(|m| m.message_id.clone()));
+                Some(failure)
+            }
+        },
     };
     count(&outcome);
     (outcome, store_failure)
@@ -539,22 +570,49 @@ fn count(outcome: &BatchOutcome) {
 }
 
 /// Applies each event in its own transaction, parking exactly those the database
-/// refuses on their own. If it refuses every event of a batch of several, parks none:
-/// they are retried, and the failure is returned as [`FailureKind::NeedsOperator`].
-/// Returns the first store failure met, if any.
+/// refuses on their own (other than transiently). Called only once the store has
+/// accepted a known-good event, so a refusal here is this event's data. Returns the
+/// first transient store failure met, if any.
 async fn isolate<P: Parker>(
     pool: &PgPool,
     parker: &P,
     messages: &[&ReceivedMessage],
     events: &[ChangeEvent],
+    received: tokio::time::Instant,
     outcome: &mut BatchOutcome,
 ) -> Option<StoreFailure> {
     let mut store_failure = None;
-    let mut rejected: Vec<(&ReceivedMessage, &ChangeEvent, ApplyError)> = Vec::new();
-    for (message, event) in messages.iter().zip(events) {
+    // The batch's messages were received before its first apply and the probe; their
+    // visibility is extended now, then again whenever half of it has run.
+    let visibility = parker.visibility_timeout();
+    let mut visible_set = received;
+    if visibility.is_some() && parker.keep_invisible(messages).await {
+        visible_set = tokio::time::Instant::now();
+    }
+    for (i, (message, event)) in messages.iter().zip(events).enumerate() {
+        if let Some(visibility) = visibility {
+            let mut step = keep_step(visible_set.elapsed(), visibility);
+            if step == KeepStep::Extend {
+                if parker.keep_invisible(&messages[i..]).await {
+                    visible_set = tokio::time::Instant::now();
+                }
+                step = keep_step(visible_set.elapsed(), visibility);
+            }
+            if step == KeepStep::GiveBack {
+                warn!(
+                    remaining = messages.len() - i,
+                    visibility_secs = visibility.as_secs(),
+                    "The batch's visibility may run out before its next event is applied; giving the rest back to be retried."
+                );
+                outcome
+                    .retry
+                    .extend(messages[i..].iter().map(|m| m.message_id.clone()));
+                break;
+            }
+        }
         let span = info_span!("isolated", message_id = %message.message_id, event_id = %event.event_id, key = %event.key);
         let applied = apply_atomically(pool, std::slice::from_ref(event))
-            .instrument(span)
+            .instrument(span.clone())
             .await;
         match applied {
             Ok(report) => {
@@ -562,40 +620,17 @@ async fn isolate<P: Parker>(
                 outcome.report.add(report);
                 outcome.succeeded.push(message.message_id.clone());
             }
-            Err(e) if e.is_retryable() => {
+            Err(e) if e.kind() == FailureKind::Transient => {
                 log_retryable(&e, 1);
                 store_failure.get_or_insert_with(|| StoreFailure::of(&e));
                 outcome.retry.push(message.message_id.clone());
             }
-            Err(e) => rejected.push((message, event, e)),
+            Err(e) => {
+                park_or_retry(parker, message, APPLY_REJECTED, &error_chain(&e), outcome)
+                    .instrument(span)
+                    .await;
+            }
         }
-    }
-
-    if messages.len() > 1 && rejected.len() == messages.len() {
-        // Data bad in every event at once is far likelier a schema drift (a column
-        // narrowed, a type changed) than a batch of poison: parking would dead-letter
-        // good messages. Leave them to the operator, and to the redrive policy.
-        let (_, _, first) = &rejected[0];
-        let failure = StoreFailure::of(first);
-        error!(
-            events = messages.len(),
-            error = %error_chain(first),
-            sqlstate = first.sqlstate().as_deref().unwrap_or("none"),
-            "The database refused every event of the batch on its own: treating it as a store problem an operator must fix. Will retry, parking none."
-        );
-        outcome
-            .retry
-            .extend(rejected.iter().map(|(m, _, _)| m.message_id.clone()));
-        return Some(StoreFailure {
-            kind: FailureKind::NeedsOperator,
-            ..failure
-        });
-    }
-    for (message, event, e) in rejected {
-        let span = info_span!("rejected", message_id = %message.message_id, event_id = %event.event_id, key = %event.key);
-        park_or_retry(parker, message, APPLY_REJECTED, &error_chain(&e), outcome)
-            .instrument(span)
-            .await;
     }
     store_failure
 }
@@ -752,6 +787,12 @@ mod db_tests {
     struct RecordingParker {
         parked: Mutex<Vec<(String, &'static str, String)>>,
         fail: bool,
+        /// `Some`: acts as the container's source, which keeps messages invisible.
+        visibility: Option<Duration>,
+        /// Whether extending the visibility succeeds.
+        extends: bool,
+        /// The message ids of each visibility extension asked for.
+        extended: Mutex<Vec<Vec<String>>>,
     }
 
     impl Parker for RecordingParker {
@@ -772,6 +813,16 @@ mod db_tests {
             let entry = (message.message_id.clone(), reason_code, detail.to_owned());
             self.parked.lock().unwrap().push(entry);
             Ok(())
+        }
+
+        fn visibility_timeout(&self) -> Option<Duration> {
+            self.visibility
+        }
+
+        async fn keep_invisible(&self, messages: &[&ReceivedMessage]) -> bool {
+            let ids = messages.iter().map(|m| m.message_id.clone()).collect();
+            self.extended.lock().unwrap().push(ids);
+            self.extends
         }
     }
 
@@ -838,23 +889,107 @@ mod db_tests {
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
-    async fn a_batch_whose_every_event_is_refused_is_retried_not_parked(pool: PgPool) {
-        let parker = RecordingParker::default();
-        let messages = [
-            message("bad-1", &body(&upsert("a", 1, 1, "nul\0byte@x"))),
-            message("bad-2", &body(&upsert("b", 1, 1, "nul\0byte@y"))),
-        ];
-        let (outcome, failure) = process_batch_inner(&pool, &parker, &messages).await;
-        assert_eq!(outcome.retry, ["bad-1", "bad-2"]);
-        assert!(outcome.parked.is_empty() && outcome.succeeded.is_empty());
-        assert!(parker.parked.lock().unwrap().is_empty());
-        let failure = failure.expect("the gate hears of it");
-        assert_eq!(failure.kind, FailureKind::NeedsOperator);
-        assert!(
-            failure.reason.starts_with("sqlstate 22"),
-            "{}",
-            failure.reason
+    async fn a_batch_of_nothing_but_bad_events_is_parked_event_by_event(pool: PgPool) {
+        // Two copies of one bad event, and three bad updates of one profile: the store
+        // accepts a good event, so these are poison, however many there are.
+        let bad = body(&upsert("a", 1, 1, "nul\0byte@x"));
+        for messages in [
+            vec![message("copy-1", &bad), message("copy-2", &bad)],
+            vec![
+                message("v1", &body(&upsert("b", 1, 1, "nul\0one@x"))),
+                message("v2", &body(&upsert("b", 1, 2, "nul\0two@x"))),
+                message("v3", &body(&upsert("b", 1, 3, "nul\0three@x"))),
+            ],
+        ] {
+            let parker = RecordingParker::default();
+            let (outcome, failure) = process_batch_inner(&pool, &parker, &messages).await;
+            let ids: Vec<_> = messages.iter().map(|m| m.message_id.clone()).collect();
+            assert_eq!(outcome.parked, ids);
+            assert!(outcome.retry.is_empty() && outcome.succeeded.is_empty());
+            assert_eq!(failure, None, "the store is healthy");
+            let parked = parker.parked.lock().unwrap();
+            assert!(
+                parked
+                    .iter()
+                    .all(|(_, reason, _)| *reason == APPLY_REJECTED)
+            );
+        }
+        assert_eq!(profile_count(&pool).await, 0);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_column_narrowed_under_us_parks_nothing_even_one_message_at_a_time(pool: PgPool) {
+        // A schema drift that refuses every event with a data exception (22001), met
+        // under low traffic: each batch holds one good message.
+        sqlx::query("ALTER TABLE analytics.user_profiles ALTER COLUMN email TYPE varchar(3)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for (id, key) in [("m1", "a"), ("m2", "b")] {
+            let parker = RecordingParker::default();
+            let messages = [message(id, &body(&upsert(key, 1, 1, "long@example.com")))];
+            let (outcome, failure) = process_batch_inner(&pool, &parker, &messages).await;
+            assert_eq!(outcome.retry, [id]);
+            assert!(outcome.parked.is_empty() && outcome.succeeded.is_empty());
+            assert!(parker.parked.lock().unwrap().is_empty());
+            let failure = failure.expect("the gate hears of it");
+            assert_eq!(failure.kind, FailureKind::NeedsOperator);
+            assert!(failure.reason.contains("22001"), "{}", failure.reason);
+        }
+    }
+
+    fn one_bad_among_good() -> [ReceivedMessage; 3] {
+        [
+            message("ok-1", &body(&upsert("a", 1, 1, "a@x"))),
+            message("bad", &body(&upsert("b", 1, 1, "nul\0byte@x"))),
+            message("ok-2", &body(&upsert("c", 1, 1, "c@x"))),
+        ]
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn an_isolated_batch_extends_its_visibility_before_it_starts(pool: PgPool) {
+        let parker = RecordingParker {
+            visibility: Some(Duration::from_secs(300)),
+            extends: true,
+            ..RecordingParker::default()
+        };
+        let outcome = process_batch(&pool, &parker, &one_bad_among_good()).await;
+        assert_eq!(outcome.succeeded, ["ok-1", "ok-2"]);
+        assert_eq!(outcome.parked, ["bad"]);
+        assert_eq!(
+            *parker.extended.lock().unwrap(),
+            [vec!["ok-1".to_owned(), "bad".to_owned(), "ok-2".to_owned()]]
         );
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_batch_that_cannot_keep_its_messages_invisible_gives_them_back_unapplied(
+        pool: PgPool,
+    ) {
+        // A visibility so short that it has run out by the time isolation starts, and
+        // extending it fails: nothing more is applied or parked, everything is retried.
+        let parker = RecordingParker {
+            visibility: Some(Duration::from_millis(1)),
+            extends: false,
+            ..RecordingParker::default()
+        };
+        let outcome = process_batch(&pool, &parker, &one_bad_among_good()).await;
+        assert_eq!(outcome.retry, ["ok-1", "bad", "ok-2"]);
+        assert!(outcome.succeeded.is_empty() && outcome.parked.is_empty());
+        assert!(parker.parked.lock().unwrap().is_empty());
+        assert_eq!(profile_count(&pool).await, 0);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn the_store_probe_leaves_nothing_behind(pool: PgPool) {
+        crate::apply::probe_with_good_event(&pool).await.unwrap();
+        crate::apply::probe_with_good_event(&pool).await.unwrap();
+        assert_eq!(profile_count(&pool).await, 0);
+        let history: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.profile_changes")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(history, 0);
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

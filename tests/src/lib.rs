@@ -222,6 +222,13 @@ impl Stack {
 
     /// Starts the real `publisher` binary on this stack; extra flags appended.
     pub fn spawn_publisher(&self, extra: &[&str]) -> Result<Child> {
+        self.spawn_publisher_on(&self.resources.checkpoint_table, extra)
+    }
+
+    /// [`Stack::spawn_publisher`] keeping its checkpoints and leases in `checkpoint_table`
+    /// (see [`Stack::create_checkpoint_table`]): a publisher that reads the whole stream
+    /// on its own, beside another one.
+    pub fn spawn_publisher_on(&self, checkpoint_table: &str, extra: &[&str]) -> Result<Child> {
         let r = &self.resources;
         let mut cmd = Command::new(bin("publisher")?);
         cmd.args([
@@ -230,7 +237,7 @@ impl Stack {
             "--topic-arn",
             &r.topic_arn,
             "--checkpoint-table",
-            &r.checkpoint_table,
+            checkpoint_table,
         ])
         .args([
             "--failure-queue-url",
@@ -490,6 +497,37 @@ impl Stack {
             anyhow::ensure!(out.failed.is_empty(), "send failed: {:?}", out.failed);
         }
         Ok(())
+    }
+
+    /// Creates another checkpoint table, as `bootstrap` creates the stack's, and returns
+    /// its name (deleted with the stack's resources only if the test deletes it).
+    pub async fn create_checkpoint_table(&self, suffix: &str) -> Result<String> {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        let name = format!("{}-{suffix}", self.resources.checkpoint_table);
+        let key = publisher::checkpoint::KEY_ATTRIBUTE;
+        self.clients
+            .dynamodb
+            .create_table()
+            .table_name(&name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(key)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(key)
+                    .key_type(KeyType::Hash)
+                    .build()?,
+            )
+            .send()
+            .await
+            .context("creating a checkpoint table")?;
+        Ok(name)
     }
 
     /// Visible plus in-flight messages of a queue.

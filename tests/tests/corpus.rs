@@ -349,14 +349,21 @@ async fn every_corpus_body_sent_among_good_traffic_is_parked_with_its_reason() -
     let mut parked = HashMap::new();
     wait_parked(&stack, &stack.resources.dlq_url, &expected, &mut parked).await?;
 
-    // A refusal by the database is only pinned on one event when it is alone (a batch
-    // whose every event is refused is a store problem, retried): send them one at a time.
-    for case in &rejected_by_db {
-        let body = read(case);
-        stack.send_bodies(std::slice::from_ref(&body)).await?;
-        let one = HashMap::from([(body, format!("{}/{}", case.reason, case.name))]);
-        wait_parked(&stack, &stack.resources.dlq_url, &one, &mut parked).await?;
-    }
+    // The events the database refuses, all at once: the store accepts a good event, so
+    // each is parked on its own evidence, whatever else shares its batch.
+    let db_bodies: Vec<String> = rejected_by_db.iter().map(|case| read(case)).collect();
+    stack.send_bodies(&db_bodies).await?;
+    let expected_refused: HashMap<String, String> = rejected_by_db
+        .iter()
+        .map(|case| (read(case), format!("{}/{}", case.reason, case.name)))
+        .collect();
+    wait_parked(
+        &stack,
+        &stack.resources.dlq_url,
+        &expected_refused,
+        &mut parked,
+    )
+    .await?;
 
     let mut wrong = Vec::new();
     for case in &all {
