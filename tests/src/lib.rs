@@ -26,6 +26,7 @@ use sqlx::{ConnectOptions, Connection, PgPool, Row};
 use tokio::process::{Child, Command};
 
 pub mod operator;
+pub mod outage;
 
 /// A random lowercase id for resource names.
 pub fn random_id() -> String {
@@ -116,6 +117,9 @@ pub struct Stack {
     pub tap_queue_url: String,
     pub database_url: String,
     pub pool: PgPool,
+    /// When set, the binaries this stack spawns reach SNS and SQS through this endpoint
+    /// (an [`outage::CutProxy`]) instead of the emulator's; the test's own clients do not.
+    pub sns_sqs_via: Option<String>,
     admin_url: String,
     database: String,
 }
@@ -198,6 +202,7 @@ impl Stack {
             tap_queue_url,
             database_url,
             pool,
+            sns_sqs_via: None,
             admin_url,
             database,
         })
@@ -255,7 +260,16 @@ impl Stack {
         )
         .stdin(Stdio::null())
         .kill_on_drop(true);
+        self.route_sns_sqs(&mut cmd);
         Ok(cmd.spawn()?)
+    }
+
+    /// Points a binary at [`Stack::sns_sqs_via`], when set.
+    fn route_sns_sqs(&self, cmd: &mut Command) {
+        if let Some(via) = &self.sns_sqs_via {
+            cmd.env("AWS_ENDPOINT_URL_SNS", via)
+                .env("AWS_ENDPOINT_URL_SQS", via);
+        }
     }
 
     /// Starts the real `subscriber run` on this stack; extra flags appended.
@@ -275,6 +289,7 @@ impl Stack {
             .args(extra)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        self.route_sns_sqs(&mut cmd);
         Ok(cmd.spawn()?)
     }
 

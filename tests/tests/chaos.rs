@@ -7,16 +7,24 @@
 //! publisher, a fraction of the published messages is sent to the queue again at once
 //! (duplicates) and some old ones again late (reordering), and the PostgreSQL server —
 //! a private cluster of this test, never the machine's shared one — crashes and comes
-//! back mid-run. When the writer is done and the pipeline has drained, the checker
+//! back mid-run, and SNS and SQS become unreachable to the binaries for 5 s (a proxy
+//! in front of the emulator cuts every connection). Throughout, a second, old publisher (schema v1, its own checkpoints)
+//! publishes every change again as v1, as during a rolling deploy, so each change
+//! reaches the store under both versions in no fixed order; and the queue's visibility
+//! timeout is short (`TRIBUTARY_CHAOS_VISIBILITY_SECS`, 6), so a batch slowed by the
+//! faults outlives it and its messages are handed to another worker mid-apply. When the
+//! writer is done and the pipeline has drained, the checker
 //! reads the whole DynamoDB stream (the source of truth for "what changed") and prints
 //! `drift`, `lost`, `history duplicates`, `parked` with reasons, and every fault
-//! injected; the test fails unless drift, loss and duplicates are all 0.
+//! injected; the test fails unless drift, loss, duplicates and parked are all 0 (the
+//! traffic holds no poison: anything parked is a healthy message lost to the DLQ).
 //!
 //! Scale from the environment (defaults are CI's small run, about 2 minutes):
 //! `TRIBUTARY_CHAOS_MUTATIONS` (400), `TRIBUTARY_CHAOS_KEYS` (40), `TRIBUTARY_CHAOS_RATE`
 //! (mutations/s, 20), `TRIBUTARY_CHAOS_WORKERS` (4), `TRIBUTARY_CHAOS_SUBSCRIBER_KILLS`
 //! (10), `TRIBUTARY_CHAOS_PUBLISHER_KILLS` (3), `TRIBUTARY_CHAOS_DUPLICATE_PERCENT` (10),
-//! `TRIBUTARY_CHAOS_LATE_PERCENT` (5), `TRIBUTARY_CHAOS_SEED` (random, printed).
+//! `TRIBUTARY_CHAOS_LATE_PERCENT` (5), `TRIBUTARY_CHAOS_VISIBILITY_SECS` (6),
+//! `TRIBUTARY_CHAOS_SEED` (random, printed).
 //! `scripts/chaos.sh` runs it at a chosen scale.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
@@ -27,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
+use e2e::outage::CutProxy;
 use e2e::{PrivatePostgres, Stack, terminate};
 use publisher::demo::{Traffic, TrafficPlan};
 use publisher::record::{Origin, to_event};
@@ -47,6 +56,7 @@ struct Scale {
     publisher_kills: u32,
     duplicate_percent: u32,
     late_percent: u32,
+    visibility_secs: u32,
     seed: u64,
 }
 
@@ -70,6 +80,7 @@ impl Scale {
             publisher_kills: env("TRIBUTARY_CHAOS_PUBLISHER_KILLS", 3),
             duplicate_percent: env("TRIBUTARY_CHAOS_DUPLICATE_PERCENT", 10),
             late_percent: env("TRIBUTARY_CHAOS_LATE_PERCENT", 5),
+            visibility_secs: env("TRIBUTARY_CHAOS_VISIBILITY_SECS", 6),
             seed: env("TRIBUTARY_CHAOS_SEED", rand::rng().random()),
         }
     }
@@ -86,6 +97,7 @@ struct Faults {
     subscriber_kills: u32,
     publisher_kills: u32,
     postgres_restarts: u32,
+    sns_sqs_outages: u32,
     duplicates_sent: usize,
     late_sent: usize,
 }
@@ -154,6 +166,23 @@ async fn run_tap(
         tap.bodies.extend(bodies);
     }
     Ok(())
+}
+
+/// Distinct events seen published as schema v1 and as v2.
+fn published_per_version(tap: &Tap) -> (usize, usize) {
+    let mut seen: [HashSet<String>; 2] = Default::default();
+    for body in &tap.bodies {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+            continue;
+        };
+        let id = v["event_id"].as_str().unwrap_or_default().to_owned();
+        match v["schema_version"].as_u64() {
+            Some(1) => seen[0].insert(id),
+            Some(2) => seen[1].insert(id),
+            _ => false,
+        };
+    }
+    (seen[0].len(), seen[1].len())
 }
 
 /// `count` moments spread over `span`, each jittered within its slot, sorted.
@@ -261,11 +290,30 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
     eprintln!("chaos: {scale:?}");
     let started = Instant::now();
     let pg = PrivatePostgres::start().context("starting a private PostgreSQL cluster")?;
-    let stack = Arc::new(Stack::on_server(pg.admin_url()).await?);
+    let mut stack = Stack::on_server(pg.admin_url()).await?;
+    // The binaries reach SNS and SQS through a proxy the run cuts for a while.
+    let sns_sqs = CutProxy::start(&std::env::var("AWS_ENDPOINT_URL_SQS")?).await?;
+    stack.sns_sqs_via = Some(sns_sqs.url.clone());
+    let stack = Arc::new(stack);
+    stack
+        .clients
+        .sqs
+        .set_queue_attributes()
+        .queue_url(&stack.resources.queue_url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            scale.visibility_secs.to_string(),
+        )
+        .send()
+        .await
+        .context("shortening the queue's visibility timeout")?;
     let workers = scale.workers.to_string();
     let sub_args = ["--workers", workers.as_str()];
     let mut subscriber = stack.spawn_subscriber(&sub_args)?;
     let mut publisher = stack.spawn_publisher(&[])?;
+    let v1_checkpoints = stack.create_checkpoint_table("v1").await?;
+    let mut old_publisher =
+        stack.spawn_publisher_on(&v1_checkpoints, &["--schema-version", "1"])?;
 
     let tap = Arc::new(Mutex::new(Tap::default()));
     let stop_tap = CancellationToken::new();
@@ -299,6 +347,7 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
     let mut sub_kills = moments(&mut rng, scale.subscriber_kills, span);
     let mut pub_kills = moments(&mut rng, scale.publisher_kills, span);
     let mut pg_crash = Some(span / 2);
+    let mut sns_sqs_outage = Some(span / 4);
     let mut late_rounds = vec![span / 2, span * 3 / 4];
     let mut faults = Faults::default();
     let t0 = Instant::now();
@@ -325,6 +374,14 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
             pg.restart()?;
             faults.postgres_restarts += 1;
         }
+        if sns_sqs_outage.is_some_and(|t| t <= now) {
+            sns_sqs_outage = None;
+            // SNS and SQS unreachable for the binaries while the writer goes on.
+            sns_sqs.cut();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            sns_sqs.restore();
+            faults.sns_sqs_outages += 1;
+        }
         if late_rounds.first().is_some_and(|t| *t <= now) {
             late_rounds.remove(0);
             // Old messages arriving late: from the first half of what was published
@@ -340,7 +397,10 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
             stack.send_bodies(&late).await?;
             faults.late_sent += late.len();
         }
-        let faults_left = !sub_kills.is_empty() || !pub_kills.is_empty() || pg_crash.is_some();
+        let faults_left = !sub_kills.is_empty()
+            || !pub_kills.is_empty()
+            || pg_crash.is_some()
+            || sns_sqs_outage.is_some();
         if writer.is_finished() && !faults_left && late_rounds.is_empty() {
             break;
         }
@@ -358,7 +418,10 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
     loop {
         let hist = history(&stack).await?;
         let depth = stack.queue_depth(&stack.resources.queue_url).await?;
+        let (as_v1, as_v2) = published_per_version(&tap.lock().unwrap());
         if depth == 0
+            && as_v1 >= records
+            && as_v2 >= records
             && changes.iter().all(|c| hist.contains_key(c))
             && stack.drift().await?.is_empty()
         {
@@ -368,7 +431,7 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
             last_progress = Instant::now();
             let published = tap.lock().unwrap().bodies.len();
             eprintln!(
-                "chaos: draining {:.0?}: queue depth {depth}, history {} of {} changes, tapped {published}",
+                "chaos: draining {:.0?}: queue depth {depth}, history {} of {} changes, tapped {published} (v1 {as_v1}, v2 {as_v2})",
                 drained.elapsed(),
                 hist.len(),
                 changes.len()
@@ -392,9 +455,13 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
     let unexplained: Vec<&Change> = hist.keys().filter(|c| !changes.contains(*c)).collect();
     let dlq = parked(&stack, &stack.resources.dlq_url).await?;
     let failures = parked(&stack, &stack.resources.failure_queue_url).await?;
-    let (published, duplicates_sent) = {
+    let (published, duplicates_sent, (as_v1, as_v2)) = {
         let tap = tap.lock().unwrap();
-        (tap.bodies.len(), tap.duplicates_sent)
+        (
+            tap.bodies.len(),
+            tap.duplicates_sent,
+            published_per_version(&tap),
+        )
     };
     faults.duplicates_sent = duplicates_sent;
     let stats = &traffic.stats;
@@ -411,17 +478,18 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
             scale.seed
         ),
         format!(
-            "faults: subscriber kill -9 {}, publisher kill -9 {}, postgres crash+restart {}, duplicates re-sent {}, late old messages re-sent {}",
+            "faults: subscriber kill -9 {}, publisher kill -9 {}, postgres crash+restart {}, SNS/SQS outage (5 s) {}, duplicates re-sent {}, late old messages re-sent {}",
             faults.subscriber_kills,
             faults.publisher_kills,
             faults.postgres_restarts,
+            faults.sns_sqs_outages,
             faults.duplicates_sent,
             faults.late_sent
         ),
         format!(
-            "stream records {records}, changes {}, published {published} (re-publishes {}), drained in {drain_time:.0?}, total {:.0?}",
+            "stream records {records}, changes {}, published {published} (distinct events as v1 {as_v1}, as v2 {as_v2}; re-publishes {}), drained in {drain_time:.0?}, total {:.0?}",
             changes.len(),
-            published.saturating_sub(changes.len()),
+            published.saturating_sub(2 * changes.len()),
             started.elapsed()
         ),
         format!("drift {}", drift.len()),
@@ -447,16 +515,36 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
     assert_eq!(faults.subscriber_kills, scale.subscriber_kills);
     assert_eq!(faults.publisher_kills, scale.publisher_kills);
     assert_eq!(faults.postgres_restarts, 1);
+    assert_eq!(faults.sns_sqs_outages, 1);
     assert_eq!(records as u64, stats.total(), "stream records vs mutations");
     assert!(
-        drift.is_empty() && lost.is_empty() && duplicates == 0 && unexplained.is_empty(),
-        "chaos run failed:\n{}",
+        as_v1 >= records && as_v2 >= records,
+        "every change published under both versions: v1 {as_v1}, v2 {as_v2} of {records}"
+    );
+    let poorer: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM analytics.profile_changes WHERE schema_version <> 2",
+    )
+    .fetch_one(&stack.pool)
+    .await?;
+    assert!(
+        drift.is_empty()
+            && lost.is_empty()
+            && duplicates == 0
+            && unexplained.is_empty()
+            && dlq.is_empty()
+            && failures.is_empty()
+            && poorer == 0,
+        "chaos run failed ({poorer} history rows kept a v1 copy):\n{}",
         report.join("\n")
     );
 
-    // Both still stop cleanly after all that.
+    // All three still stop cleanly after all that.
     assert_eq!(
         terminate(&mut publisher, Duration::from_secs(30)).await?,
+        Some(0)
+    );
+    assert_eq!(
+        terminate(&mut old_publisher, Duration::from_secs(30)).await?,
         Some(0)
     );
     assert_eq!(

@@ -1,0 +1,85 @@
+//! A TCP proxy in front of an emulator that a test can cut, for an SNS/SQS outage the
+//! binaries see while the emulator itself (and its state) lives on: moto keeps its
+//! queues in memory, so stopping it would end the test, not simulate an outage.
+//!
+//! While cut, the proxy closes every open connection and accepts new ones only to close
+//! them at once, as a failed load balancer or a network partition does to a client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A listening proxy; its URL replaces the emulator's in the binaries' environment.
+#[derive(Debug)]
+pub struct CutProxy {
+    pub url: String,
+    cut: Arc<AtomicBool>,
+    /// Bumped on every cut, so open connections close.
+    cuts: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    /// Listens on a free loopback port and forwards to `target_url` (`http://host:port`).
+    ///
+    /// # Errors
+    /// The target URL has no `host:port`, or no port could be bound.
+    pub async fn start(target_url: &str) -> Result<CutProxy> {
+        let target: SocketAddr = target_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .with_context(|| format!("{target_url} is not http://ip:port"))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let cut = Arc::new(AtomicBool::new(false));
+        let (cuts, _) = watch::channel(0u64);
+        let (flag, sender) = (Arc::clone(&cut), cuts.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cut_seen = sender.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let mut client = client;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_seen.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(CutProxy {
+            url,
+            cut,
+            cuts,
+            task,
+        })
+    }
+
+    /// Starts the outage: open connections close, new ones are refused.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Ends the outage.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
