@@ -9,9 +9,12 @@
 //! - [`metrics`] — PURE: counters, gauges and histograms, labelled with low-cardinality
 //!   labels, rendered in the Prometheus text exposition format.
 //! - [`server`] — the HTTP listener: `GET /metrics`, `/healthz`, `/readyz`.
+//! - [`aws`] — the AWS SDK configuration every binary builds its clients from:
+//!   retries and the connect, attempt and operation timeouts (`--aws-*-timeout-ms`).
 //! - [`OpsArgs`] — the listen address setting (`--metrics-addr`, `TRIBUTARY_METRICS_ADDR`).
 //! - [`BatchResponse`], [`invocation_deadline`] — what both Lambda handlers share.
 
+pub mod aws;
 pub mod metrics;
 pub mod server;
 

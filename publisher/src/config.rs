@@ -140,6 +140,9 @@ pub struct PublisherConfig {
 
     #[command(flatten)]
     pub ops: ops::OpsArgs,
+
+    #[command(flatten)]
+    pub aws: ops::aws::AwsArgs,
 }
 
 impl PublisherConfig {
@@ -193,6 +196,9 @@ pub struct PublisherLambdaConfig {
     /// Log format: auto (JSON when stderr is not a terminal), json or text.
     #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub aws: ops::aws::AwsArgs,
 }
 
 /// Parses a whole number of seconds (> 0).

@@ -33,13 +33,11 @@ pub mod sink;
 pub mod stream;
 pub mod telemetry;
 
-/// The AWS SDK configuration from the standard environment (region, credentials,
-/// `AWS_ENDPOINT_URL*`), with the SDK's standard retry mode. Built once per process.
+/// The AWS SDK configuration with the default retries and timeouts of
+/// [`ops::aws::sdk_config`], for tools without the `--aws-*-timeout-ms` flags (tests,
+/// benchmarks). The binaries call [`ops::aws::sdk_config`] with their flags.
 pub async fn aws_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
-        .load()
-        .await
+    ops::aws::sdk_config(&ops::aws::AwsArgs::default()).await
 }
 
 /// One line for an AWS SDK error: the service's code and message when the service

@@ -29,6 +29,10 @@ const ATTRIBUTE_ALLOWANCE: usize = 128;
 /// <https://docs.aws.amazon.com/sns/latest/api/API_PublishBatchRequestEntry.html>
 pub const MAX_DEDUPLICATION_ID: usize = 128;
 
+/// How long a `PublishBatch` in flight at shutdown may still take when the client has
+/// no attempt timeout of its own.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
 /// One event encoded for publishing.
 #[derive(Debug, Clone)]
 pub struct Encoded {
@@ -205,6 +209,16 @@ impl SnsSink {
         &self.topic_arn
     }
 
+    /// How long a call in flight at shutdown may still take: the client's attempt
+    /// timeout ([`DRAIN_GRACE`] for a client without one).
+    fn drain_grace(&self) -> Duration {
+        self.client
+            .config()
+            .timeout_config()
+            .and_then(|t| t.operation_attempt_timeout())
+            .unwrap_or(DRAIN_GRACE)
+    }
+
     /// Publishes every event; each batch is retried entry by entry until SNS accepts it.
     /// On a FIFO topic batches go one after another to keep each key's order.
     ///
@@ -271,13 +285,32 @@ impl SnsSink {
                 .enumerate()
                 .map(|(i, e)| entry_for(i, e, self.fifo))
                 .collect();
-            let result = self
+            let send = self
                 .client
                 .publish_batch()
                 .topic_arn(&self.topic_arn)
                 .set_publish_batch_request_entries(Some(entries))
-                .send()
-                .await;
+                .send();
+            // A call in flight when shutdown comes may finish (it is usually a matter
+            // of milliseconds, and saves re-publishing it), but only for one attempt's
+            // bound: a call that hangs must not hold the drain. Abandoned, it counts
+            // as unpublished, so nothing after it is checkpointed.
+            let grace = self.drain_grace();
+            let result = tokio::select! {
+                result = send => result,
+                () = async {
+                    shutdown.cancelled().await;
+                    tokio::time::sleep(grace).await;
+                } => {
+                    warn!(entries = batch.len(), grace_ms = grace.as_millis() as u64, "PublishBatch still unanswered after shutdown; abandoned, it is published again on restart.");
+                    let unfinished = batch
+                        .iter()
+                        .map(|e| e.tag)
+                        .chain(report.rejected.iter().map(|(e, _)| e.tag))
+                        .collect();
+                    return Err(PublishError::Interrupted { pending: batch.len(), unfinished });
+                }
+            };
             let mut retry: Vec<Encoded> = Vec::new();
             match result {
                 Ok(out) => {
@@ -453,5 +486,63 @@ mod tests {
             .map(|e| e.tag)
             .collect();
         assert_eq!(evens, vec![0, 2, 4]);
+    }
+
+    /// A client of an SNS endpoint that accepts connections and never answers, whose
+    /// calls are bounded only per attempt (1 s) and retried for a long while.
+    async fn silent_sns() -> (sns::Client, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hole = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let config = sns::Config::builder()
+            .behavior_version(sns::config::BehaviorVersion::latest())
+            .region(sns::config::Region::new("us-east-1"))
+            .credentials_provider(sns::config::Credentials::new("a", "b", None, None, "test"))
+            .endpoint_url(url)
+            .timeout_config(
+                sns::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(1))
+                    .build(),
+            )
+            .retry_config(sns::config::retry::RetryConfig::standard().with_max_attempts(30))
+            .build();
+        (sns::Client::from_conf(config), hole)
+    }
+
+    #[tokio::test]
+    async fn a_publish_that_hangs_at_shutdown_is_abandoned_after_one_attempt_bound() {
+        let (client, hole) = silent_sns().await;
+        let sink = SnsSink::new(client, "arn:aws:sns:us-east-1:000000000000:t".into());
+        let shutdown = CancellationToken::new();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cancel.cancel();
+        });
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            sink.publish(vec![encoded(0, 10), encoded(1, 10)], &shutdown),
+        )
+        .await
+        .expect("the publish returns, it does not hang");
+        let elapsed = started.elapsed();
+        match result {
+            Err(PublishError::Interrupted {
+                pending,
+                unfinished,
+            }) => {
+                assert_eq!((pending, unfinished), (2, vec![0, 1]));
+            }
+            other => panic!("expected an interrupted publish, got {other:?}"),
+        }
+        // Shutdown at 0.2 s plus one attempt's bound (1 s), not the SDK's 30 attempts.
+        assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+        hole.abort();
     }
 }

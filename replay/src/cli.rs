@@ -37,6 +37,9 @@ pub struct Cli {
     #[arg(long, env = "REPLAY_JSON", global = true)]
     pub json: bool,
 
+    #[command(flatten)]
+    pub aws: ops::aws::AwsArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -137,6 +140,17 @@ pub struct DlqArgs {
     /// service offers it; loop: always receive → send → delete, printing each message.
     #[arg(long, env = "REPLAY_DLQ_METHOD", value_enum, default_value = "auto")]
     pub method: Method,
+
+    /// Seconds the loop waits for DLQ messages it cannot receive (another consumer
+    /// holds them invisible) before it stops and reports them as remaining (exit 1).
+    /// Default: 60.
+    #[arg(
+        long,
+        env = "REPLAY_DLQ_IN_FLIGHT_WAIT_SECS",
+        value_name = "SECS",
+        default_value_t = 60
+    )]
+    pub in_flight_wait_secs: u64,
 }
 
 #[derive(Debug, Args)]

@@ -6,9 +6,14 @@
 //! the DLQ only after the main queue accepted its copy, so a crash can duplicate a
 //! message (the subscriber absorbs that) but never lose one. Messages the filter
 //! leaves are held invisible while the loop runs and released at the end.
+//!
+//! The loop ends when the DLQ holds nothing but what the loop itself holds (kept,
+//! dry-run or refused messages): an empty receive alone proves nothing, as messages
+//! received by someone else are invisible for a while. Those are waited for up to
+//! `--in-flight-wait-secs`, then reported as remaining (exit 1).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
@@ -25,6 +30,16 @@ use crate::limiter::RateLimiter;
 /// Reason shown for a message SQS moved by itself (its redrive policy's
 /// `maxReceiveCount`), which carries no reason attribute.
 pub const NO_REASON: &str = "none";
+
+/// Most entries in one `SendMessageBatch`.
+///
+/// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html>
+pub const MAX_BATCH_ENTRIES: usize = 10;
+/// Most bytes in one `SendMessageBatch`, all entries' bodies and message attributes
+/// (name, type and value) together: 256 KiB.
+///
+/// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html>
+pub const MAX_BATCH_BYTES: usize = 262_144;
 
 /// How the move is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,6 +64,9 @@ pub struct Options {
     pub method: Method,
     /// How long a received message stays invisible to others while the loop runs.
     pub hold: Duration,
+    /// How long the loop waits for DLQ messages it cannot see (received by someone
+    /// else, invisible for their visibility timeout) before it reports them remaining.
+    pub in_flight_wait: Duration,
 }
 
 /// One message the loop looked at.
@@ -72,7 +90,100 @@ pub struct Report {
     pub failed: u64,
     /// Moved (or would move) by reason.
     pub by_reason: BTreeMap<String, u64>,
+    /// Messages (approximately, as SQS counts) still in the DLQ that the loop never
+    /// received: in flight elsewhere past `--in-flight-wait-secs`. Non-zero is a failure.
+    pub remaining: u64,
     pub messages: Vec<Seen>,
+}
+
+/// Splits messages of these sizes (bytes, as [`entry_size`] counts them) into
+/// `SendMessageBatch` calls within [`MAX_BATCH_ENTRIES`] and [`MAX_BATCH_BYTES`],
+/// keeping their order. Returns the batches (indexes into `sizes`) and the indexes of
+/// messages too large for any batch, which are never sent.
+pub fn plan_sends(sizes: &[usize]) -> (Vec<Vec<usize>>, Vec<usize>) {
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut too_large = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut bytes = 0;
+    for (i, &size) in sizes.iter().enumerate() {
+        if size > MAX_BATCH_BYTES {
+            too_large.push(i);
+            continue;
+        }
+        if current.len() == MAX_BATCH_ENTRIES || bytes + size > MAX_BATCH_BYTES {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    (batches, too_large)
+}
+
+/// The bytes a copy of `m` counts towards [`MAX_BATCH_BYTES`]: its body and the
+/// attributes copied with it (name, data type and value of each).
+fn entry_size(m: &Message, attributes: &HashMap<String, MessageAttributeValue>) -> usize {
+    let body = m.body().map_or(0, str::len);
+    let attributes: usize = attributes
+        .iter()
+        .map(|(name, v)| name.len() + v.data_type().len() + v.string_value().map_or(0, str::len))
+        .sum();
+    body + attributes
+}
+
+/// What the loop does after a receive brought no message it had not seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterIdle {
+    /// The DLQ holds only what this loop holds: everything was examined.
+    Done,
+    /// Messages this loop never saw are in the DLQ (invisible, in flight elsewhere):
+    /// receive again.
+    Wait,
+    /// They stayed out of reach for the whole in-flight wait: stop and report them.
+    GiveUp { remaining: u64 },
+}
+
+/// Decides whether the loop has examined every message: `in_dlq` is the DLQ's
+/// visible plus invisible count, `held` the messages this loop holds invisible
+/// itself, `idle_for` the time since a receive last brought an unseen message.
+pub fn after_idle(
+    in_dlq: u64,
+    held: u64,
+    idle_for: Duration,
+    in_flight_wait: Duration,
+) -> AfterIdle {
+    let unseen = in_dlq.saturating_sub(held);
+    if unseen == 0 {
+        AfterIdle::Done
+    } else if idle_for >= in_flight_wait {
+        AfterIdle::GiveUp { remaining: unseen }
+    } else {
+        AfterIdle::Wait
+    }
+}
+
+/// The DLQ's visible plus invisible messages, as SQS approximates them.
+async fn dlq_count(sqs: &aws_sdk_sqs::Client, dlq_url: &str) -> Result<u64, DlqError> {
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(dlq_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .map_err(sqs_error("GetQueueAttributes"))?;
+    let attributes = out.attributes();
+    let count = |name: QueueAttributeName| {
+        attributes
+            .and_then(|a| a.get(&name))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(count(QueueAttributeName::ApproximateNumberOfMessages)
+        + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,13 +351,14 @@ async fn redrive_loop(
         ..Report::default()
     };
     let mut seen: HashSet<String> = HashSet::new();
-    // Receipt handles of messages held invisible (filtered out or dry run), released
-    // at the end so they are visible again at once.
-    let mut held: Vec<String> = Vec::new();
-    let mut idle = 0;
+    // The latest receipt handle of each message held invisible (filtered out, dry run,
+    // refused by the main queue), by message id, released at the end so they are
+    // visible again at once.
+    let mut held: HashMap<String, String> = HashMap::new();
+    let mut last_fresh = Instant::now();
     let hold_secs = i32::try_from(options.hold.as_secs()).unwrap_or(60).max(1);
     let result = async {
-        while idle < 3 && !shutdown.is_cancelled() {
+        while !shutdown.is_cancelled() {
             if options.max.is_some_and(|max| report.moved >= max) {
                 break;
             }
@@ -262,15 +374,40 @@ async fn redrive_loop(
                 .await
                 .map_err(sqs_error("ReceiveMessage"))?;
             let messages = out.messages.unwrap_or_default();
-            let fresh: Vec<Message> = messages
-                .into_iter()
-                .filter(|m| m.message_id().is_some_and(|id| seen.insert(id.to_owned())))
-                .collect();
-            if fresh.is_empty() {
-                idle += 1;
-                continue;
+            let mut fresh: Vec<Message> = Vec::new();
+            for m in messages {
+                let (Some(id), Some(handle)) = (m.message_id(), m.receipt_handle()) else {
+                    continue;
+                };
+                if seen.insert(id.to_owned()) {
+                    fresh.push(m);
+                } else if let Some(h) = held.get_mut(id) {
+                    // Seen before, its hold expired: held again under this handle.
+                    handle.clone_into(h);
+                }
             }
-            idle = 0;
+            if fresh.is_empty() {
+                let in_dlq = dlq_count(sqs, &options.dlq_url).await?;
+                match after_idle(
+                    in_dlq,
+                    held.len() as u64,
+                    last_fresh.elapsed(),
+                    options.in_flight_wait,
+                ) {
+                    AfterIdle::Done => break,
+                    AfterIdle::Wait => continue,
+                    AfterIdle::GiveUp { remaining } => {
+                        warn!(
+                            remaining,
+                            wait_secs = options.in_flight_wait.as_secs(),
+                            "DLQ messages stayed in flight elsewhere; they were not examined."
+                        );
+                        report.remaining = remaining;
+                        break;
+                    }
+                }
+            }
+            last_fresh = Instant::now();
             let mut to_move = Vec::new();
             for m in fresh {
                 report.examined += 1;
@@ -281,7 +418,7 @@ async fn redrive_loop(
                     .is_none_or(|max| report.moved + (to_move.len() as u64) < max);
                 if !wanted || !room || options.dry_run {
                     if let Some(h) = m.receipt_handle() {
-                        held.push(h.to_owned());
+                        held.insert(s.message_id.clone(), h.to_owned());
                     }
                     if wanted && room {
                         s.outcome = "would-move".into();
@@ -301,13 +438,55 @@ async fn redrive_loop(
                 continue;
             }
             limiter.acquire(to_move.len()).await;
-            move_batch(sqs, options, to_move, &mut report, on_message).await?;
+            move_messages(sqs, options, to_move, &mut report, &mut held, on_message).await?;
         }
         Ok::<(), DlqError>(())
     }
     .await;
-    release(sqs, &options.dlq_url, &held).await;
+    let handles: Vec<String> = held.into_values().collect();
+    release(sqs, &options.dlq_url, &handles).await;
     result.map(|()| report)
+}
+
+/// Moves the messages in batches within the `SendMessageBatch` limits; a message too
+/// large for any batch stays in the DLQ (held, released at the end) and counts as
+/// failed.
+async fn move_messages(
+    sqs: &aws_sdk_sqs::Client,
+    options: &Options,
+    messages: Vec<(Message, Seen)>,
+    report: &mut Report,
+    held: &mut HashMap<String, String>,
+    on_message: &mut impl FnMut(&Seen),
+) -> Result<(), DlqError> {
+    let sizes: Vec<usize> = messages
+        .iter()
+        .map(|(m, _)| entry_size(m, &original_attributes(m.message_attributes())))
+        .collect();
+    let (batches, too_large) = plan_sends(&sizes);
+    let mut messages: Vec<Option<(Message, Seen)>> = messages.into_iter().map(Some).collect();
+    for i in too_large {
+        let (m, mut s) = messages[i].take().expect("each index is planned once");
+        warn!(message_id = %s.message_id, bytes = sizes[i], limit = MAX_BATCH_BYTES, "The message is larger than SQS accepts in a send; it stays in the DLQ.");
+        s.outcome = format!(
+            "failed: {} bytes, more than the {MAX_BATCH_BYTES} SQS accepts",
+            sizes[i]
+        );
+        report.failed += 1;
+        if let Some(h) = m.receipt_handle() {
+            held.insert(s.message_id.clone(), h.to_owned());
+        }
+        on_message(&s);
+        report.messages.push(s);
+    }
+    for batch in batches {
+        let batch: Vec<(Message, Seen)> = batch
+            .into_iter()
+            .map(|i| messages[i].take().expect("each index is planned once"))
+            .collect();
+        move_batch(sqs, options, batch, report, held, on_message).await?;
+    }
+    Ok(())
 }
 
 /// Sends copies to the main queue, then deletes from the DLQ exactly those accepted.
@@ -316,6 +495,7 @@ async fn move_batch(
     options: &Options,
     batch: Vec<(Message, Seen)>,
     report: &mut Report,
+    held: &mut HashMap<String, String>,
     on_message: &mut impl FnMut(&Seen),
 ) -> Result<(), DlqError> {
     let fifo = options.queue_url.ends_with(".fifo");
@@ -365,6 +545,9 @@ async fn move_batch(
             warn!(message_id = %s.message_id, error = %why, "The queue refused the copy; the message stays in the DLQ.");
             s.outcome = format!("failed: {why}");
             report.failed += 1;
+            if let Some(h) = m.receipt_handle() {
+                held.insert(s.message_id.clone(), h.to_owned());
+            }
         } else if out.successful().iter().any(|ok| ok.id() == id) {
             deletes.push(
                 DeleteMessageBatchRequestEntry::builder()
@@ -379,6 +562,9 @@ async fn move_batch(
         } else {
             s.outcome = "failed: neither accepted nor refused".into();
             report.failed += 1;
+            if let Some(h) = m.receipt_handle() {
+                held.insert(s.message_id.clone(), h.to_owned());
+            }
         }
         settled.push(s);
     }
@@ -481,5 +667,59 @@ async fn release(sqs: &aws_sdk_sqs::Client, dlq_url: &str, handles: &[String]) {
         {
             warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "Could not release held DLQ messages; they become visible when their hold expires.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KIB: usize = 1024;
+
+    #[test]
+    fn batches_never_exceed_the_total_size_sqs_accepts() {
+        let sizes = [100 * KIB, 100 * KIB, 100 * KIB, 10 * KIB, 250 * KIB];
+        let (batches, too_large) = plan_sends(&sizes);
+        assert_eq!(batches, vec![vec![0, 1], vec![2, 3], vec![4]]);
+        assert!(too_large.is_empty());
+        for batch in &batches {
+            let total: usize = batch.iter().map(|&i| sizes[i]).sum();
+            assert!(total <= MAX_BATCH_BYTES, "{batch:?}: {total} bytes");
+        }
+    }
+
+    #[test]
+    fn batches_hold_at_most_ten_entries_in_order() {
+        let (batches, _) = plan_sends(&[10; 23]);
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![10, 10, 3]
+        );
+        assert_eq!(batches.concat(), (0..23).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_entry_over_the_limit_is_reported_and_never_sent() {
+        let (batches, too_large) = plan_sends(&[KIB, MAX_BATCH_BYTES + 1, MAX_BATCH_BYTES]);
+        assert_eq!(too_large, vec![1]);
+        assert_eq!(batches, vec![vec![0], vec![2]]);
+    }
+
+    #[test]
+    fn an_empty_receive_ends_the_loop_only_when_the_dlq_holds_nothing_unseen() {
+        let wait = Duration::from_secs(60);
+        // Everything left is what the loop holds itself (kept, dry run).
+        assert_eq!(after_idle(3, 3, Duration::ZERO, wait), AfterIdle::Done);
+        assert_eq!(after_idle(0, 0, Duration::ZERO, wait), AfterIdle::Done);
+        // Two messages in flight elsewhere: wait for them to come back.
+        assert_eq!(
+            after_idle(5, 3, Duration::from_secs(5), wait),
+            AfterIdle::Wait
+        );
+        // They stayed away for the whole wait: reported, not ignored.
+        assert_eq!(
+            after_idle(5, 3, Duration::from_secs(60), wait),
+            AfterIdle::GiveUp { remaining: 2 }
+        );
     }
 }

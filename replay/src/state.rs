@@ -2,12 +2,14 @@
 //! Ctrl-C resumes where it stopped instead of starting over.
 //!
 //! A segment's position is the `LastEvaluatedKey` of the last page whose every event
-//! was accepted by the destination; it is written (atomically: temp file + rename)
-//! after each such page. After a crash at most the pages in flight are sent again,
+//! was accepted by the destination; it is written (atomically: a new temp file,
+//! owner-only, fsynced, renamed over the old one, the directory fsynced) after each
+//! such page. After a crash at most the pages in flight are sent again,
 //! which the subscriber absorbs: snapshot events have deterministic ids and the apply
 //! is idempotent.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use publisher::record::Item;
@@ -120,8 +122,15 @@ impl SnapshotState {
         Ok((state, true))
     }
 
-    /// Writes the state atomically: a reader (or a crash) sees the old or the new file,
-    /// never half of one.
+    /// Writes the state atomically and durably: a reader (or a crash, or a power cut)
+    /// sees the old or the new file, never half of one.
+    ///
+    /// The new content goes to a temp file of a fresh name beside `path`, created
+    /// exclusively (`O_CREAT | O_EXCL`, which never follows a symbolic link, so a link
+    /// planted at the temp name cannot redirect the write) and readable by the owner
+    /// only (0600: the file holds table keys). It is fsynced, renamed over `path` (a
+    /// link at `path` is replaced, not followed), and the directory is fsynced so the
+    /// rename survives a crash.
     ///
     /// # Errors
     /// [`StateError::Write`].
@@ -130,14 +139,17 @@ impl SnapshotState {
             path: path.to_owned(),
             source,
         };
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
         let text = serde_json::to_vec_pretty(self).expect("the state serialises");
-        let mut file = std::fs::File::create(&tmp).map_err(err)?;
-        file.write_all(&text).map_err(err)?;
-        file.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        let (tmp, mut file) = create_temp_beside(path).map_err(err)?;
+        let written = file
+            .write_all(&text)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
+        }
+        sync_dir(path).map_err(err)
     }
 
     pub fn done(&self) -> bool {
@@ -156,6 +168,50 @@ impl SnapshotState {
     }
 }
 
+/// Creates a new file, mode 0600, of a name no one else uses, in `path`'s directory.
+fn create_temp_beside(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the state file path names no file"))?;
+    let mut attempts = 0;
+    loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(
+            ".{}.{}.{nanos:08x}.tmp",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp = path.with_file_name(tmp_name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 16 => {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Makes a rename in `path`'s directory durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +219,53 @@ mod tests {
 
     fn temp_path(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("replay-state-{}-{name}", std::process::id()))
+    }
+
+    /// A directory of the test's own, removed at the end.
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = temp_path(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_state_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("mode");
+        let path = dir.join("state.json");
+        SnapshotState::new("profiles", "queue q", 1)
+            .save(&path)
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temp file is left behind: {left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symbolic_link_planted_beside_the_state_file_is_never_written_through() {
+        let dir = temp_dir("links");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let path = dir.join("state.json");
+        // The names a writer might use for its temp file, and the file itself.
+        for name in ["state.json.tmp", ".state.json.tmp", "state.json"] {
+            std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+        }
+        SnapshotState::new("profiles", "queue q", 1)
+            .save(&path)
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(
+            meta.file_type().is_file(),
+            "the link was replaced by a file"
+        );
+        let (_, resumed) = SnapshotState::load_or_new(&path, "profiles", "queue q", 1).unwrap();
+        assert!(resumed);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct StatusConfig {
     #[arg(long, value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub peek: u32,
+
+    #[command(flatten)]
+    pub aws: ops::aws::AwsArgs,
 }
 
 /// How log lines are written.
@@ -214,6 +217,9 @@ pub struct RunConfig {
 
     #[command(flatten)]
     pub ops: ops::OpsArgs,
+
+    #[command(flatten)]
+    pub aws: ops::aws::AwsArgs,
 }
 
 impl RunConfig {
@@ -289,6 +295,9 @@ pub struct LambdaConfig {
     /// Log format: `auto` is JSON when stderr is not a terminal. Default: auto.
     #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub aws: ops::aws::AwsArgs,
 }
 
 impl LambdaConfig {

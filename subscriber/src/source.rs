@@ -385,6 +385,12 @@ impl SqsSource {
         wait_time_secs: u8,
     ) -> Result<Vec<ReceivedMessage>, SourceError> {
         let max_messages = max_messages.clamp(1, self.receive.max_messages);
+        // The answer to a long poll of an idle queue comes after the whole wait: the
+        // client's attempt and operation bounds are widened by it for this call.
+        let timeouts = ops::aws::long_poll_timeouts(
+            self.client.config().timeout_config(),
+            Duration::from_secs(u64::from(wait_time_secs)),
+        );
         let output = self
             .client
             .receive_message()
@@ -394,6 +400,8 @@ impl SqsSource {
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .customize()
+            .config_override(aws_sdk_sqs::config::Builder::new().timeout_config(timeouts))
             .send()
             .await
             .map_err(|e| sdk_error(Operation::Receive, &self.queue_url, e))?;

@@ -316,6 +316,34 @@ async fn a_bad_setting_stops_each_binary_at_start_with_one_line_naming_it() -> R
             ("TRIBUTARY_LOG_FORMAT", "loud"),
             "TRIBUTARY_LOG_FORMAT",
         ),
+        (
+            "publisher",
+            &[],
+            &publisher,
+            ("TRIBUTARY_AWS_OPERATION_TIMEOUT_MS", "soon"),
+            "TRIBUTARY_AWS_OPERATION_TIMEOUT_MS",
+        ),
+        (
+            "publisher",
+            &[],
+            &publisher,
+            ("TRIBUTARY_AWS_CONNECT_TIMEOUT_MS", "-1"),
+            "TRIBUTARY_AWS_CONNECT_TIMEOUT_MS",
+        ),
+        (
+            "subscriber",
+            &["run"],
+            &subscriber,
+            ("TRIBUTARY_AWS_ATTEMPT_TIMEOUT_MS", "0"),
+            "TRIBUTARY_AWS_ATTEMPT_TIMEOUT_MS",
+        ),
+        (
+            "subscriber",
+            &["status"],
+            &subscriber,
+            ("TRIBUTARY_AWS_OPERATION_TIMEOUT_MS", "0"),
+            "TRIBUTARY_AWS_OPERATION_TIMEOUT_MS",
+        ),
     ];
     let mut wrong = Vec::new();
     for (binary, sub, base, change, names) in cases {

@@ -16,12 +16,14 @@ use publisher::pipeline::Clients;
 struct Cli {
     #[command(flatten)]
     names: Names,
+    #[command(flatten)]
+    aws: ops::aws::AwsArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = publisher::config::parse_or_exit();
-    let clients = Clients::new(&publisher::aws_config().await);
+    let clients = Clients::new(&ops::aws::sdk_config(&cli.aws).await);
     match bootstrap(&clients, &cli.names).await {
         Ok(resources) => {
             print!("{}", resources.to_env());

@@ -31,6 +31,8 @@ struct Cli {
     /// Log format: auto, json or text. RUST_LOG filters (default `info`).
     #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
     log_format: telemetry::LogFormat,
+    #[command(flatten)]
+    aws: ops::aws::AwsArgs,
 }
 
 #[tokio::main]
@@ -38,7 +40,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let shutdown = telemetry::shutdown_on_signals();
-    let client = aws_sdk_dynamodb::Client::new(&publisher::aws_config().await);
+    let client = aws_sdk_dynamodb::Client::new(&ops::aws::sdk_config(&cli.aws).await);
     let writer = ProfileWriter::new(client, cli.table.clone());
     let mut rng = rand::rng();
     let prefix = cli.prefix.clone().unwrap_or_else(|| {

@@ -22,7 +22,7 @@ struct Cli {
 async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Cli::parse().config;
     telemetry::init(config.log_format);
-    let aws = publisher::aws_config().await;
+    let aws = ops::aws::sdk_config(&config.aws).await;
     let handler = PublisherLambda {
         sink: SnsSink::new(aws_sdk_sns::Client::new(&aws), config.topic_arn),
         failures: FailureQueue::new(

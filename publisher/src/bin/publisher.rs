@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
     let cli: Cli = publisher::config::parse_or_exit();
     telemetry::init(cli.config.log_format);
     let shutdown = telemetry::shutdown_on_signals();
-    let clients = Clients::new(&publisher::aws_config().await);
+    let clients = Clients::new(&ops::aws::sdk_config(&cli.config.aws).await);
     let pipeline = match Pipeline::build(&cli.config, &clients).await {
         Ok(p) => Arc::new(p),
         Err(e) => {

@@ -14,15 +14,21 @@ use sqlx::postgres::PgPoolOptions;
 /// file): reported like a bad flag, with status 2.
 const BAD_SETTING: u8 = 2;
 const FAILED: u8 = 1;
-const INTERRUPTED: u8 = 130;
+const INTERRUPTED: u8 = replay::signals::INTERRUPTED;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = subscriber::config::parse_or_exit();
     publisher::telemetry::init(cli.log_format);
-    let aws = publisher::aws_config().await;
+    let shutdown = match replay::signals::shutdown_on_signals() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: cannot install the signal handlers: {e}");
+            return ExitCode::from(FAILED);
+        }
+    };
+    let aws = ops::aws::sdk_config(&cli.aws).await;
     let clients = Clients::new(&aws);
-    let shutdown = publisher::telemetry::shutdown_on_signals();
     let code = match cli.command {
         Command::Snapshot(args) => run_snapshot(&clients, args, cli.json, &shutdown).await,
         Command::Dlq(args) => run_dlq(&clients, args, cli.json, &shutdown).await,
@@ -122,6 +128,7 @@ async fn run_dlq(
         max: args.max.map(|m| m.get() as u64),
         method: args.method,
         hold: Duration::from_secs(60),
+        in_flight_wait: Duration::from_secs(args.in_flight_wait_secs),
     };
     let print = |s: &dlq::Seen| {
         if !json {
@@ -160,10 +167,16 @@ async fn run_dlq(
         for (reason, n) in &report.by_reason {
             println!("  {verb} {n} parked for {reason}");
         }
+        if report.remaining > 0 {
+            println!(
+                "  remaining: about {} messages were in flight elsewhere and not examined; run again",
+                report.remaining
+            );
+        }
     }
     if shutdown.is_cancelled() {
         INTERRUPTED
-    } else if report.failed > 0 {
+    } else if report.failed > 0 || report.remaining > 0 {
         FAILED
     } else {
         0

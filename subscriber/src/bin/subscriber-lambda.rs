@@ -20,9 +20,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             std::process::exit(2);
         }
     };
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let aws = ops::aws::sdk_config(&config.aws).await;
     let dlq = DeadLetterQueue::new(
         aws_sdk_sqs::Client::new(&aws),
         config.dlq_url.to_string(),

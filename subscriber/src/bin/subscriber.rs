@@ -28,9 +28,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(config) => {
             config.log_settings();
-            let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await;
+            let aws = ops::aws::sdk_config(&config.aws).await;
             let options = config
                 .database
                 .database_url
@@ -54,9 +52,7 @@ async fn main() -> anyhow::Result<()> {
             info!("Subscriber stopped.");
         }
         Command::Status(config) => {
-            let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await;
+            let aws = ops::aws::sdk_config(&config.aws).await;
             let pool = PgPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
