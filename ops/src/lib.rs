@@ -9,11 +9,14 @@
 //! - [`metrics`] — PURE: counters, gauges and histograms, labelled with low-cardinality
 //!   labels, rendered in the Prometheus text exposition format.
 //! - [`server`] — the HTTP listener: `GET /metrics`, `/healthz`, `/readyz`.
+//! - [`sqs_text`] — PURE: JSON bodies and attribute text kept to the characters SQS
+//!   accepts (every sender to SNS or SQS uses it).
 //! - [`OpsArgs`] — the listen address setting (`--metrics-addr`, `TRIBUTARY_METRICS_ADDR`).
 //! - [`BatchResponse`], [`invocation_deadline`] — what both Lambda handlers share.
 
 pub mod metrics;
 pub mod server;
+pub mod sqs_text;
 
 use std::net::SocketAddr;
 
