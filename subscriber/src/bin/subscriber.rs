@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(config) => {
             config.log_settings();
+            config.topic.install();
             let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .load()
                 .await;
