@@ -8,7 +8,12 @@ resources:
   - no resource that is `*` or holds a `*`, no `NotResource`; a `Fn::GetAtt` of a
     resource's `Arn` is accepted (a log group's ARN ends in `:*` by AWS's own
     definition: it is that group's streams, nothing wider);
-  - no `*` principal;
+  - no `*` principal in an Allow (a Deny to `*` with a condition grants nothing: it is
+    how a resource policy refuses everyone but the named senders, or requests without
+    TLS);
+  - one exception to the resource rule, and only it: an Allow whose every action is one
+    that takes no resource (RESOURCELESS_ACTIONS, each with its source) may name exactly
+    `Resource: "*"`, the only resource such an action can be granted on;
   - no AWS managed policy ARNs or SAM policy templates, whose content this check
     cannot see.
 
@@ -39,6 +44,14 @@ def _intrinsic(loader, suffix, node):
 
 
 CfnLoader.add_multi_constructor("!", _intrinsic)
+
+# Actions whose "Resource types" column in the Service Authorization Reference is empty:
+# they can only be granted on "*".
+RESOURCELESS_ACTIONS = {
+    # https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazondynamodb.html
+    # (needed by a Lambda DynamoDB-stream event-source mapping's execution role)
+    "dynamodb:ListStreams",
+}
 
 
 def as_list(value):
@@ -71,15 +84,22 @@ def check_statement(where, statement, findings):
         for text in literal_strings(action):
             if "*" in text:
                 findings.append(f"{where}: wildcard action {text!r}")
+    actions = as_list(statement.get("Action", []))
+    resourceless = (
+        statement.get("Effect") == "Allow"
+        and bool(actions)
+        and all(isinstance(a, str) and a in RESOURCELESS_ACTIONS for a in actions)
+        and statement.get("Resource") in ("*", ["*"])
+    )
     if "Resource" in statement:
-        for resource in as_list(statement["Resource"]):
+        for resource in [] if resourceless else as_list(statement["Resource"]):
             for text in literal_strings(resource):
                 if "*" in text:
                     findings.append(f"{where}: wildcard resource {text!r}")
     elif "Principal" not in statement:
         findings.append(f"{where}: statement without Resource")
     principal = statement.get("Principal")
-    if principal is not None:
+    if principal is not None and statement.get("Effect") != "Deny":
         for text in literal_strings(principal):
             if text == "*":
                 findings.append(f"{where}: wildcard principal")

@@ -9,7 +9,11 @@
 #      `org.tributary.runs: <binary> [subcommand]`) is one that binary reads: its
 #      `--help` lists it (`[env: NAME…]`), or it is one of the AWS SDK's standard
 #      variables, or RUST_LOG where the help names it. A typo fails here, not silently
-#      in a container.
+#      in a container;
+#   4. every service running `publisher` or `subscriber run` has a stop_grace_period
+#      longer than the subscriber's drain bound (its SUBSCRIBER_WAIT_TIME_SECS long
+#      poll, default 20 s, plus DRAIN_APPLY_SECS for the batches in flight), so a
+#      `docker compose stop` never SIGKILLs a drain.
 # Usage: scripts/check-compose.sh [COMPOSE_FILE]   (binaries from target/debug, or
 # TRIBUTARY_BIN_DIR). Exit 1 with one line per problem.
 set -euo pipefail
@@ -47,6 +51,20 @@ SDK = {"AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_
        "AWS_ENDPOINT_URL_DYNAMODB_STREAMS", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS"}
 helps = {}
 problems = []
+# What a drain may take beyond the long poll: committing and deleting the batches in
+# flight (one transaction each, a DeleteMessageBatch, their retries).
+DRAIN_APPLY_SECS = 30
+LONG_RUNNING = ("publisher", "subscriber run")
+
+def seconds(duration):
+    """A compose duration ("60s", "1m30s", "1.5m", a bare number of seconds) in seconds."""
+    if isinstance(duration, (int, float)):
+        return float(duration)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", str(duration))
+    if not parts or "".join(n + u for n, u in parts) != str(duration):
+        return None
+    unit = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 0.000001}
+    return sum(float(n) * unit[u] for n, u in parts)
 services_seen = set()
 for f in files:
     config = yaml.safe_load(open(f))
@@ -64,6 +82,15 @@ for f in files:
         if not runs:
             continue
         services_seen.add(name)
+        if runs in LONG_RUNNING:
+            env = svc.get("environment") or {}
+            bound = int(env.get("SUBSCRIBER_WAIT_TIME_SECS", 20)) + DRAIN_APPLY_SECS
+            grace = svc.get("stop_grace_period")
+            got = seconds(grace) if grace is not None else 10.0  # Docker's default
+            if got is None:
+                problems.append(f"{name}: stop_grace_period {grace!r} is not a duration")
+            elif got <= bound:
+                problems.append(f"{name}: stop_grace_period {grace or '10s (default)'} is not longer than the drain bound of {bound} s")
         if runs not in helps:
             argv = runs.split()
             exe = os.path.join(bins, argv[0])

@@ -260,6 +260,7 @@ async fn one_rate(args: &PipelineArgs, clients: &Clients, rate: u32) -> Result<O
         queue: format!("bench-analytics-{id}"),
         dlq: format!("bench-analytics-dlq-{id}"),
         failure_queue: format!("bench-failures-{id}"),
+        delivery_dlq: format!("bench-delivery-dlq-{id}"),
         max_receive_count: 5,
         visibility_timeout_secs: 30,
     };

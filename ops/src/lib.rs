@@ -11,12 +11,15 @@
 //! - [`server`] — the HTTP listener: `GET /metrics`, `/healthz`, `/readyz`.
 //! - [`aws`] — the AWS SDK configuration every binary builds its clients from:
 //!   retries and the connect, attempt and operation timeouts (`--aws-*-timeout-ms`).
+//! - [`sqs_text`] — PURE: JSON bodies and attribute text kept to the characters SQS
+//!   accepts (every sender to SNS or SQS uses it).
 //! - [`OpsArgs`] — the listen address setting (`--metrics-addr`, `TRIBUTARY_METRICS_ADDR`).
 //! - [`BatchResponse`], [`invocation_deadline`] — what both Lambda handlers share.
 
 pub mod aws;
 pub mod metrics;
 pub mod server;
+pub mod sqs_text;
 
 use std::net::SocketAddr;
 

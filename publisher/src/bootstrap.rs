@@ -1,7 +1,8 @@
 //! Creates, idempotently, every AWS resource the pipeline needs: the profile table with
 //! its stream, the checkpoint table, the topic, the subscriber's queue with its DLQ and
 //! redrive policy, a queue policy that admits only the topic, the raw-delivery
-//! subscription, and the publisher's failure queue.
+//! subscription with its own dead-letter queue (SNS's redrive policy: a delivery SQS
+//! refuses lands there instead of being dropped), and the publisher's failure queue.
 
 use std::time::Duration;
 
@@ -46,6 +47,15 @@ pub struct Names {
         default_value = "analytics-profile-changes-dlq"
     )]
     pub dlq: String,
+    /// The subscription's dead-letter queue: messages SNS could not deliver to the queue
+    /// (a queue policy or KMS change, a body SQS refuses). Redrive it with `replay dlq
+    /// --dlq-url <it> --queue-url <the queue>`.
+    #[arg(
+        long,
+        env = "BOOTSTRAP_DELIVERY_DLQ",
+        default_value = "analytics-profile-changes-delivery-dlq"
+    )]
+    pub delivery_dlq: String,
     /// The publisher's failure queue for records that can never be published.
     #[arg(
         long,
@@ -74,6 +84,8 @@ pub struct Resources {
     pub dlq_arn: String,
     pub failure_queue_url: String,
     pub subscription_arn: String,
+    /// Where SNS puts what it could not deliver to `queue_url`.
+    pub delivery_dlq_url: String,
 }
 
 impl Resources {
@@ -82,14 +94,16 @@ impl Resources {
         format!(
             "export PUBLISHER_TABLE={}\nexport PUBLISHER_CHECKPOINT_TABLE={}\nexport PUBLISHER_TOPIC_ARN={}\n\
              export PUBLISHER_FAILURE_QUEUE_URL={}\nexport SUBSCRIBER_QUEUE_URL={}\nexport SUBSCRIBER_DLQ_URL={}\n\
-             export TRIBUTARY_STREAM_ARN={}\n",
+             export TRIBUTARY_STREAM_ARN={}\nexport SUBSCRIBER_TOPIC_ARN={}\nexport TRIBUTARY_DELIVERY_DLQ_URL={}\n",
             self.table,
             self.checkpoint_table,
             self.topic_arn,
             self.failure_queue_url,
             self.queue_url,
             self.dlq_url,
-            self.stream_arn
+            self.stream_arn,
+            self.topic_arn,
+            self.delivery_dlq_url
         )
     }
 }
@@ -158,27 +172,31 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
     )
     .await?;
 
-    // Only this topic may send to the queue.
-    let policy = serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "AllowTopic",
-            "Effect": "Allow",
-            "Principal": { "Service": "sns.amazonaws.com" },
-            "Action": "sqs:SendMessage",
-            "Resource": queue_arn,
-            "Condition": { "ArnEquals": { "aws:SourceArn": topic_arn } }
-        }]
-    })
-    .to_string();
-    clients
-        .sqs
-        .set_queue_attributes()
-        .queue_url(&queue_url)
-        .attributes(QueueAttributeName::Policy, policy)
-        .send()
-        .await
-        .map_err(|e| fail(&names.queue, crate::describe_sdk_error(&e)))?;
+    let (delivery_dlq_url, delivery_dlq_arn) = ensure_queue(
+        clients,
+        &names.delivery_dlq,
+        &[(QueueAttributeName::MessageRetentionPeriod, "1209600".into())],
+    )
+    .await?;
+
+    // Only this topic may send to the queue, and to the subscription's DLQ (SNS moves
+    // an undeliverable message there with its own service principal).
+    for (name, url, arn) in [
+        (&names.queue, &queue_url, &queue_arn),
+        (&names.delivery_dlq, &delivery_dlq_url, &delivery_dlq_arn),
+    ] {
+        clients
+            .sqs
+            .set_queue_attributes()
+            .queue_url(url)
+            .attributes(
+                QueueAttributeName::Policy,
+                topic_only_policy(arn, &topic_arn),
+            )
+            .send()
+            .await
+            .map_err(|e| fail(name, crate::describe_sdk_error(&e)))?;
+    }
 
     let subscription_arn = clients
         .sns
@@ -198,6 +216,25 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
         })?
         .subscription_arn
         .unwrap_or_default();
+    // Set apart from Subscribe, so a subscription made by an older bootstrap (without
+    // it) is updated instead of refused as "exists with different attributes".
+    clients
+        .sns
+        .set_subscription_attributes()
+        .subscription_arn(&subscription_arn)
+        .attribute_name("RedrivePolicy")
+        .attribute_value(subscription_redrive_policy(&delivery_dlq_arn))
+        .send()
+        .await
+        .map_err(|e| {
+            fail(
+                format!(
+                    "subscription {} → {} redrive policy",
+                    names.topic, names.queue
+                ),
+                crate::describe_sdk_error(&e),
+            )
+        })?;
 
     Ok(Resources {
         table: names.table.clone(),
@@ -210,7 +247,31 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
         dlq_arn,
         failure_queue_url,
         subscription_arn,
+        delivery_dlq_url,
     })
+}
+
+/// A queue policy admitting only SNS sending on behalf of `topic_arn`.
+pub fn topic_only_policy(queue_arn: &str, topic_arn: &str) -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "AllowTopic",
+            "Effect": "Allow",
+            "Principal": { "Service": "sns.amazonaws.com" },
+            "Action": "sqs:SendMessage",
+            "Resource": queue_arn,
+            "Condition": { "ArnEquals": { "aws:SourceArn": topic_arn } }
+        }]
+    })
+    .to_string()
+}
+
+/// An SNS subscription's `RedrivePolicy`: what SNS cannot deliver goes to `dlq_arn`.
+///
+/// <https://docs.aws.amazon.com/sns/latest/dg/sns-configure-dead-letter-queue.html>
+pub fn subscription_redrive_policy(dlq_arn: &str) -> String {
+    serde_json::json!({ "deadLetterTargetArn": dlq_arn }).to_string()
 }
 
 /// Creates a table keyed by one string attribute (with a stream when asked) unless it

@@ -63,7 +63,7 @@ impl FailureQueue {
     pub async fn park(&self, parked: &ParkedRecord) -> Result<(), ParkError> {
         let url = self.url.as_deref().ok_or(ParkError::NotConfigured)?;
         let body = body_within_limit(parked);
-        let mut detail = parked.detail.clone();
+        let mut detail = ops::sqs_text::sanitize_text(&parked.detail).into_owned();
         truncate_utf8(&mut detail, MAX_DETAIL_BYTES);
         let attr = |v: &str| {
             MessageAttributeValue::builder()
@@ -102,7 +102,7 @@ impl FailureQueue {
 /// dropped and their sizes noted: the keys, sequence number and reason still identify
 /// the change, and the item can be re-read from the table or backfilled.
 pub fn body_within_limit(parked: &ParkedRecord) -> String {
-    let full = serde_json::to_string(parked).expect("a stream record serialises");
+    let full = sqs_json(parked);
     if full.len() + ATTRIBUTE_ALLOWANCE <= MAX_MESSAGE_BYTES {
         return full;
     }
@@ -119,7 +119,13 @@ pub fn body_within_limit(parked: &ParkedRecord) -> String {
     };
     reduced.record.new_image = None;
     reduced.record.old_image = None;
-    serde_json::to_string(&reduced).expect("a stream record serialises")
+    sqs_json(&reduced)
+}
+
+/// JSON that SQS accepts: an image may hold U+FFFE or U+FFFF, which SQS refuses raw.
+fn sqs_json(parked: &ParkedRecord) -> String {
+    let json = serde_json::to_string(parked).expect("a stream record serialises");
+    ops::sqs_text::escape_json(&json).into_owned()
 }
 
 fn truncate_utf8(s: &mut String, max: usize) {
@@ -178,5 +184,18 @@ mod tests {
         assert!(back.record.new_image.is_none());
         assert_eq!(back.record.sequence_number.as_deref(), Some("42"));
         assert!(back.detail.contains("images dropped"));
+    }
+
+    #[test]
+    fn a_parked_image_holding_characters_sqs_refuses_is_escaped_and_decodes_the_same() {
+        let mut record = parked(10);
+        let awkward = AttributeValue::S("a\u{FFFE}b\u{FFFF}".into());
+        if let Some(image) = record.record.new_image.as_mut() {
+            image.insert("display_name".into(), awkward.clone());
+        }
+        let body = body_within_limit(&record);
+        assert!(!body.chars().any(ops::sqs_text::needs_escape), "{body}");
+        let back: ParkedRecord = serde_json::from_str(&body).unwrap();
+        assert_eq!(back.record.new_image.unwrap()["display_name"], awkward);
     }
 }

@@ -48,7 +48,10 @@ pub struct Encoded {
 
 impl Encoded {
     pub fn new(tag: usize, event: &ChangeEvent, as_version: SchemaVersion) -> Self {
-        let body = String::from_utf8(event.encode(as_version)).expect("serde_json writes UTF-8");
+        let json = String::from_utf8(event.encode(as_version)).expect("serde_json writes UTF-8");
+        // SNS takes characters SQS then refuses to deliver (the event would be lost):
+        // escape them, the decoded value is the same. The size checks see the result.
+        let body = ops::sqs_text::escape_json(&json).into_owned();
         Encoded {
             tag,
             event_id: event.event_id.clone(),
@@ -399,6 +402,27 @@ mod tests {
             event_type: "profile.upserted",
             schema_version: SchemaVersion::V2,
             body: "x".repeat(size),
+        }
+    }
+
+    #[test]
+    fn an_encoded_body_holds_only_characters_sqs_accepts_and_decodes_to_the_same_event() {
+        let mut event =
+            contracts::decode(include_str!("../../contracts/fixtures/v2/upserted.json").as_bytes())
+                .unwrap();
+        let contracts::Change::Upserted(profile) = &mut event.change else {
+            panic!("the fixture is an upsert");
+        };
+        profile.display_name = "Zoë\u{FFFE}\u{FFFF}\u{1FFFE}".into();
+        for version in [SchemaVersion::V1, SchemaVersion::V2] {
+            let encoded = Encoded::new(0, &event, version);
+            assert!(!encoded.body.chars().any(ops::sqs_text::needs_escape));
+            assert!(encoded.body.contains(r"\uFFFE\uFFFF"), "{}", encoded.body);
+            let back = contracts::decode(encoded.body.as_bytes()).unwrap();
+            assert_eq!(
+                back.change.profile().map(|p| p.display_name.as_str()),
+                Some("Zoë\u{FFFE}\u{FFFF}\u{1FFFE}")
+            );
         }
     }
 

@@ -195,6 +195,7 @@ async fn main() {
             queue: format!("bench-q-{id}"),
             dlq: format!("bench-dlq-{id}"),
             failure_queue: format!("bench-fail-{id}"),
+            delivery_dlq: format!("bench-delivery-dlq-{id}"),
             max_receive_count: 5,
             visibility_timeout_secs: 30,
         };

@@ -125,6 +125,9 @@ pub struct RunConfig {
     #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = parse_http_url)]
     pub dlq_url: Option<Url>,
 
+    #[command(flatten)]
+    pub topic: crate::envelope::TopicCheck,
+
     /// Concurrent receive loops, each with at most one batch in flight. Default: 4.
     #[arg(
         long,
@@ -270,6 +273,9 @@ pub struct LambdaConfig {
     /// Required.
     #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = parse_http_url)]
     pub dlq_url: Url,
+
+    #[command(flatten)]
+    pub topic: crate::envelope::TopicCheck,
 
     /// PostgreSQL connections of one execution environment (one invocation at a time).
     /// Default: 2 (one for the batch, one for isolating a refused event).

@@ -4,10 +4,66 @@
 //! event JSON itself) or without it (the body is SNS's JSON notification, with the event
 //! JSON as a string in `Message`). Both are accepted, so flipping the subscription's
 //! `RawMessageDelivery` attribute never strands messages already in the queue.
+//!
+//! An SNS-wrapped body names the topic it came from (`TopicArn`). When the expected
+//! topic is set ([`TopicCheck`], `SUBSCRIBER_TOPIC_ARN`), a wrapped body from any other
+//! topic is refused as [`BodyError::ForeignTopic`] and parked with its own reason. A raw
+//! body carries no topic: for it, as for every body while the setting is unset, the
+//! guard is the queue policy, which admits only the topic (and the replay role).
+
+use std::sync::OnceLock;
 
 use contracts::{ChangeEvent, DecodeError};
 use serde::Deserialize;
 use serde_json::Value;
+
+/// The topic SNS-wrapped bodies must come from, a setting of both subscriber binaries.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TopicCheck {
+    /// ARN of the SNS topic the queue is subscribed to. An SNS-wrapped body from another
+    /// topic is parked with reason `foreign_topic`. Default: unset, no check (raw
+    /// bodies carry no topic either way; the queue policy admitting only the topic is
+    /// then the only guard, and a warning says so at start).
+    #[arg(long = "topic-arn", env = "SUBSCRIBER_TOPIC_ARN", value_name = "ARN", value_parser = parse_topic_arn)]
+    pub topic_arn: Option<String>,
+}
+
+impl TopicCheck {
+    /// Makes [`decode_body`] check SNS-wrapped bodies against this topic, for the rest
+    /// of the process; logs a warning when there is none. Called once by each binary's
+    /// main: a process-wide setting, as the metrics registry is, so the batch code that
+    /// decodes does not carry it in every signature.
+    pub fn install(&self) {
+        if self.topic_arn.is_none() {
+            tracing::warn!(
+                "SUBSCRIBER_TOPIC_ARN is not set: SNS-wrapped bodies from any topic are accepted; only the queue policy guards who may send."
+            );
+        }
+        let _ = EXPECTED_TOPIC.set(self.topic_arn.clone());
+    }
+}
+
+static EXPECTED_TOPIC: OnceLock<Option<String>> = OnceLock::new();
+
+/// An SNS topic ARN: `arn:PARTITION:sns:REGION:ACCOUNT:NAME`.
+///
+/// # Errors
+/// A sentence saying what shape was expected.
+pub fn parse_topic_arn(value: &str) -> Result<String, String> {
+    let parts: Vec<&str> = value.split(':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && !parts[1].is_empty()
+        && parts[2] == "sns"
+        && !parts[3].is_empty()
+        && !parts[4].is_empty()
+        && !parts[5].is_empty();
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("expected an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)".to_owned())
+    }
+}
 
 /// Why an SQS body is not a change event this build can apply.
 ///
@@ -21,6 +77,9 @@ pub enum BodyError {
     /// The event (raw, or unwrapped from SNS) does not decode.
     #[error("event does not decode")]
     Event(#[source] DecodeError),
+    /// An SNS notification from a topic other than the expected one (or naming none).
+    #[error("sns envelope from another topic than the expected one")]
+    ForeignTopic,
 }
 
 /// What is wrong with an SNS-looking envelope.
@@ -40,12 +99,16 @@ pub enum SnsProblem {
     MessageNotString,
 }
 
+/// The reason a wrapped body from another topic is parked with.
+pub const FOREIGN_TOPIC: &str = "foreign_topic";
+
 impl BodyError {
     /// A short, stable, low-cardinality name for the failure: the `tributary-reason`
     /// attribute on the parked message.
     pub fn reason_code(&self) -> &'static str {
         match self {
             BodyError::BadSnsEnvelope(_) => "bad_sns_envelope",
+            BodyError::ForeignTopic => FOREIGN_TOPIC,
             BodyError::Event(e) => e.reason_code(),
         }
     }
@@ -57,26 +120,48 @@ impl BodyError {
     }
 }
 
-/// Decodes an SQS message body, raw or SNS-wrapped, into the current-version event.
+/// Decodes an SQS message body, raw or SNS-wrapped, into the current-version event,
+/// checking a wrapped body's topic against the one [`TopicCheck::install`] set.
+///
+/// # Errors
+/// As [`decode_body_from`].
+pub fn decode_body(body: &str) -> Result<ChangeEvent, BodyError> {
+    decode_body_from(body, EXPECTED_TOPIC.get().and_then(Option::as_deref))
+}
+
+/// Decodes an SQS message body, raw or SNS-wrapped; a wrapped one must name
+/// `expected_topic` as its `TopicArn` when that is given.
 ///
 /// # Errors
 /// [`BodyError::BadSnsEnvelope`] for an object carrying SNS notification fields
-/// (`Type`, `Message`, `TopicArn`, `MessageId`) that is not a valid notification; the
-/// contract's [`DecodeError`] (as [`BodyError::Event`]) for everything else.
-pub fn decode_body(body: &str) -> Result<ChangeEvent, BodyError> {
+/// (`Type`, `Message`, `TopicArn`, `MessageId`) that is not a valid notification;
+/// [`BodyError::ForeignTopic`] for a notification from another topic; the contract's
+/// [`DecodeError`] (as [`BodyError::Event`]) for everything else.
+pub fn decode_body_from(
+    body: &str,
+    expected_topic: Option<&str>,
+) -> Result<ChangeEvent, BodyError> {
     let event_json = match sns_message(body)? {
-        Some(message) => message,
+        Some((message, topic)) => {
+            if let Some(expected) = expected_topic
+                && topic.as_deref() != Some(expected)
+            {
+                return Err(BodyError::ForeignTopic);
+            }
+            message
+        }
         None => body.to_owned(),
     };
     contracts::decode(event_json.as_bytes()).map_err(BodyError::Event)
 }
 
-/// The `Message` of an SNS notification, `None` if the body is not SNS-shaped.
+/// The `Message` of an SNS notification and its `TopicArn` (when a string), `None` if
+/// the body is not SNS-shaped.
 ///
 /// The contract's envelope denies unknown fields and names none of SNS's capitalised
 /// ones, so an object carrying any of them can only be an SNS envelope: if it is a
 /// broken one, saying so is clearer than a schema mismatch.
-fn sns_message(body: &str) -> Result<Option<String>, BodyError> {
+fn sns_message(body: &str) -> Result<Option<(String, Option<String>)>, BodyError> {
     #[derive(Deserialize)]
     struct Probe {
         #[serde(rename = "Type")]
@@ -109,8 +194,12 @@ fn sns_message(body: &str) -> Result<Option<String>, BodyError> {
         None => return bad(SnsProblem::MissingType),
         Some(_) => return bad(SnsProblem::NotNotification),
     }
+    let topic = match probe.topic_arn {
+        Some(Value::String(topic)) => Some(topic),
+        _ => None,
+    };
     match probe.message {
-        Some(Value::String(message)) => Ok(Some(message)),
+        Some(Value::String(message)) => Ok(Some((message, topic))),
         None => bad(SnsProblem::MissingMessage),
         Some(_) => bad(SnsProblem::MessageNotString),
     }
@@ -201,6 +290,61 @@ mod tests {
             decode_body(&body).unwrap_err(),
             BodyError::BadSnsEnvelope(SnsProblem::MissingType)
         );
+    }
+
+    const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:profile-changes";
+
+    #[test]
+    fn sns_wrapped_body_from_the_expected_topic_decodes() {
+        let event = decode_body_from(&sns_wrap(V2_UPSERTED), Some(TOPIC)).unwrap();
+        assert_eq!(event, decode_body(V2_UPSERTED).unwrap());
+    }
+
+    #[test]
+    fn sns_wrapped_body_from_another_topic_is_refused_with_its_own_reason() {
+        let body = sns_wrap(V2_UPSERTED).replace(":profile-changes", ":someone-elses");
+        let err = decode_body_from(&body, Some(TOPIC)).unwrap_err();
+        assert_eq!(err, BodyError::ForeignTopic);
+        assert_eq!(err.reason_code(), "foreign_topic");
+        assert!(!err.is_retryable());
+        // Without an expected topic the same body decodes.
+        assert!(decode_body_from(&body, None).is_ok());
+    }
+
+    #[test]
+    fn sns_wrapped_body_naming_no_topic_is_refused_when_one_is_expected() {
+        let body = serde_json::json!({"Type": "Notification", "Message": V2_UPSERTED}).to_string();
+        assert_eq!(
+            decode_body_from(&body, Some(TOPIC)).unwrap_err(),
+            BodyError::ForeignTopic
+        );
+        let numeric =
+            serde_json::json!({"Type": "Notification", "Message": V2_UPSERTED, "TopicArn": 7})
+                .to_string();
+        assert_eq!(
+            decode_body_from(&numeric, Some(TOPIC)).unwrap_err(),
+            BodyError::ForeignTopic
+        );
+    }
+
+    #[test]
+    fn raw_body_has_no_topic_to_check_and_decodes_whatever_is_expected() {
+        assert!(decode_body_from(V2_UPSERTED, Some(TOPIC)).is_ok());
+    }
+
+    #[test]
+    fn topic_arn_setting_accepts_only_an_sns_topic_arn() {
+        assert_eq!(parse_topic_arn(TOPIC).unwrap(), TOPIC);
+        assert!(parse_topic_arn("arn:aws-cn:sns:cn-north-1:1:t").is_ok());
+        for bad in [
+            "",
+            "profile-changes",
+            "arn:aws:sqs:us-east-1:123456789012:q",
+            "arn:aws:sns:us-east-1:123456789012:",
+            "arn:aws:sns:us-east-1:123456789012:t:sub-id",
+        ] {
+            assert!(parse_topic_arn(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub const PARK_REASONS: &[&str] = &[
     "missing_schema_version",
     "invalid_event",
     "bad_sns_envelope",
+    crate::envelope::FOREIGN_TOPIC,
     crate::worker::APPLY_REJECTED,
 ];
 

@@ -560,7 +560,9 @@ impl DeadLetterQueue {
         reason_code: &'static str,
         detail: &str,
     ) -> Result<(), SourceError> {
-        let attributes = dlq_attributes(message, reason_code, detail, self.max_message_bytes);
+        // A decode error's text may quote a character SQS refuses in an attribute.
+        let detail = ops::sqs_text::sanitize_text(detail);
+        let attributes = dlq_attributes(message, reason_code, &detail, self.max_message_bytes);
         match self.send_copy(&message.body, attributes).await {
             Err(e) if !e.is_retryable() => {
                 error!(
@@ -581,10 +583,13 @@ impl DeadLetterQueue {
         body: &str,
         attributes: HashMap<String, MessageAttributeValue>,
     ) -> Result<(), SourceError> {
+        // The body came from SQS, so this is a no-op unless a caller parks text that
+        // did not: then it keeps SQS from refusing the parked copy.
+        let body = ops::sqs_text::escape_json(body);
         self.client
             .send_message()
             .queue_url(&self.url)
-            .message_body(body)
+            .message_body(body.as_ref())
             .set_message_attributes(Some(attributes))
             .send()
             .await

@@ -145,6 +145,7 @@ impl Stack {
             queue: format!("analytics-{id}"),
             dlq: format!("analytics-dlq-{id}"),
             failure_queue: format!("publish-failures-{id}"),
+            delivery_dlq: format!("delivery-dlq-{id}"),
             max_receive_count: 5,
             visibility_timeout_secs: 30,
         };

@@ -111,3 +111,24 @@ fn a_schema_violation_fails_the_check() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("docker-compose config failed"), "{stderr}");
 }
+
+#[test]
+fn a_stop_grace_period_shorter_than_the_subscribers_drain_fails_the_check() {
+    let (_dir, file) = mutated("stop_grace_period: 60s", "stop_grace_period: 15s");
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 15 s grace passed: {stderr}");
+    assert!(
+        stderr.contains(
+            "subscriber: stop_grace_period 15s is not longer than the drain bound of 50 s"
+        ),
+        "{stderr}"
+    );
+    let (_dir, file) = mutated("  stop_grace_period: 60s\n", "");
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("publisher: stop_grace_period 10s (default) is not longer"),
+        "no grace period at all passed: {stderr}"
+    );
+}

@@ -13,6 +13,7 @@ use subscriber::source::{DeadLetterQueue, MAX_MESSAGE_BYTES};
 async fn main() -> Result<(), lambda_runtime::Error> {
     let config = LambdaConfig::parse_or_exit();
     subscriber::telemetry::init(config.log_format);
+    config.topic.install();
     let connect = match config.database.database_url.consumer_connect_options() {
         Ok(options) => options,
         Err(e) => {

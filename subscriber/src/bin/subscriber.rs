@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(config) => {
             config.log_settings();
+            config.topic.install();
             let aws = ops::aws::sdk_config(&config.aws).await;
             let options = config
                 .database
