@@ -64,6 +64,12 @@ pub struct StatusConfig {
     #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = parse_http_url)]
     pub dlq_url: Option<Url>,
 
+    /// URL of the publisher's failure queue, where it parks the records it could not
+    /// publish: any message there means the analytics store is not in sync. Default:
+    /// not read (the status then says it did not check).
+    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_name = "URL", value_parser = parse_http_url)]
+    pub failure_queue_url: Option<Url>,
+
     /// Print one JSON object (for scripts) instead of the screen.
     #[arg(long)]
     pub json: bool,

@@ -307,6 +307,47 @@ async fn status_shows_the_parked_messages_by_reason_and_the_lag_it_was_given() -
     let out = status(true)?;
     let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(s["in_sync"], true, "{s:#}");
+
+    // A record the publisher parked in its failure queue: not in sync, and said so.
+    stack
+        .clients
+        .sqs
+        .send_message()
+        .queue_url(&stack.resources.failure_queue_url)
+        .message_body("{\"reason\":\"publish_refused\"}")
+        .send()
+        .await?;
+    let with_failures = |json: bool| {
+        let mut cmd = std::process::Command::new(e2e::bin("subscriber").unwrap());
+        cmd.arg("status")
+            .env("DATABASE_URL", &stack.database_url)
+            .env("SUBSCRIBER_QUEUE_URL", &stack.resources.queue_url)
+            .env(
+                "PUBLISHER_FAILURE_QUEUE_URL",
+                &stack.resources.failure_queue_url,
+            )
+            .env("RUST_LOG", "warn");
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output()
+    };
+    let out = with_failures(true)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(s["in_sync"], false, "{s:#}");
+    assert_eq!(s["failure_queue"]["visible"], 1, "{s:#}");
+    let text = String::from_utf8(with_failures(false)?.stdout)?;
+    assert!(
+        text.starts_with(
+            "analytics   NOT IN SYNC: 1 records parked in the publisher's failure queue"
+        ),
+        "{text}"
+    );
     stack.teardown().await
 }
 
