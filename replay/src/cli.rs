@@ -164,6 +164,20 @@ pub struct VerifyArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: DatabaseUrl,
 
+    /// Connect to a non-loopback PostgreSQL host without verifying its certificate (any
+    /// `sslmode` but `verify-full`/`verify-ca`); refused without it. Logged at WARN.
+    /// Default: false.
+    #[arg(
+        long,
+        env = "SUBSCRIBER_ALLOW_INSECURE_DB_TLS",
+        value_name = "BOOL",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_insecure_database_tls: bool,
+
     /// Re-emit events for exactly the drifted keys to this queue (the subscriber's),
     /// then wait for them to be in sync.
     #[arg(long, env = "REPLAY_REPAIR_QUEUE_URL", value_name = "QUEUE_URL")]

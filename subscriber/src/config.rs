@@ -64,6 +64,12 @@ pub struct StatusConfig {
     #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = parse_http_url)]
     pub dlq_url: Option<Url>,
 
+    /// URL of the publisher's failure queue, where it parks the records it could not
+    /// publish: any message there means the analytics store is not in sync. Default:
+    /// not read (the status then says it did not check).
+    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_name = "URL", value_parser = parse_http_url)]
+    pub failure_queue_url: Option<Url>,
+
     /// Print one JSON object (for scripts) instead of the screen.
     #[arg(long)]
     pub json: bool,
@@ -100,6 +106,218 @@ pub struct DatabaseArgs {
     /// A secret: its password is never logged or shown.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: DatabaseUrl,
+
+    /// Connect to a PostgreSQL host that is not loopback without verifying its
+    /// certificate, i.e. with any `sslmode` but `verify-full` or `verify-ca` (sqlx's
+    /// default, `prefer`, checks nothing and falls back to plain text): anyone on the
+    /// path can read or alter the traffic. Without it the program refuses to start.
+    /// Logged at WARN on every start. Default: false.
+    #[arg(
+        long,
+        env = ALLOW_INSECURE_DB_TLS_ENV,
+        value_name = "BOOL",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_insecure_database_tls: bool,
+}
+
+/// The database settings of `subscriber-lambda`: the URL itself, or (deployed) the ARN
+/// of the Secrets Manager secret that holds it, so that no password sits in the
+/// function's environment.
+#[derive(Debug, Clone, Args)]
+pub struct LambdaDatabaseArgs {
+    /// PostgreSQL connection URL (`postgres://user:password@host:5432/db`). Required
+    /// unless SUBSCRIBER_DATABASE_SECRET_ARN is set. A secret: never logged or shown.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        required_unless_present = "database_secret_arn"
+    )]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// ARN of the Secrets Manager secret holding the connection URL (its SecretString
+    /// is the URL, or JSON with the URL under `url`). Read at cold start, and again
+    /// when PostgreSQL refuses the credentials (a rotation needs no redeploy).
+    #[arg(long, env = "SUBSCRIBER_DATABASE_SECRET_ARN", value_name = "ARN",
+          value_parser = parse_secret_arn)]
+    pub database_secret_arn: Option<String>,
+
+    /// As `subscriber run --allow-insecure-database-tls`. Default: false.
+    #[arg(
+        long,
+        env = ALLOW_INSECURE_DB_TLS_ENV,
+        value_name = "BOOL",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_insecure_database_tls: bool,
+}
+
+impl LambdaDatabaseArgs {
+    /// Refuses both a URL and a secret: which one is meant would be a guess.
+    ///
+    /// # Errors
+    /// The one line to print before exiting with status 2.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.database_url.is_some() && self.database_secret_arn.is_some() {
+            return Err("error: both DATABASE_URL (--database-url) and \
+                        SUBSCRIBER_DATABASE_SECRET_ARN (--database-secret-arn) are set: keep one"
+                .to_owned());
+        }
+        Ok(())
+    }
+}
+
+fn parse_secret_arn(s: &str) -> Result<String, String> {
+    let mut parts = s.splitn(7, ':');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.nth(2),
+        parts.next(),
+    ) {
+        (Some("arn"), Some(_), Some("secretsmanager"), Some("secret"), Some(name))
+            if !name.is_empty() =>
+        {
+            Ok(s.to_owned())
+        }
+        _ => Err(
+            "not a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)"
+                .to_owned(),
+        ),
+    }
+}
+
+/// The environment variable of `--allow-insecure-database-tls`.
+pub const ALLOW_INSECURE_DB_TLS_ENV: &str = "SUBSCRIBER_ALLOW_INSECURE_DB_TLS";
+
+impl DatabaseArgs {
+    /// [`check_database_tls`] of these settings.
+    ///
+    /// # Errors
+    /// The one line to print before exiting with status 2.
+    pub fn check_tls(&self) -> Result<DatabaseTls, String> {
+        check_database_tls(&self.database_url, self.allow_insecure_database_tls)
+    }
+}
+
+/// How a database connection's TLS stands against the policy (see [`database_tls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTls {
+    /// `sslmode=verify-full` or `verify-ca`: the server's certificate is checked.
+    Verified,
+    /// A loopback address, `localhost` or a Unix socket: no network to protect.
+    Loopback,
+    /// Unverified to a remote host, allowed by `--allow-insecure-database-tls`.
+    InsecureAllowed {
+        host: String,
+        ssl_mode: &'static str,
+    },
+}
+
+/// Why the database connection's TLS is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseTlsError {
+    #[error(
+        "DATABASE_URL (--database-url) connects to {host} with sslmode={ssl_mode}, which does not \
+         verify the server's certificate: add sslmode=verify-full (and sslrootcert=CA file) to \
+         the URL, or set {ALLOW_INSECURE_DB_TLS_ENV}=true (--allow-insecure-database-tls) to \
+         accept an unverified connection"
+    )]
+    Unverified {
+        host: String,
+        ssl_mode: &'static str,
+    },
+}
+
+/// The name of an `sslmode`, as the URL spells it.
+fn ssl_mode_name(mode: sqlx::postgres::PgSslMode) -> &'static str {
+    use sqlx::postgres::PgSslMode;
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// Whether `host` names this machine: `localhost`, or a loopback address.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// PURE: the TLS policy. A connection to another machine must verify the server's
+/// certificate (`sslmode=verify-full` or `verify-ca`) unless `allow_insecure`.
+///
+/// # Errors
+/// [`DatabaseTlsError::Unverified`] naming the host and the mode.
+pub fn database_tls(
+    host: &str,
+    unix_socket: bool,
+    ssl_mode: sqlx::postgres::PgSslMode,
+    allow_insecure: bool,
+) -> Result<DatabaseTls, DatabaseTlsError> {
+    use sqlx::postgres::PgSslMode;
+    if matches!(ssl_mode, PgSslMode::VerifyFull | PgSslMode::VerifyCa) {
+        return Ok(DatabaseTls::Verified);
+    }
+    if unix_socket || is_loopback_host(host) {
+        return Ok(DatabaseTls::Loopback);
+    }
+    let ssl_mode = ssl_mode_name(ssl_mode);
+    if allow_insecure {
+        return Ok(DatabaseTls::InsecureAllowed {
+            host: host.to_owned(),
+            ssl_mode,
+        });
+    }
+    Err(DatabaseTlsError::Unverified {
+        host: host.to_owned(),
+        ssl_mode,
+    })
+}
+
+/// Applies [`database_tls`] to the URL as sqlx reads it (with `PGSSLMODE`, `PGHOST`…
+/// from the environment), and logs an allowed insecure connection at WARN.
+///
+/// # Errors
+/// The one line to print before exiting with status 2.
+pub fn check_database_tls(url: &DatabaseUrl, allow_insecure: bool) -> Result<DatabaseTls, String> {
+    let options: sqlx::postgres::PgConnectOptions = url
+        .expose_secret()
+        .parse()
+        .map_err(|e| format!("error: invalid value for --database-url (env DATABASE_URL): {e}"))?;
+    let decision = database_tls(
+        options.get_host(),
+        options.get_socket().is_some(),
+        options.get_ssl_mode(),
+        allow_insecure,
+    )
+    .map_err(|e| format!("error: {e}"))?;
+    if let DatabaseTls::InsecureAllowed { host, ssl_mode } = &decision {
+        tracing::warn!(
+            host,
+            ssl_mode,
+            setting = ALLOW_INSECURE_DB_TLS_ENV,
+            "INSECURE: the database connection does not verify the server's certificate; \
+             anyone on the network path can read or alter it."
+        );
+    }
+    Ok(decision)
 }
 
 /// Settings of `subscriber migrate`.
@@ -201,8 +419,9 @@ pub struct RunConfig {
     )]
     pub fill_wait_ms: u16,
 
-    /// Maximum PostgreSQL connections in the pool. Default: workers + 1 (one per batch
-    /// in flight, one spare for isolation and migrations).
+    /// Maximum PostgreSQL connections in the pool, at least workers + 1 (a smaller pool
+    /// is refused at start). Default: workers + 1 (one per batch in flight, one spare
+    /// for isolation and migrations).
     #[arg(long, env = "SUBSCRIBER_DB_MAX_CONNECTIONS", value_name = "N")]
     pub db_max_connections: Option<NonZeroU32>,
 
@@ -226,6 +445,25 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Checks the settings that depend on one another.
+    ///
+    /// # Errors
+    /// The one line to print before exiting with status 2: a pool smaller than
+    /// `workers + 1` would leave a worker waiting for a connection while another
+    /// isolates a batch (or the readiness probe holds one).
+    pub fn validate(&self) -> Result<(), String> {
+        let needed = u32::try_from(self.workers.get()).map_or(u32::MAX, |w| w.saturating_add(1));
+        match self.db_max_connections {
+            Some(n) if n.get() < needed => Err(format!(
+                "error: invalid value {n} for --db-max-connections (env \
+                 SUBSCRIBER_DB_MAX_CONNECTIONS): below workers + 1 = {needed} (SUBSCRIBER_WORKERS \
+                 = {}); raise it or lower the workers",
+                self.workers
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The pool size: the setting, or one connection per worker plus one.
     pub fn db_max_connections(&self) -> u32 {
         self.db_max_connections.map_or_else(
@@ -267,7 +505,7 @@ impl RunConfig {
 )]
 pub struct LambdaConfig {
     #[command(flatten)]
-    pub database: DatabaseArgs,
+    pub database: LambdaDatabaseArgs,
 
     /// URL of the dead-letter queue that undecodable or refused messages are parked in.
     /// Required.
@@ -276,6 +514,13 @@ pub struct LambdaConfig {
 
     #[command(flatten)]
     pub topic: crate::envelope::TopicCheck,
+
+    /// URL of the queue the event-source mapping reads: a message that failed
+    /// transiently is delayed there (`ChangeMessageVisibility`, growing with its receive
+    /// count) before it is reported. Default: resolved from the records'
+    /// `eventSourceARN` with `GetQueueUrl`.
+    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = parse_http_url)]
+    pub queue_url: Option<Url>,
 
     /// PostgreSQL connections of one execution environment (one invocation at a time).
     /// Default: 2 (one for the batch, one for isolating a refused event).
@@ -738,5 +983,174 @@ mod tests {
                 .unwrap()
                 .migrate_on_start
         );
+    }
+}
+
+#[cfg(test)]
+mod tls_and_pool_tests {
+    use sqlx::postgres::PgSslMode;
+
+    use super::*;
+
+    #[test]
+    fn a_remote_host_without_certificate_verification_is_refused_naming_the_fix() {
+        for mode in [
+            PgSslMode::Disable,
+            PgSslMode::Allow,
+            PgSslMode::Prefer,
+            PgSslMode::Require,
+        ] {
+            let err = database_tls("db.internal", false, mode, false).unwrap_err();
+            let line = err.to_string();
+            assert!(line.contains("db.internal"), "{line}");
+            assert!(line.contains("sslmode=verify-full"), "{line}");
+            assert!(line.contains(ALLOW_INSECURE_DB_TLS_ENV), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn verified_loopback_and_allowed_connections_pass() {
+        assert_eq!(
+            database_tls("db.internal", false, PgSslMode::VerifyFull, false),
+            Ok(DatabaseTls::Verified)
+        );
+        assert_eq!(
+            database_tls("db.internal", false, PgSslMode::VerifyCa, false),
+            Ok(DatabaseTls::Verified)
+        );
+        for host in [
+            "127.0.0.1",
+            "127.3.2.1",
+            "localhost",
+            "LOCALHOST",
+            "::1",
+            "[::1]",
+        ] {
+            assert_eq!(
+                database_tls(host, false, PgSslMode::Prefer, false),
+                Ok(DatabaseTls::Loopback),
+                "{host}"
+            );
+        }
+        assert_eq!(
+            database_tls("localhost", true, PgSslMode::Disable, false),
+            Ok(DatabaseTls::Loopback)
+        );
+        assert_eq!(
+            database_tls("10.0.0.5", false, PgSslMode::Require, true),
+            Ok(DatabaseTls::InsecureAllowed {
+                host: "10.0.0.5".into(),
+                ssl_mode: "require"
+            })
+        );
+    }
+
+    #[test]
+    fn the_url_is_checked_as_sqlx_reads_it_with_its_host_parameter() {
+        let url: DatabaseUrl = "postgres://u:pw@127.0.0.1/db?host=db.example.com"
+            .parse()
+            .unwrap();
+        let line = check_database_tls(&url, false).unwrap_err();
+        assert!(line.starts_with("error: "), "{line}");
+        assert!(line.contains("db.example.com"), "{line}");
+        assert!(line.contains("sslmode=prefer"), "{line}");
+        assert!(!line.contains("pw"), "{line}");
+        let url: DatabaseUrl = "postgres://u@db.example.com/db?sslmode=verify-full"
+            .parse()
+            .unwrap();
+        assert_eq!(check_database_tls(&url, false), Ok(DatabaseTls::Verified));
+    }
+
+    #[test]
+    fn the_escape_hatch_is_a_flag_and_an_environment_variable() {
+        let cli = Cli::try_parse_from([
+            "subscriber",
+            "migrate",
+            "--database-url",
+            "postgres://u@db.example.com/db",
+            "--allow-insecure-database-tls",
+        ])
+        .unwrap();
+        let Command::Migrate(config) = cli.command else {
+            panic!("parsed migrate");
+        };
+        assert!(config.database.allow_insecure_database_tls);
+        let arg = Cli::command()
+            .find_subcommand("run")
+            .unwrap()
+            .get_arguments()
+            .find(|a| a.get_id() == "allow_insecure_database_tls")
+            .unwrap()
+            .get_env()
+            .map(|e| e.to_string_lossy().into_owned());
+        assert_eq!(arg.as_deref(), Some(ALLOW_INSECURE_DB_TLS_ENV));
+    }
+
+    fn run(args: &[&str]) -> RunConfig {
+        let mut argv = vec![
+            "subscriber",
+            "run",
+            "--database-url",
+            "postgres://u@127.0.0.1/db",
+            "--queue-url",
+            "http://127.0.0.1:4566/000000000000/q",
+        ];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(config) => config,
+            Command::Migrate(_) | Command::Status(_) => unreachable!("parsed run"),
+        }
+    }
+
+    #[test]
+    fn a_pool_smaller_than_the_workers_plus_one_is_refused_in_one_line() {
+        let line = run(&["--workers", "4", "--db-max-connections", "4"])
+            .validate()
+            .unwrap_err();
+        assert!(line.contains("SUBSCRIBER_DB_MAX_CONNECTIONS"), "{line}");
+        assert!(line.contains("workers + 1 = 5"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            run(&["--workers", "4", "--db-max-connections", "5"])
+                .validate()
+                .is_ok()
+        );
+        assert!(run(&["--workers", "4"]).validate().is_ok());
+    }
+
+    fn lambda(args: &[&str]) -> Result<LambdaConfig, clap::Error> {
+        let mut argv = vec![
+            "subscriber-lambda",
+            "--dlq-url",
+            "http://127.0.0.1:4566/000000000000/dlq",
+        ];
+        argv.extend_from_slice(args);
+        LambdaConfig::try_parse_from(argv)
+    }
+
+    #[test]
+    fn the_lambda_takes_the_url_or_a_secret_arn_and_not_both() {
+        let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:tributary/db-AbCdEf";
+        let config = lambda(&["--database-secret-arn", arn]).unwrap();
+        assert_eq!(config.database.database_secret_arn.as_deref(), Some(arn));
+        assert!(lambda(&["--database-url", "postgres://u@127.0.0.1/db"]).is_ok());
+        if std::env::var_os("DATABASE_URL").is_none() {
+            assert!(config.database.database_url.is_none());
+            assert!(config.database.validate().is_ok());
+            assert!(lambda(&[]).is_err());
+        }
+        let both = lambda(&[
+            "--database-url",
+            "postgres://u@127.0.0.1/db",
+            "--database-secret-arn",
+            arn,
+        ])
+        .unwrap();
+        let line = both.database.validate().unwrap_err();
+        assert!(line.contains("DATABASE_URL") && line.contains("SUBSCRIBER_DATABASE_SECRET_ARN"));
+        let err = lambda(&["--database-secret-arn", "tributary/db"]).unwrap_err();
+        let line = one_line(&err, &LambdaConfig::command());
+        assert!(line.contains("SUBSCRIBER_DATABASE_SECRET_ARN"), "{line}");
     }
 }

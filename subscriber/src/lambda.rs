@@ -8,6 +8,15 @@
 //! messages count as handled — Lambda deletes them; messages that failed transiently
 //! are reported in `batchItemFailures` and come back after their visibility timeout.
 //!
+//! A message that fails for a transient reason (the database is down, the DLQ cannot
+//! be reached) is first delayed with `ChangeMessageVisibility`, by
+//! [`store_retry_visibility`] of its receive count, then reported: a store outage of
+//! hours costs each message a receive every so often, not one per visibility timeout,
+//! so the queue's `maxReceiveCount` is not burnt in minutes. One that failed at the
+//! last receive SQS allows before its redrive policy moves it is parked by us
+//! instead, with the reason [`STORE_UNAVAILABLE`] ([`retry_step`]), so no healthy
+//! message reaches the DLQ without a reason.
+//!
 //! The event types are our own and lenient: only `messageId` is needed (a message
 //! without one cannot be reported, so the invocation fails as a whole and the batch is
 //! retried).
@@ -23,10 +32,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::source::{DeadLetterQueue, ReceivedMessage};
-use crate::worker::process_batch;
+use crate::error_chain;
+use crate::secret::DatabaseSecret;
+use crate::source::{
+    DeadLetterQueue, MAX_BATCH_ENTRIES, MAX_VISIBILITY_TIMEOUT_SECS, Parker, ReceivedMessage,
+    max_receive_count_from_redrive_policy,
+};
+use crate::worker::{process_batch, redrive_imminent};
+
+/// First visibility delay of a message that failed transiently; doubles per receive.
+pub const STORE_RETRY_VISIBILITY_BASE: Duration = Duration::from_secs(30);
+/// Longest visibility delay of a message that failed transiently: an hour, well under
+/// SQS's 12-hour limit on a message's visibility timeout
+/// ([`MAX_VISIBILITY_TIMEOUT_SECS`]).
+/// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibility.html>
+pub const STORE_RETRY_VISIBILITY_MAX: Duration = Duration::from_secs(60 * 60);
+/// `tributary-reason` of a message parked because the store kept failing until the
+/// queue's `maxReceiveCount` was about to move it. The message itself is healthy:
+/// redrive it (`replay dlq`) once the store is back.
+pub const STORE_UNAVAILABLE: &str = "store_unavailable";
 
 /// How long an invocation waits for a pooled connection before the batch is reported
 /// as failed (and retried by the service).
@@ -125,6 +151,46 @@ impl SqsEventRecord {
     }
 }
 
+/// The visibility delay of a message that failed transiently at `receive_count`:
+/// [`STORE_RETRY_VISIBILITY_BASE`] doubled per earlier receive, capped at
+/// [`STORE_RETRY_VISIBILITY_MAX`], scaled by a jitter in `[0.5, 1]` (from `jitter` in
+/// `[0, 1)`) so that the messages of one outage do not all come back at once.
+pub fn store_retry_visibility(receive_count: u32, jitter: f64) -> Duration {
+    let doublings = receive_count.saturating_sub(1).min(20);
+    let full = STORE_RETRY_VISIBILITY_BASE
+        .saturating_mul(1 << doublings)
+        .min(STORE_RETRY_VISIBILITY_MAX);
+    full.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// What to do with a message that failed transiently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryStep {
+    /// Hide it this long, then report it for retry.
+    Delay(Duration),
+    /// Its next receive would let the redrive policy move it to the DLQ without a
+    /// reason: park it with [`STORE_UNAVAILABLE`] instead.
+    Park,
+}
+
+/// PURE: the step for a message that failed transiently at `receive_count`, on a queue
+/// whose redrive policy allows `max_receive_count` receives (`None`: unknown or none).
+pub fn retry_step(receive_count: u32, max_receive_count: Option<u32>, jitter: f64) -> RetryStep {
+    if redrive_imminent(receive_count, max_receive_count) {
+        RetryStep::Park
+    } else {
+        RetryStep::Delay(store_retry_visibility(receive_count, jitter))
+    }
+}
+
+/// The queue the event-source mapping reads, as resolved once per environment.
+#[derive(Debug, Clone)]
+struct QueueInfo {
+    url: String,
+    /// The RedrivePolicy's `maxReceiveCount`; `None` if it could not be read.
+    max_receive_count: Option<u32>,
+}
+
 /// What the handler keeps between invocations of one execution environment.
 #[derive(Debug)]
 pub struct SubscriberLambda {
@@ -134,6 +200,14 @@ pub struct SubscriberLambda {
     pool: OnceLock<PgPool>,
     dlq: DeadLetterQueue,
     deadline_margin: Duration,
+    /// The consumed queue's URL, if configured; else resolved from the records'
+    /// `eventSourceARN`.
+    queue_url: Option<String>,
+    /// Resolved on the first transient failure, reused after.
+    queue: tokio::sync::OnceCell<QueueInfo>,
+    /// Where the database URL came from, to read it again when PostgreSQL refuses the
+    /// credentials (a rotated password), and whether its TLS may be unverified.
+    secret: Option<(DatabaseSecret, bool)>,
 }
 
 impl SubscriberLambda {
@@ -151,7 +225,221 @@ impl SubscriberLambda {
             pool: OnceLock::new(),
             dlq,
             deadline_margin,
+            queue_url: None,
+            queue: tokio::sync::OnceCell::new(),
+            secret: None,
         }
+    }
+
+    /// The secret the database URL was read from: when PostgreSQL refuses the
+    /// credentials, it is read again and the pool's new connections use the new value
+    /// (the batch is then tried once more). `allow_insecure_tls` is
+    /// `--allow-insecure-database-tls`, applied to the new URL too.
+    #[must_use]
+    pub fn with_secret(
+        mut self,
+        secret: DatabaseSecret,
+        allow_insecure_tls: bool,
+    ) -> SubscriberLambda {
+        self.secret = Some((secret, allow_insecure_tls));
+        self
+    }
+
+    /// Applies `messages`; if none applied and PostgreSQL refuses the credentials, reads
+    /// the secret again and tries the messages to retry once more.
+    async fn apply(&self, messages: &[ReceivedMessage]) -> crate::worker::BatchOutcome {
+        let mut outcome = process_batch(self.pool(), &self.dlq, messages).await;
+        if outcome.succeeded.is_empty()
+            && !outcome.retry.is_empty()
+            && self.refresh_refused_credentials().await
+        {
+            let again: Vec<ReceivedMessage> = messages
+                .iter()
+                .filter(|m| outcome.retry.contains(&m.message_id))
+                .cloned()
+                .collect();
+            let second = process_batch(self.pool(), &self.dlq, &again).await;
+            outcome.succeeded.extend(second.succeeded);
+            outcome.parked.extend(second.parked);
+            outcome.retry = second.retry;
+            outcome.report.add(second.report);
+        }
+        outcome
+    }
+
+    /// If a secret is configured and PostgreSQL refuses its credentials, reads it again
+    /// and points the pool's new connections at the new value. Whether it did.
+    async fn refresh_refused_credentials(&self) -> bool {
+        let Some((secret, allow_insecure_tls)) = &self.secret else {
+            return false;
+        };
+        match self.pool().acquire().await {
+            Err(e) if crate::secret::is_authentication_failure(&e) => {
+                warn!(secret_arn = secret.arn(), error = %error_chain(&e), "PostgreSQL refused the credentials; reading the secret again.");
+            }
+            _ => return false,
+        }
+        let url = match secret.read().await {
+            Ok(url) => url,
+            Err(e) => {
+                warn!(error = %error_chain(&e), "Could not read the database secret again.");
+                return false;
+            }
+        };
+        if let Err(line) = crate::config::check_database_tls(&url, *allow_insecure_tls) {
+            error!(secret_arn = secret.arn(), problem = %line, "The rotated database URL is refused; an operator must act.");
+            return false;
+        }
+        match url.consumer_connect_options() {
+            Ok(options) => {
+                self.pool().set_connect_options(options);
+                info!(
+                    secret_arn = secret.arn(),
+                    "Database credentials read again from the secret."
+                );
+                true
+            }
+            Err(e) => {
+                error!(secret_arn = secret.arn(), error = %e, "The rotated database URL is refused; an operator must act.");
+                false
+            }
+        }
+    }
+
+    /// The URL of the queue the mapping reads (`SUBSCRIBER_QUEUE_URL`), where failed
+    /// messages are delayed. Without it, the URL is resolved from the records'
+    /// `eventSourceARN` with `GetQueueUrl`.
+    #[must_use]
+    pub fn with_queue_url(mut self, queue_url: Option<String>) -> SubscriberLambda {
+        self.queue_url = queue_url;
+        self
+    }
+
+    /// The consumed queue: its URL and `maxReceiveCount`, resolved once.
+    async fn queue(&self, event_source_arn: Option<&str>) -> Result<&QueueInfo, String> {
+        self.queue
+            .get_or_try_init(|| async {
+                let client = self.dlq.client();
+                let url = match (&self.queue_url, event_source_arn) {
+                    (Some(url), _) => url.clone(),
+                    (None, Some(arn)) => {
+                        let (account, name) = queue_of_arn(arn)
+                            .ok_or_else(|| format!("eventSourceARN {arn} is not a queue ARN"))?;
+                        client
+                            .get_queue_url()
+                            .queue_name(name)
+                            .queue_owner_aws_account_id(account)
+                            .send()
+                            .await
+                            .map_err(|e| error_chain(&e))?
+                            .queue_url()
+                            .map(str::to_owned)
+                            .ok_or_else(|| "GetQueueUrl returned no URL".to_owned())?
+                    }
+                    (None, None) => return Err("no SUBSCRIBER_QUEUE_URL nor eventSourceARN".into()),
+                };
+                let max_receive_count = match client
+                    .get_queue_attributes()
+                    .queue_url(&url)
+                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy)
+                    .send()
+                    .await
+                {
+                    Ok(out) => out
+                        .attributes()
+                        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy))
+                        .and_then(|p| max_receive_count_from_redrive_policy(p)),
+                    Err(e) => {
+                        warn!(queue_url = %url, error = %error_chain(&e), "Could not read the queue's RedrivePolicy; messages near its maxReceiveCount cannot be parked with a reason.");
+                        None
+                    }
+                };
+                Ok(QueueInfo {
+                    url,
+                    max_receive_count,
+                })
+            })
+            .await
+    }
+
+    /// Delays each message to retry by [`retry_step`], or parks it with
+    /// [`STORE_UNAVAILABLE`]. Returns the ids parked (handled: not to report).
+    async fn back_off(
+        &self,
+        retry: &[&ReceivedMessage],
+        event_source_arn: Option<&str>,
+    ) -> Vec<String> {
+        let queue = match self.queue(event_source_arn).await {
+            Ok(queue) => queue,
+            Err(why) => {
+                warn!(error = %why, messages = retry.len(), "Could not resolve the queue; the messages to retry come back after its visibility timeout.");
+                return Vec::new();
+            }
+        };
+        let mut parked = Vec::new();
+        let mut delays: Vec<(&ReceivedMessage, Duration)> = Vec::new();
+        for &message in retry {
+            match retry_step(
+                message.receive_count,
+                queue.max_receive_count,
+                rand::random(),
+            ) {
+                RetryStep::Delay(delay) => delays.push((message, delay)),
+                RetryStep::Park => {
+                    let detail = format!(
+                        "failed transiently at receive {} of the queue's maxReceiveCount {}; \
+                         the message is healthy: redrive it when the store is back",
+                        message.receive_count,
+                        queue.max_receive_count.unwrap_or_default()
+                    );
+                    match self.dlq.park(message, STORE_UNAVAILABLE, &detail).await {
+                        Ok(()) => parked.push(message.message_id.clone()),
+                        Err(e) => {
+                            warn!(message_id = %message.message_id, error = %error_chain(&e), "Could not park the message; SQS may move it to the DLQ without a reason.");
+                            delays.push((message, STORE_RETRY_VISIBILITY_MAX));
+                        }
+                    }
+                }
+            }
+        }
+        for chunk in delays.chunks(MAX_BATCH_ENTRIES) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (message, delay))| {
+                    let secs = delay.as_secs().min(MAX_VISIBILITY_TIMEOUT_SECS);
+                    aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(&message.receipt_handle)
+                        .visibility_timeout(i32::try_from(secs).expect("capped at 43200"))
+                        .build()
+                        .expect("id and receipt handle are set")
+                })
+                .collect();
+            match self
+                .dlq
+                .client()
+                .change_message_visibility_batch()
+                .queue_url(&queue.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(out) if out.failed().is_empty() => {
+                    for (message, delay) in chunk {
+                        debug!(message_id = %message.message_id, receive_count = message.receive_count, delay_ms = delay.as_millis() as u64, "Message delayed before its retry.");
+                    }
+                }
+                Ok(out) => warn!(
+                    failed = out.failed().len(),
+                    "Some messages to retry could not be delayed; they come back after the queue's visibility timeout."
+                ),
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "Could not delay the messages to retry; they come back after the queue's visibility timeout.")
+                }
+            }
+        }
+        parked
     }
 
     /// The environment's pool, created on first use. Connections are opened as
@@ -207,7 +495,8 @@ impl SubscriberLambda {
             );
             return Ok(all_failed(&messages));
         }
-        let work = process_batch(self.pool(), &self.dlq, &messages);
+        // Boxed: the callers' futures stay shallow enough for the default recursion limit.
+        let work = Box::pin(self.apply(&messages));
         let outcome = match budget {
             Some(budget) => match tokio::time::timeout(budget, work).await {
                 Ok(outcome) => outcome,
@@ -222,18 +511,31 @@ impl SubscriberLambda {
             },
             None => work.await,
         };
+        let to_retry: Vec<&ReceivedMessage> = messages
+            .iter()
+            .filter(|m| outcome.retry.contains(&m.message_id))
+            .collect();
+        let parked_now = if to_retry.is_empty() {
+            Vec::new()
+        } else {
+            let arn = event
+                .records
+                .iter()
+                .find_map(|r| r.event_source_arn.as_deref());
+            Box::pin(self.back_off(&to_retry, arn)).await
+        };
         info!(
             messages = messages.len(),
             applied = outcome.succeeded.len(),
-            parked = outcome.parked.len(),
-            retry = outcome.retry.len(),
+            parked = outcome.parked.len() + parked_now.len(),
+            retry = outcome.retry.len() - parked_now.len(),
             "SQS batch processed."
         );
         // In the event's order, each once.
         Ok(BatchResponse {
-            batch_item_failures: messages
-                .iter()
-                .filter(|m| outcome.retry.contains(&m.message_id))
+            batch_item_failures: to_retry
+                .into_iter()
+                .filter(|m| !parked_now.contains(&m.message_id))
                 .map(|m| BatchItemFailure {
                     item_identifier: m.message_id.clone(),
                 })
@@ -242,9 +544,95 @@ impl SubscriberLambda {
     }
 }
 
+/// The account and name of an SQS queue ARN (`arn:aws:sqs:REGION:ACCOUNT:NAME`).
+fn queue_of_arn(arn: &str) -> Option<(&str, &str)> {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(_partition), Some("sqs"), Some(_region), Some(account), Some(name)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    Some((account, name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_retry_delay_doubles_per_receive_with_jitter_and_stays_under_twelve_hours() {
+        assert_eq!(store_retry_visibility(1, 1.0), Duration::from_secs(30));
+        assert_eq!(store_retry_visibility(1, 0.0), Duration::from_secs(15));
+        assert_eq!(store_retry_visibility(2, 1.0), Duration::from_secs(60));
+        assert_eq!(store_retry_visibility(4, 1.0), Duration::from_secs(240));
+        assert_eq!(store_retry_visibility(8, 1.0), STORE_RETRY_VISIBILITY_MAX);
+        assert_eq!(
+            store_retry_visibility(u32::MAX, 1.0),
+            STORE_RETRY_VISIBILITY_MAX
+        );
+        assert!(STORE_RETRY_VISIBILITY_MAX.as_secs() < MAX_VISIBILITY_TIMEOUT_SECS);
+        let a = store_retry_visibility(3, 0.1);
+        let b = store_retry_visibility(3, 0.9);
+        assert!(a < b, "jitter spreads the delays: {a:?} {b:?}");
+    }
+
+    #[test]
+    fn a_message_at_its_last_allowed_receive_is_parked_not_left_to_the_redrive_policy() {
+        assert_eq!(
+            retry_step(1, Some(20), 1.0),
+            RetryStep::Delay(Duration::from_secs(30))
+        );
+        assert!(matches!(retry_step(18, Some(20), 1.0), RetryStep::Delay(_)));
+        assert_eq!(retry_step(19, Some(20), 0.5), RetryStep::Park);
+        assert_eq!(retry_step(25, Some(20), 0.5), RetryStep::Park);
+        // Without a known redrive policy, only delays.
+        assert!(matches!(retry_step(500, None, 0.5), RetryStep::Delay(_)));
+    }
+
+    /// The template's `maxReceiveCount` of the analytics queue.
+    fn template_max_receive_count() -> u32 {
+        let template = include_str!("../../deploy/template.yaml");
+        let at = template
+            .find("AnalyticsQueue:\n")
+            .expect("the queue is in the template");
+        let line = template[at..]
+            .lines()
+            .find(|l| l.trim_start().starts_with("maxReceiveCount:"))
+            .expect("the queue has a redrive policy");
+        line.split(':').nth(1).unwrap().trim().parse().unwrap()
+    }
+
+    #[test]
+    fn with_the_templates_max_receive_count_a_six_hour_outage_redrives_nothing() {
+        let max = template_max_receive_count();
+        // The shortest time a message survives: every delay at its smallest jitter,
+        // until the receive at which it would be parked.
+        let mut survived = Duration::ZERO;
+        let mut receive = 1;
+        while retry_step(receive, Some(max), 0.0) != RetryStep::Park {
+            survived += store_retry_visibility(receive, 0.0);
+            receive += 1;
+        }
+        assert!(
+            survived >= Duration::from_secs(6 * 3600),
+            "maxReceiveCount {max} survives only {survived:?} of store outage"
+        );
+    }
+
+    #[test]
+    fn a_queue_arn_gives_its_account_and_name() {
+        assert_eq!(
+            queue_of_arn("arn:aws:sqs:us-east-2:123456789012:my-queue"),
+            Some(("123456789012", "my-queue"))
+        );
+        assert_eq!(queue_of_arn("arn:aws:sns:us-east-2:123456789012:t"), None);
+        assert_eq!(queue_of_arn("nonsense"), None);
+    }
 
     #[test]
     fn the_documented_sample_converts() {

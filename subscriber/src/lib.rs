@@ -21,6 +21,9 @@
 //! - [`worker`] — the receive loops, [`worker::process_batch`] (reusable by a Lambda
 //!   handler) and graceful shutdown.
 //! - [`metrics`] — the process's Prometheus metrics (served by `subscriber run`).
+//! - [`readiness`] — `/readyz`'s checks, on a one-connection pool of their own.
+//! - [`secret`] — the database URL from Secrets Manager (`subscriber-lambda`), re-read
+//!   when PostgreSQL refuses the credentials.
 //! - [`status`] — `subscriber status`: is the analytics store in sync, what is parked.
 //! - [`lambda`] — the `subscriber-lambda` handler: SQS event → [`worker::process_batch`]
 //!   → partial batch response, with its own lenient event types and a lazily created
@@ -36,6 +39,8 @@ pub mod isolation;
 pub mod lambda;
 pub mod metrics;
 pub mod pace;
+pub mod readiness;
+pub mod secret;
 pub mod source;
 pub mod status;
 pub mod telemetry;

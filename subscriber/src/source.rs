@@ -546,6 +546,11 @@ impl DeadLetterQueue {
         &self.url
     }
 
+    /// The SQS client it sends with (the Lambda handler's too).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Sends a copy of `message` to the DLQ: the original body and message attributes,
     /// plus the reason, the detail and the original message id, made to fit the DLQ's
     /// maximum message size ([`dlq_attributes`]). If the DLQ refuses that copy for good

@@ -47,10 +47,13 @@ pub enum StatusError {
 /// Everything `status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
-    /// No message waiting or in flight on the queue, and none parked.
+    /// No message waiting or in flight on the queue, none parked in the DLQ, and none
+    /// in the publisher's failure queue (when it was given).
     pub in_sync: bool,
     pub queue: QueueDepth,
     pub dlq: QueueDepth,
+    /// The publisher's failure queue; `None` when `--failure-queue-url` was not given.
+    pub failure_queue: Option<QueueDepth>,
     pub lag: Lag,
     /// Parked messages grouped by reason, from a peek at up to `peek` DLQ messages.
     pub parked: Vec<ParkedGroup>,
@@ -156,14 +159,21 @@ pub async fn gather(
     .await?;
     let queue = depth(&sqs, source.queue_url()).await?;
     let dlq = depth(&sqs, source.dlq_url()).await?;
+    let failure_queue = match &config.failure_queue_url {
+        Some(url) => Some(depth(&sqs, url.as_str()).await?),
+        None => None,
+    };
     let peeked = peek(&sqs, source.dlq_url(), config.peek as usize).await?;
     let parked = group_parked(&peeked);
     let lag = lag(pool, config.window_minutes).await?;
     let key_spaces = key_spaces(pool).await?;
     Ok(Status {
-        in_sync: queue.total() == 0 && dlq.total() == 0,
+        in_sync: queue.total() == 0
+            && dlq.total() == 0
+            && failure_queue.as_ref().is_none_or(|f| f.total() == 0),
         queue,
         dlq,
+        failure_queue,
         lag,
         parked,
         parked_peeked: peeked.len(),
@@ -404,8 +414,12 @@ fn opt_ms(v: Option<i64>) -> String {
 /// The one-screen text rendering of a status.
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
-    let verdict = if s.in_sync {
+    let verdict = if s.in_sync && s.failure_queue.is_some() {
         "IN SYNC: nothing waiting, nothing parked".to_owned()
+    } else if s.in_sync {
+        "IN SYNC: nothing waiting, nothing parked (the publisher's failure queue was not \
+         checked: set PUBLISHER_FAILURE_QUEUE_URL)"
+            .to_owned()
     } else {
         let mut why = Vec::new();
         if s.queue.total() > 0 {
@@ -413,6 +427,12 @@ pub fn render(s: &Status) -> String {
         }
         if s.dlq.total() > 0 {
             why.push(format!("{} messages parked in the DLQ", s.dlq.total()));
+        }
+        if let Some(f) = s.failure_queue.as_ref().filter(|f| f.total() > 0) {
+            why.push(format!(
+                "{} records parked in the publisher's failure queue (replay them)",
+                f.total()
+            ));
         }
         format!("NOT IN SYNC: {}", why.join(", "))
     };
@@ -428,6 +448,14 @@ pub fn render(s: &Status) -> String {
         s.dlq.total(),
         s.dlq.url
     );
+    match &s.failure_queue {
+        Some(f) => {
+            let _ = writeln!(out, "failures    {} records   {}", f.total(), f.url);
+        }
+        None => {
+            let _ = writeln!(out, "failures    not checked (PUBLISHER_FAILURE_QUEUE_URL)");
+        }
+    }
     match (&s.lag.last_ms, &s.lag.last_applied_secs_ago) {
         (Some(_), ago) => {
             let _ = writeln!(
@@ -551,5 +579,55 @@ mod tests {
             ]
         );
         assert_eq!(groups[0].sample.body.chars().count(), SAMPLE_BODY_CHARS);
+    }
+
+    fn quiet(failure_queue: Option<QueueDepth>) -> Status {
+        let queue = QueueDepth {
+            url: "http://q".into(),
+            ..QueueDepth::default()
+        };
+        let dlq = QueueDepth {
+            url: "http://dlq".into(),
+            ..QueueDepth::default()
+        };
+        let in_sync = failure_queue.as_ref().is_none_or(|f| f.total() == 0);
+        Status {
+            in_sync,
+            queue,
+            dlq,
+            failure_queue,
+            lag: Lag::default(),
+            parked: Vec::new(),
+            parked_peeked: 0,
+            key_spaces: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn records_in_the_publishers_failure_queue_mean_not_in_sync() {
+        let parked = QueueDepth {
+            url: "http://failures".into(),
+            visible: 2,
+            in_flight: 1,
+            delayed: 0,
+        };
+        let text = render(&quiet(Some(parked)));
+        assert!(
+            text.starts_with(
+                "analytics   NOT IN SYNC: 3 records parked in the publisher's failure queue"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("failures    3 records   http://failures"),
+            "{text}"
+        );
+        let text = render(&quiet(Some(QueueDepth::default())));
+        assert!(
+            text.starts_with("analytics   IN SYNC: nothing waiting, nothing parked\n"),
+            "{text}"
+        );
+        let text = render(&quiet(None));
+        assert!(text.contains("not checked"), "{text}");
     }
 }

@@ -105,7 +105,79 @@ async fn a_bad_setting_stops_each_binary_at_start_with_one_line_naming_it() -> R
         ("PUBLISHER_CHECKPOINT_TABLE", "checkpoints"),
         ("AWS_REGION", "us-east-1"),
     ];
+    let lambda = [
+        ("DATABASE_URL", DB),
+        ("SUBSCRIBER_DLQ_URL", QUEUE),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let remote = "postgres://postgres@db.example.com:5432/analytics";
+    let remote_require = "postgres://postgres@10.20.30.40:5432/analytics?sslmode=require";
     let cases: Vec<BadSetting> = vec![
+        // TLS to a remote PostgreSQL must verify the certificate (or be allowed loudly).
+        (
+            "subscriber",
+            &["run"],
+            &subscriber,
+            ("DATABASE_URL", remote),
+            "SUBSCRIBER_ALLOW_INSECURE_DB_TLS",
+        ),
+        (
+            "subscriber",
+            &["migrate"],
+            &subscriber,
+            ("DATABASE_URL", remote_require),
+            "sslmode=verify-full",
+        ),
+        (
+            "subscriber",
+            &["status"],
+            &subscriber,
+            ("DATABASE_URL", remote),
+            "DATABASE_URL",
+        ),
+        (
+            "subscriber-lambda",
+            &[],
+            &lambda,
+            ("DATABASE_URL", remote),
+            "SUBSCRIBER_ALLOW_INSECURE_DB_TLS",
+        ),
+        (
+            "subscriber",
+            &["run"],
+            &subscriber,
+            ("SUBSCRIBER_ALLOW_INSECURE_DB_TLS", "perhaps"),
+            "SUBSCRIBER_ALLOW_INSECURE_DB_TLS",
+        ),
+        (
+            "subscriber-lambda",
+            &[],
+            &lambda,
+            (
+                "SUBSCRIBER_DATABASE_SECRET_ARN",
+                "tributary/analytics-database",
+            ),
+            "SUBSCRIBER_DATABASE_SECRET_ARN",
+        ),
+        (
+            "replay",
+            &["verify"],
+            &[
+                ("REPLAY_TABLE", "profiles"),
+                ("DATABASE_URL", DB),
+                ("AWS_REGION", "us-east-1"),
+            ],
+            ("DATABASE_URL", remote),
+            "SUBSCRIBER_ALLOW_INSECURE_DB_TLS",
+        ),
+        // A pool smaller than the 4 default workers + 1.
+        (
+            "subscriber",
+            &["run"],
+            &subscriber,
+            ("SUBSCRIBER_DB_MAX_CONNECTIONS", "4"),
+            "SUBSCRIBER_DB_MAX_CONNECTIONS",
+        ),
         (
             "subscriber",
             &["run"],
@@ -366,6 +438,31 @@ async fn a_bad_setting_stops_each_binary_at_start_with_one_line_naming_it() -> R
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_insecure_database_tls_escape_hatch_is_logged_at_warn_on_start() -> Result<()> {
+    // A remote host that does not resolve: the start gets past the TLS policy, warns,
+    // then fails to connect.
+    let env = [
+        (
+            "DATABASE_URL",
+            "postgres://postgres@db.invalid:5432/analytics",
+        ),
+        ("SUBSCRIBER_ALLOW_INSECURE_DB_TLS", "true"),
+        ("TRIBUTARY_LOG_FORMAT", "text"),
+    ];
+    let out = run("subscriber", &["migrate"], &env, Duration::from_secs(20)).await?;
+    assert!(
+        out.stderr.contains("WARN") && out.stderr.contains("INSECURE"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("SUBSCRIBER_ALLOW_INSECURE_DB_TLS"),
+        "{out:?}"
+    );
+    assert_ne!(out.code, Some(2), "allowed, so not a bad setting: {out:?}");
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use publisher::park::{FailureQueue, ParkedRecord};
 use publisher::sink::SnsSink;
 use rand::SeedableRng;
 use serde_json::{Value, json};
+use sqlx::ConnectOptions as _;
 use sqlx::Row;
 use subscriber::lambda::{SqsEvent, SubscriberLambda};
 use subscriber::source::{DeadLetterQueue, MAX_MESSAGE_BYTES};
@@ -147,6 +148,236 @@ fn sqs_event(messages: &[aws_sdk_sqs::types::Message]) -> SqsEvent {
         .map(|m| sqs_record(m, "arn:aws:sqs:us-east-1:123456789012:analytics"))
         .collect();
     serde_json::from_value(json!({ "Records": records })).unwrap()
+}
+
+/// Receives what is visible on `queue_url` now (one short poll round of up to 10),
+/// hiding it for `visibility_secs`, with every system attribute.
+async fn receive_visible(
+    stack: &Stack,
+    queue_url: &str,
+    visibility_secs: i32,
+) -> Result<Vec<aws_sdk_sqs::types::Message>> {
+    Ok(stack
+        .clients
+        .sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .visibility_timeout(visibility_secs)
+        .wait_time_seconds(1)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .message_attribute_names("All")
+        .send()
+        .await?
+        .messages
+        .unwrap_or_default())
+}
+
+#[tokio::test]
+async fn subscriber_lambda_backs_off_through_a_database_outage_and_dead_letters_nothing()
+-> Result<()> {
+    use std::str::FromStr;
+    let stack = Stack::new().await?;
+    // The outage: the handler's database is behind a proxy the test cuts (the shared
+    // server is never touched).
+    let pg = sqlx::postgres::PgConnectOptions::from_str(&stack.database_url)?;
+    let upstream = tokio::net::lookup_host((pg.get_host(), pg.get_port()))
+        .await?
+        .next()
+        .context("PostgreSQL's address")?;
+    let proxy = e2e::operator::TcpProxy::start(upstream).await?;
+    let connect = pg
+        .clone()
+        .host("127.0.0.1")
+        .port(proxy.addr.port())
+        .options(subscriber::config::SESSION_SETTINGS);
+    let queue_url = stack.resources.queue_url.clone();
+    let queue_arn = stack
+        .clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes
+        .and_then(|mut a| a.remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .context("QueueArn")?;
+    // No SUBSCRIBER_QUEUE_URL: the queue is resolved from the records' eventSourceARN.
+    let handler = SubscriberLambda::new(
+        connect,
+        2,
+        DeadLetterQueue::new(
+            stack.clients.sqs.clone(),
+            stack.resources.dlq_url.clone(),
+            MAX_MESSAGE_BYTES,
+        ),
+        Duration::from_secs(1),
+    );
+    let event_of = |messages: &[aws_sdk_sqs::types::Message], receive_count: Option<&str>| {
+        let records: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                let mut r = sqs_record(m, &queue_arn);
+                if let Some(n) = receive_count {
+                    r["attributes"]["ApproximateReceiveCount"] = json!(n);
+                }
+                r
+            })
+            .collect();
+        serde_json::from_value::<SqsEvent>(json!({ "Records": records })).unwrap()
+    };
+
+    let upserted = include_str!("../../contracts/fixtures/v2/upserted.json").to_owned();
+    stack.send_bodies(std::slice::from_ref(&upserted)).await?;
+    proxy.cut();
+
+    // As the mapping would: received, hidden for 2 s only (far below the back-off).
+    let got = eventually("the message to be received", WAIT, || async {
+        let got = receive_visible(&stack, &queue_url, 2).await?;
+        Ok((!got.is_empty()).then_some(got))
+    })
+    .await?;
+    assert_eq!(got.len(), 1);
+    let handled_at = Instant::now();
+    let response = handler.handle(event_of(&got, None), in_secs(60)).await?;
+    assert_eq!(
+        response.batch_item_failures.len(),
+        1,
+        "the store is down: the message is reported for retry"
+    );
+    // The first back-off is 15 to 30 s: it must not be visible again within 10 s,
+    // though the receive hid it for 2 s only.
+    while handled_at.elapsed() < Duration::from_secs(10) {
+        let early = receive_visible(&stack, &queue_url, 30).await?;
+        assert!(
+            early.is_empty(),
+            "the message came back after {:?}: its visibility was not extended",
+            handled_at.elapsed()
+        );
+    }
+    let again = eventually("the delayed message to come back", WAIT, || async {
+        let got = receive_visible(&stack, &queue_url, 2).await?;
+        Ok((!got.is_empty()).then_some(got))
+    })
+    .await?;
+    let waited = handled_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(14),
+        "came back after {waited:?}"
+    );
+    assert_eq!(stack.queue_depth(&stack.resources.dlq_url).await?, 0);
+
+    // At the last receive the redrive policy (maxReceiveCount 5) allows before moving
+    // it without a reason, the handler parks it itself, with the reason.
+    let response = handler
+        .handle(event_of(&again, Some("4")), in_secs(60))
+        .await?;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "a parked message is handled: {response:?}"
+    );
+    let parked = receive_visible(&stack, &stack.resources.dlq_url, 30).await?;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let reason = parked[0]
+        .message_attributes
+        .as_ref()
+        .and_then(|a| a.get(subscriber::source::REASON_ATTRIBUTE))
+        .and_then(|v| v.string_value.clone());
+    assert_eq!(
+        reason.as_deref(),
+        Some(subscriber::lambda::STORE_UNAVAILABLE)
+    );
+    assert_eq!(parked[0].body.as_deref(), Some(upserted.as_str()));
+
+    // The store is back: the redriven copy applies.
+    proxy.restore();
+    let response = handler.handle(event_of(&parked, None), in_secs(60)).await?;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.user_profiles")
+        .fetch_one(&stack.pool)
+        .await?;
+    assert_eq!(rows, 1);
+    stack.teardown().await
+}
+
+/// A Secrets Manager client on the emulator (moto and LocalStack both serve it on the
+/// endpoint they serve SQS on).
+async fn secrets_client() -> aws_sdk_secretsmanager::Client {
+    let config = publisher::aws_config().await;
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_SECRETS_MANAGER")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL_SQS"))
+        .expect("the emulator's endpoint is set");
+    aws_sdk_secretsmanager::Client::from_conf(
+        aws_sdk_secretsmanager::config::Builder::from(&config)
+            .endpoint_url(endpoint)
+            .build(),
+    )
+}
+
+#[tokio::test]
+async fn subscriber_lambda_reads_a_rotated_database_secret_again_without_a_redeploy() -> Result<()>
+{
+    use std::str::FromStr;
+    let stack = Stack::new().await?;
+    let secrets = secrets_client().await;
+    let good = sqlx::postgres::PgConnectOptions::from_str(&stack.database_url)?;
+    let stale = subscriber::config::DatabaseUrl::from_str(
+        good.clone()
+            .username(&format!("rotated_away_{}", stack.id.replace('-', "_")))
+            .to_url_lossy()
+            .as_str(),
+    )?;
+    let created = secrets
+        .create_secret()
+        .name(format!("tributary/analytics-{}", stack.id))
+        .secret_string(json!({ "url": stale.expose_secret() }).to_string())
+        .send()
+        .await?;
+    let arn = created.arn().context("secret ARN")?.to_owned();
+
+    // Cold start: the URL read from the secret, as the binary does.
+    let secret = subscriber::secret::DatabaseSecret::new(secrets.clone(), arn.clone());
+    let at_start = secret.read().await?;
+    assert_eq!(at_start.expose_secret(), stale.expose_secret());
+    let handler = SubscriberLambda::new(
+        at_start.consumer_connect_options()?,
+        2,
+        DeadLetterQueue::new(
+            stack.clients.sqs.clone(),
+            stack.resources.dlq_url.clone(),
+            MAX_MESSAGE_BYTES,
+        ),
+        Duration::from_secs(1),
+    )
+    .with_queue_url(Some(stack.resources.queue_url.clone()))
+    .with_secret(secret, false);
+
+    // The password is rotated: the secret now holds what the database accepts.
+    secrets
+        .put_secret_value()
+        .secret_id(&arn)
+        .secret_string(json!({ "url": stack.database_url }).to_string())
+        .send()
+        .await?;
+
+    let upserted = include_str!("../../contracts/fixtures/v2/upserted.json").to_owned();
+    stack.send_bodies(&[upserted]).await?;
+    let got = eventually("the message to be received", WAIT, || async {
+        let got = receive_visible(&stack, &stack.resources.queue_url, 30).await?;
+        Ok((!got.is_empty()).then_some(got))
+    })
+    .await?;
+    let response = handler.handle(sqs_event(&got), in_secs(60)).await?;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "the refused login made the handler read the secret again: {response:?}"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.user_profiles")
+        .fetch_one(&stack.pool)
+        .await?;
+    assert_eq!(rows, 1);
+    stack.teardown().await
 }
 
 /// A stream attribute value in DynamoDB JSON, as Lambda's stream event carries it.

@@ -307,6 +307,115 @@ async fn status_shows_the_parked_messages_by_reason_and_the_lag_it_was_given() -
     let out = status(true)?;
     let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(s["in_sync"], true, "{s:#}");
+
+    // A record the publisher parked in its failure queue: not in sync, and said so.
+    stack
+        .clients
+        .sqs
+        .send_message()
+        .queue_url(&stack.resources.failure_queue_url)
+        .message_body("{\"reason\":\"publish_refused\"}")
+        .send()
+        .await?;
+    let with_failures = |json: bool| {
+        let mut cmd = std::process::Command::new(e2e::bin("subscriber").unwrap());
+        cmd.arg("status")
+            .env("DATABASE_URL", &stack.database_url)
+            .env("SUBSCRIBER_QUEUE_URL", &stack.resources.queue_url)
+            .env(
+                "PUBLISHER_FAILURE_QUEUE_URL",
+                &stack.resources.failure_queue_url,
+            )
+            .env("RUST_LOG", "warn");
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output()
+    };
+    let out = with_failures(true)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(s["in_sync"], false, "{s:#}");
+    assert_eq!(s["failure_queue"]["visible"], 1, "{s:#}");
+    let text = String::from_utf8(with_failures(false)?.stdout)?;
+    assert!(
+        text.starts_with(
+            "analytics   NOT IN SYNC: 1 records parked in the publisher's failure queue"
+        ),
+        "{text}"
+    );
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn a_readyz_flood_neither_takes_the_workers_connections_nor_stops_them() -> Result<()> {
+    let stack = Stack::new().await?;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut subscriber = stack.spawn_subscriber(&[
+        "--metrics-addr",
+        &addr.to_string(),
+        "--workers",
+        "1",
+        "--db-max-connections",
+        "2",
+    ])?;
+    readiness(addr, 200, CONVERGE).await?;
+
+    let space = format!("flood-{}", stack.id);
+    let bodies: Vec<String> = (0..20)
+        .map(|i| event(&format!("{space}-{i:03}"), 1, Duration::ZERO))
+        .collect::<Result<_>>()?;
+    let flooding = CancellationToken::new();
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let stop = flooding.clone();
+        flood.spawn(async move {
+            let mut answered = 0u32;
+            while !stop.is_cancelled() {
+                // Refused connections (over the server's limit) are part of a flood.
+                if let Ok((code, _)) = http_get(addr, "/readyz").await {
+                    answered += u32::from(code == 200);
+                }
+            }
+            answered
+        });
+    }
+    stack.send_bodies(&bodies).await?;
+    // The workers apply everything while the flood goes on.
+    eventually("every event applied under the flood", CONVERGE, || async {
+        let (history, _) = stack.history_counts().await?;
+        Ok((history == 20).then_some(()))
+    })
+    .await?;
+    // The readiness probe holds one connection of its own, named, and no more.
+    let probes: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = $1",
+    )
+    .bind(subscriber::readiness::READINESS_APPLICATION_NAME)
+    .fetch_all(&stack.pool)
+    .await?;
+    assert_eq!(probes, [1], "the probe's own connection");
+    flooding.cancel();
+    let mut answered = 0;
+    while let Some(n) = flood.join_next().await {
+        answered += n?;
+    }
+    assert!(answered > 0, "the flood was answered");
+    let m = metrics(addr).await?;
+    assert_eq!(
+        value(&m, "tributary_messages_retried_total"),
+        0.0,
+        "no batch failed for want of a connection"
+    );
+    assert_eq!(
+        terminate(&mut subscriber, Duration::from_secs(30)).await?,
+        Some(0)
+    );
     stack.teardown().await
 }
 

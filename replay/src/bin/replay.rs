@@ -189,6 +189,12 @@ async fn run_verify(
     json: bool,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> u8 {
+    if let Err(line) =
+        subscriber::config::check_database_tls(&args.database_url, args.allow_insecure_database_tls)
+    {
+        eprintln!("{line}");
+        return BAD_SETTING;
+    }
     let options = match args.database_url.consumer_connect_options() {
         Ok(o) => o,
         Err(e) => {

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use subscriber::config::LambdaConfig;
+use subscriber::config::{LambdaConfig, check_database_tls};
 use subscriber::lambda::{SqsEvent, SubscriberLambda};
+use subscriber::secret::DatabaseSecret;
 use subscriber::source::{DeadLetterQueue, MAX_MESSAGE_BYTES};
 
 #[tokio::main]
@@ -14,14 +15,39 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = LambdaConfig::parse_or_exit();
     subscriber::telemetry::init(config.log_format);
     config.topic.install();
-    let connect = match config.database.database_url.consumer_connect_options() {
+    let aws = ops::aws::sdk_config(&config.aws).await;
+    let db = &config.database;
+    if let Err(line) = db.validate() {
+        eprintln!("{line}");
+        std::process::exit(2);
+    }
+    let secret = db
+        .database_secret_arn
+        .as_ref()
+        .map(|arn| DatabaseSecret::new(aws_sdk_secretsmanager::Client::new(&aws), arn.clone()));
+    let url = match (&db.database_url, &secret) {
+        (Some(url), _) => url.clone(),
+        (None, Some(secret)) => match secret.read().await {
+            Ok(url) => url,
+            Err(e) => {
+                // A cold start that cannot read the secret fails; Lambda retries it.
+                eprintln!("error: SUBSCRIBER_DATABASE_SECRET_ARN: {e}");
+                std::process::exit(if e.is_retryable() { 1 } else { 2 });
+            }
+        },
+        (None, None) => unreachable!("clap requires one of the two"),
+    };
+    if let Err(line) = check_database_tls(&url, db.allow_insecure_database_tls) {
+        eprintln!("{line}");
+        std::process::exit(2);
+    }
+    let connect = match url.consumer_connect_options() {
         Ok(options) => options,
         Err(e) => {
             eprintln!("error: invalid value for --database-url (env DATABASE_URL): {e}");
             std::process::exit(2);
         }
     };
-    let aws = ops::aws::sdk_config(&config.aws).await;
     let dlq = DeadLetterQueue::new(
         aws_sdk_sqs::Client::new(&aws),
         config.dlq_url.to_string(),
@@ -32,7 +58,12 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         config.db_max_connections.get(),
         dlq,
         Duration::from_millis(config.deadline_margin_ms),
-    );
+    )
+    .with_queue_url(config.queue_url.as_ref().map(ToString::to_string));
+    let handler = match secret {
+        Some(secret) => handler.with_secret(secret, db.allow_insecure_database_tls),
+        None => handler,
+    };
     let handler = &handler;
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {

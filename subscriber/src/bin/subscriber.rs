@@ -12,6 +12,10 @@ use tracing::info;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_or_exit();
     subscriber::telemetry::init(cli.log_format);
+    if let Err(line) = check_settings(&cli.command) {
+        eprintln!("{line}");
+        std::process::exit(2);
+    }
     match cli.command {
         Command::Migrate(config) => {
             let url = &config.database.database_url;
@@ -39,12 +43,14 @@ async fn main() -> anyhow::Result<()> {
             let pool = PgPoolOptions::new()
                 .max_connections(config.db_max_connections())
                 .acquire_timeout(Duration::from_secs(10))
-                .connect_lazy_with(options);
+                .connect_lazy_with(options.clone());
             let shutdown =
                 subscriber::worker::shutdown_on_signals().context("installing signal handlers")?;
             let sqs = aws_sdk_sqs::Client::new(&aws);
             if let Some(addr) = config.ops.metrics_addr {
-                let endpoints = operator_endpoints(&pool, &sqs, config.queue_url.as_str());
+                let probe = subscriber::readiness::probe_pool(options.clone());
+                let endpoints =
+                    subscriber::readiness::endpoints(probe, &sqs, config.queue_url.as_str());
                 ops::server::serve(addr, endpoints, shutdown.clone())
                     .await
                     .with_context(|| format!("serving TRIBUTARY_METRICS_ADDR {addr}"))?;
@@ -78,40 +84,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `/readyz` answers 200 only when PostgreSQL (the analytics tables) and the queue
-/// answer.
-fn operator_endpoints(
-    pool: &sqlx::PgPool,
-    sqs: &aws_sdk_sqs::Client,
-    queue_url: &str,
-) -> ops::server::Endpoints {
-    let pool = pool.clone();
-    let sqs = sqs.clone();
-    let queue_url = queue_url.to_owned();
-    ops::server::Endpoints {
-        registry: std::sync::Arc::clone(&subscriber::metrics::metrics().registry),
-        checks: vec![
-            ops::server::Check::new("database", move || {
-                let pool = pool.clone();
-                Box::pin(async move {
-                    subscriber::apply::probe(&pool)
-                        .await
-                        .map_err(|e| subscriber::error_chain(&e))
-                })
-            }),
-            ops::server::Check::new("queue", move || {
-                let sqs = sqs.clone();
-                let queue_url = queue_url.clone();
-                Box::pin(async move {
-                    sqs.get_queue_attributes()
-                        .queue_url(queue_url)
-                        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                        .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| subscriber::error_chain(&e))
-                })
-            }),
-        ],
+/// The checks clap cannot make: the database TLS policy (every subcommand) and the
+/// pool size against the workers (`run`).
+fn check_settings(command: &Command) -> Result<(), String> {
+    let database = match command {
+        Command::Migrate(c) => &c.database,
+        Command::Run(c) => &c.database,
+        Command::Status(c) => &c.database,
+    };
+    database.check_tls()?;
+    if let Command::Run(config) = command {
+        config.validate()?;
     }
+    Ok(())
 }
