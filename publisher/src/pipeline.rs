@@ -281,22 +281,22 @@ pub async fn describe_table_stream(
     })
 }
 
-/// The stream ARN of a table, checked to carry both images. A `DescribeTable` that
-/// fails for another reason than a missing table (throttling, a network error, an
-/// endpoint still starting) is retried with back-off until it answers or `shutdown`.
+/// The table's stream at start. A `DescribeTable` that fails for another reason than a
+/// missing table (throttling, a network error, an endpoint still starting) is retried
+/// with back-off until it answers or `shutdown`.
 ///
 /// # Errors
-/// [`PipelineError`] when the table does not exist, has no stream or the wrong view
-/// type; [`PipelineError::Interrupted`] on shutdown.
+/// [`PipelineError::TableNotFound`] when the table does not exist;
+/// [`PipelineError::Interrupted`] on shutdown.
 pub async fn resolve_stream(
     clients: &Clients,
     table: &str,
     shutdown: &CancellationToken,
-) -> Result<String, PipelineError> {
+) -> Result<TableStream, PipelineError> {
     let mut attempt = 0;
     loop {
         match describe_table_stream(&clients.dynamodb, table).await {
-            Ok(stream) => return stream.usable(table),
+            Ok(stream) => return Ok(stream),
             Err(PipelineError::DescribeTable { message, .. }) => {
                 attempt += 1;
                 if attempt < STUCK_AFTER {
@@ -314,6 +314,27 @@ pub async fn resolve_stream(
     }
 }
 
+/// The stream to read first: a stream followed before that the table has since
+/// replaced is finished first (ARNs end in the stream's creation time, so an older
+/// stream's sorts first); while the table's stream is disabled, the one followed
+/// before is finished (the publisher is not ready until the stream is enabled again).
+///
+/// # Errors
+/// [`PipelineError::NoStream`] or [`PipelineError::WrongViewType`] when the table's
+/// stream is unusable and no stream was followed before.
+pub fn first_stream(
+    table: &str,
+    now: &TableStream,
+    followed: Option<String>,
+) -> Result<String, PipelineError> {
+    match (now.usable(table), followed) {
+        (Ok(latest), Some(old)) if old < latest => Ok(old),
+        (Ok(latest), _) => Ok(latest),
+        (Err(PipelineError::NoStream { .. }), Some(old)) => Ok(old),
+        (Err(e), _) => Err(e),
+    }
+}
+
 impl Pipeline {
     /// Builds the pipeline for `config`'s table.
     ///
@@ -324,14 +345,14 @@ impl Pipeline {
         clients: &Clients,
         shutdown: &CancellationToken,
     ) -> Result<Pipeline, PipelineError> {
-        let latest = resolve_stream(clients, &config.table, shutdown).await?;
+        let now = resolve_stream(clients, &config.table, shutdown).await?;
         let owner = config.owner();
         // A stream this table had before (disabled, then enabled again while no
         // publisher ran, or while one was still finishing it) is finished first.
         let followed = CheckpointStore::new(
             clients.dynamodb.clone(),
             config.checkpoint_table.clone(),
-            latest.clone(),
+            String::new(),
             owner.clone(),
         )
         .followed_stream(&config.table)
@@ -340,13 +361,10 @@ impl Pipeline {
             warn!(error = %e, "Reading the stream followed before failed; following the table's latest stream.");
             None
         });
-        let stream_arn = match followed {
-            Some(old) if old < latest => {
-                warn!(table = %config.table, followed = %old, latest = %latest, "The table's stream changed since the last run: finishing the stream followed before first.");
-                old
-            }
-            _ => latest,
-        };
+        let stream_arn = first_stream(&config.table, &now, followed)?;
+        if now.latest_arn.as_deref() != Some(stream_arn.as_str()) || !now.enabled {
+            warn!(table = %config.table, followed = %stream_arn, latest = now.latest_arn.as_deref().unwrap_or("-"), enabled = now.enabled, "The table's stream changed since the last run: finishing the stream followed before first.");
+        }
         Ok(Pipeline {
             reader: StreamReader::new(clients.streams.clone(), stream_arn.clone()),
             sink: SnsSink::new(clients.sns.clone(), config.topic_arn.clone()),
@@ -1253,6 +1271,32 @@ mod tests {
             message: "timeout".into(),
         };
         assert!(!transient.is_bad_setting());
+    }
+
+    #[test]
+    fn an_older_followed_stream_is_finished_first_even_while_the_table_has_none() {
+        let t = |arn: &str, enabled| TableStream {
+            latest_arn: Some(arn.into()),
+            enabled,
+            view_type: enabled.then(|| "NEW_AND_OLD_IMAGES".to_owned()),
+        };
+        let old = "arn:t/stream/2026-12-01T20:15:49.190".to_owned();
+        let new = "arn:t/stream/2026-12-01T20:15:49.703".to_owned();
+        assert_eq!(
+            first_stream("t", &t(&new, true), Some(old.clone())).unwrap(),
+            old
+        );
+        assert_eq!(
+            first_stream("t", &t(&new, true), Some(new.clone())).unwrap(),
+            new
+        );
+        assert_eq!(first_stream("t", &t(&new, true), None).unwrap(), new);
+        assert_eq!(
+            first_stream("t", &t(&old, false), Some(old.clone())).unwrap(),
+            old
+        );
+        let err = first_stream("t", &t(&old, false), None).unwrap_err();
+        assert!(err.is_bad_setting(), "{err}");
     }
 
     #[test]

@@ -478,6 +478,52 @@ async fn a_disabled_and_re_enabled_stream_is_finished_then_followed_and_the_gap_
 }
 
 #[tokio::test]
+async fn a_publisher_started_while_the_stream_is_disabled_finishes_the_old_one_and_waits()
+-> Result<()> {
+    let stack = Stack::new().await?;
+    let mut publisher = stack.spawn_publisher(&[])?;
+    let mut traffic = Traffic::new("first");
+    write(&stack, &mut traffic, 13, TrafficPlan::new(3, 5).rate(0)).await?;
+    tap(&stack, 5).await?;
+    assert_eq!(
+        terminate(&mut publisher, Duration::from_secs(30)).await?,
+        Some(0)
+    );
+    // Written while no publisher runs, then the stream is disabled: these are only in
+    // the old stream, which the next start must finish.
+    let mut unread = Traffic::new("unread");
+    write(&stack, &mut unread, 14, TrafficPlan::new(3, 3).rate(0)).await?;
+    set_stream(&stack, false).await?;
+    let (addr, addr_arg) = metrics_addr()?;
+    let mut publisher =
+        stack.spawn_publisher(&["--shard-discovery-secs", "1", "--metrics-addr", &addr_arg])?;
+    let published = tap(&stack, 3).await?;
+    assert!(
+        publisher.try_wait()?.is_none(),
+        "the publisher did not start"
+    );
+    assert_eq!(published.len(), 3, "{published:?}");
+    eventually(
+        "/readyz to fail while the stream is disabled",
+        CONVERGE,
+        || async {
+            let (status, body) = http_get(addr, "/readyz").await?;
+            Ok((status == 503 && body.contains("stream is disabled")).then_some(()))
+        },
+    )
+    .await?;
+    set_stream(&stack, true).await?;
+    let mut after = Traffic::new("after");
+    write(&stack, &mut after, 15, TrafficPlan::new(2, 4).rate(0)).await?;
+    tap(&stack, 4).await?;
+    assert_eq!(
+        terminate(&mut publisher, Duration::from_secs(30)).await?,
+        Some(0)
+    );
+    stack.teardown().await
+}
+
+#[tokio::test]
 async fn start_position_latest_is_durable_across_a_restart() -> Result<()> {
     let stack = Stack::new().await?;
     let mut first = stack.spawn_publisher(&["--start-position", "latest"])?;
