@@ -191,6 +191,17 @@ impl Registry {
         });
     }
 
+    /// Records that the event an [`Registry::age`] metric tracks happened at `at` (the
+    /// creation time of the oldest record waiting, say).
+    pub fn touch_at(&self, metric: Metric, labels: &[&str], at: SystemTime) {
+        let at = unix_millis(at);
+        self.with(metric, |v| {
+            if let Values::Age(m) = v {
+                m.insert(key(labels), at);
+            }
+        });
+    }
+
     /// Adds one observation to a histogram.
     pub fn observe(&self, metric: Metric, labels: &[&str], value: f64) {
         self.observe_many(metric, labels, std::iter::once(value));
@@ -409,6 +420,19 @@ mod tests {
             .parse()
             .unwrap_or(-1.0);
         assert!((4.9..6.0).contains(&secs), "{text}");
+    }
+
+    #[test]
+    fn an_age_touched_at_a_past_time_counts_from_that_time() {
+        let r = Registry::default();
+        let age = r.age("oldest_seconds", "Age.", &["shard"]);
+        let now = SystemTime::now();
+        r.touch_at(age, &["s-1"], now - Duration::from_secs(30));
+        let text = r.render_at(now);
+        assert!(
+            text.contains("oldest_seconds{shard=\"s-1\"} 30\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! A checkpoint is written in one transaction with a condition on the lease, so a
 //! publisher that lost its lease (paused, partitioned) can never move a checkpoint the
 //! new owner depends on.
+//!
+//! A checkpoint also only moves forward: each shard item carries `position`, a string
+//! that sorts as the position does ([`position_key`]: sequence numbers are decimal
+//! integers of varying length, so they are zero-padded), and the write is conditional
+//! on it. A zombie that re-took an expired lease after a successor moved on is refused
+//! ([`CheckpointError::Behind`]) instead of moving the successor's checkpoint back.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +22,13 @@ use ddb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 
 /// Sequence-number marker of a shard read to its end.
 const SHARD_END: &str = "SHARD_END";
+/// Sequence-number prefix of a [`Checkpoint::Since`] marker (`LATEST@<unix ms>`).
+const SINCE_PREFIX: &str = "LATEST@";
+/// Digits a sequence number is padded to in [`position_key`]. DynamoDB Streams sequence
+/// numbers are 21 to 40 digits long.
+///
+/// <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_streams_SequenceNumberRange.html>
+const POSITION_DIGITS: usize = 64;
 /// Key attribute of the checkpoint table.
 pub const KEY_ATTRIBUTE: &str = "pk";
 
@@ -26,6 +39,24 @@ pub enum Checkpoint {
     At(String),
     /// The shard is closed and every record in it is published.
     Finished,
+    /// `--start-position latest` began this shard at this time (Unix milliseconds) and
+    /// nothing was published from it yet: a restart reads from the trim horizon and
+    /// skips only what is older, instead of taking a new LATEST that would skip what
+    /// was written meanwhile.
+    Since(i64),
+}
+
+/// A string that sorts as checkpoints do: a `Since` marker below every sequence number,
+/// sequence numbers numerically (left-padded with zeros), `Finished` above all.
+pub fn position_key(checkpoint: &Checkpoint) -> String {
+    match checkpoint {
+        Checkpoint::Since(_) => "a".to_owned(),
+        Checkpoint::At(seq) => {
+            let digits = seq.trim_start_matches('0');
+            format!("n{digits:0>POSITION_DIGITS$}")
+        }
+        Checkpoint::Finished => "z".to_owned(),
+    }
 }
 
 /// Errors of the checkpoint table.
@@ -34,6 +65,12 @@ pub enum CheckpointError {
     /// Another publisher holds the lease now; this one must stop without writing.
     #[error("lease on {stream_arn} lost to another publisher")]
     LeaseLost { stream_arn: String },
+    /// The stored checkpoint of the shard is further on than the one written: another
+    /// publisher moved it while this one was paused. This process's view is stale.
+    #[error(
+        "checkpoint of shard {shard_id} is ahead of this publisher's; refusing to move it back"
+    )]
+    Behind { shard_id: String },
     #[error("checkpoint table call {operation} failed: {message}")]
     Sdk {
         operation: &'static str,
@@ -42,7 +79,8 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
-    /// A lost lease is final for this process; table errors are worth another try.
+    /// A lost lease or a stale position is final for this process; table errors are
+    /// worth another try.
     pub fn is_retryable(&self) -> bool {
         matches!(self, CheckpointError::Sdk { .. })
     }
@@ -62,7 +100,8 @@ fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> boo
     err.code() == Some("ConditionalCheckFailedException")
 }
 
-fn now_ms() -> i64 {
+/// The wall clock in Unix milliseconds (lease expiry and `Since` markers).
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -97,6 +136,63 @@ impl CheckpointStore {
 
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// The same owner's store for another stream of the table (its own lease).
+    pub fn for_stream(&self, stream_arn: String) -> CheckpointStore {
+        CheckpointStore {
+            stream_arn,
+            ..self.clone()
+        }
+    }
+
+    fn followed_key(table: &str) -> AttributeValue {
+        AttributeValue::S(format!("followed#{table}"))
+    }
+
+    /// The stream of `table` a publisher last followed, if one was recorded.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Sdk`] when the table cannot be reached.
+    pub async fn followed_stream(&self, table: &str) -> Result<Option<String>, CheckpointError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, Self::followed_key(table))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk("GetItem", e))?;
+        Ok(out.item.and_then(|item| string_attr(&item, "stream_arn")))
+    }
+
+    /// Records that this store's stream is the one of `table` being followed, so that
+    /// a restart finishes it even after the table's stream was replaced. Only forward:
+    /// a stream ARN ends in its creation time (`…/stream/2026-12-01T20:15:49.190`), so a
+    /// newer stream's ARN sorts after an older one's; a publisher still on an older
+    /// stream does not move the record back.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Sdk`] when the table cannot be reached.
+    pub async fn follow_stream(&self, table: &str) -> Result<(), CheckpointError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(KEY_ATTRIBUTE, Self::followed_key(table))
+            .item("stream_arn", AttributeValue::S(self.stream_arn.clone()))
+            .item("owner", AttributeValue::S(self.owner.clone()))
+            .condition_expression("attribute_not_exists(#arn) OR #arn <= :arn")
+            .expression_attribute_names("#arn", "stream_arn")
+            .expression_attribute_values(":arn", AttributeValue::S(self.stream_arn.clone()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if is_condition_failure(&err) => Ok(()),
+            Err(err) => Err(sdk("PutItem", err)),
+        }
     }
 
     fn lease_key(&self) -> AttributeValue {
@@ -205,13 +301,7 @@ impl CheckpointStore {
         Ok(out
             .item
             .and_then(|item| string_attr(&item, "sequence_number"))
-            .map(|seq| {
-                if seq == SHARD_END {
-                    Checkpoint::Finished
-                } else {
-                    Checkpoint::At(seq)
-                }
-            }))
+            .map(|seq| parse_stored(&seq)))
     }
 
     /// Records a shard's position, only while this publisher holds the lease.
@@ -226,6 +316,7 @@ impl CheckpointStore {
         let seq = match checkpoint {
             Checkpoint::At(seq) => seq.clone(),
             Checkpoint::Finished => SHARD_END.to_owned(),
+            Checkpoint::Since(ms) => format!("{SINCE_PREFIX}{ms}"),
         };
         let lease_check = ConditionCheck::builder()
             .table_name(&self.table)
@@ -243,6 +334,12 @@ impl CheckpointStore {
             .item("sequence_number", AttributeValue::S(seq))
             .item("owner", AttributeValue::S(self.owner.clone()))
             .item("updated_at_ms", AttributeValue::N(now_ms().to_string()))
+            .item("position", AttributeValue::S(position_key(checkpoint)))
+            // Only forward (or the same position again: a retried write). Items written
+            // before `position` existed carry none and may be moved once.
+            .condition_expression("attribute_not_exists(#pos) OR #pos <= :pos")
+            .expression_attribute_names("#pos", "position")
+            .expression_attribute_values(":pos", AttributeValue::S(position_key(checkpoint)))
             .build()
             .expect("table and item are set");
         let result = self
@@ -256,25 +353,54 @@ impl CheckpointStore {
             .transact_items(TransactWriteItem::builder().put(put).build())
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) if lease_check_failed(&err) => Err(CheckpointError::LeaseLost {
+        match failed_conditions(&result) {
+            (true, _) => Err(CheckpointError::LeaseLost {
                 stream_arn: self.stream_arn.clone(),
             }),
-            Err(err) => Err(sdk("TransactWriteItems", err)),
+            (false, true) => Err(CheckpointError::Behind {
+                shard_id: shard_id.to_owned(),
+            }),
+            (false, false) => match result {
+                Ok(_) => Ok(()),
+                Err(err) => Err(sdk("TransactWriteItems", err)),
+            },
         }
     }
 }
 
-/// A cancelled transaction is a lost lease only when the condition check failed; a
-/// conflict with another transaction is worth a retry.
-fn lease_check_failed<R>(err: &SdkError<TransactWriteItemsError, R>) -> bool {
+/// Which conditions of a cancelled checkpoint transaction failed: (the lease check, the
+/// only-forward put). Reasons come in the order of the items. A conflict with another
+/// transaction is neither, and worth a retry.
+fn failed_conditions<T, R>(
+    result: &Result<T, SdkError<TransactWriteItemsError, R>>,
+) -> (bool, bool) {
+    let Err(err) = result else {
+        return (false, false);
+    };
     match err.as_service_error() {
-        Some(TransactWriteItemsError::TransactionCanceledException(e)) => e
-            .cancellation_reasons()
-            .iter()
-            .any(|r| r.code() == Some("ConditionalCheckFailed")),
-        _ => false,
+        Some(TransactWriteItemsError::TransactionCanceledException(e)) => {
+            let failed = |i: usize| {
+                e.cancellation_reasons()
+                    .get(i)
+                    .is_some_and(|r| r.code() == Some("ConditionalCheckFailed"))
+            };
+            (failed(0), failed(1))
+        }
+        _ => (false, false),
+    }
+}
+
+/// A stored `sequence_number` attribute as a checkpoint.
+fn parse_stored(seq: &str) -> Checkpoint {
+    if seq == SHARD_END {
+        Checkpoint::Finished
+    } else if let Some(ms) = seq
+        .strip_prefix(SINCE_PREFIX)
+        .and_then(|ms| ms.parse().ok())
+    {
+        Checkpoint::Since(ms)
+    } else {
+        Checkpoint::At(seq.to_owned())
     }
 }
 
@@ -282,5 +408,32 @@ fn string_attr(item: &HashMap<String, AttributeValue>, name: &str) -> Option<Str
     match item.get(name)? {
         AttributeValue::S(s) | AttributeValue::N(s) => Some(s.clone()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_sort_as_numbers_whatever_their_length() {
+        let at = |s: &str| position_key(&Checkpoint::At(s.into()));
+        // 9 < 10 as numbers, though "9" > "10" as strings.
+        assert!(at("9") < at("10"));
+        assert!(at("000000000000000000009") < at("100000000000000000000"));
+        assert!(at("99999999999999999999") < at("1000000000000000000000000000000000000000"));
+        assert_eq!(at("00042"), at("42"));
+        assert!(position_key(&Checkpoint::Since(i64::MAX)) < at("0"));
+        assert!(at(&"9".repeat(40)) < position_key(&Checkpoint::Finished));
+    }
+
+    #[test]
+    fn stored_markers_read_back_as_what_was_written() {
+        assert_eq!(parse_stored("SHARD_END"), Checkpoint::Finished);
+        assert_eq!(
+            parse_stored("LATEST@1700000000000"),
+            Checkpoint::Since(1_700_000_000_000)
+        );
+        assert_eq!(parse_stored("000123"), Checkpoint::At("000123".into()));
     }
 }

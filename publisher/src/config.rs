@@ -57,11 +57,17 @@ pub struct PublisherConfig {
     pub checkpoint_table: String,
 
     /// SQS queue URL where records that can never be published are parked whole, with
-    /// their reason. Without it such a record stops the publisher (it is never skipped).
+    /// their reason. Required: without it such a record would hold its shard. A record
+    /// that can be neither published nor parked pauses its shard (ERROR log,
+    /// `tributary_shard_paused`, `/readyz` fails; tried again after 60 s) while the
+    /// other shards go on.
     #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_parser = parse_url)]
-    pub failure_queue_url: Option<String>,
+    pub failure_queue_url: String,
 
-    /// Where a shard without a checkpoint starts.
+    /// Where a shard without a checkpoint starts. `latest` is made durable at once (a
+    /// marker checkpoint with the start time): a restart or an expired iterator resumes
+    /// from the trim horizon skipping only records older than that time (less 2
+    /// minutes), never at a new LATEST.
     #[arg(
         long,
         env = "PUBLISHER_START_POSITION",
@@ -326,6 +332,10 @@ mod tests {
                 "arn:aws:sns:us-east-1:123456789012:profile-changes",
             ),
             ("--checkpoint-table", "cp"),
+            (
+                "--failure-queue-url",
+                "http://127.0.0.1:9/000000000000/failures",
+            ),
         ];
         for (flag, value) in overrides {
             settings.retain(|(f, _)| f != flag);
@@ -372,6 +382,20 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn the_failure_queue_is_required() {
+        let mut without = args(&[]);
+        let at = without
+            .iter()
+            .position(|a| *a == "--failure-queue-url")
+            .unwrap();
+        without.drain(at..at + 2);
+        let err = Cli::try_parse_from(without).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        let line = one_line(&err, &<Cli as clap::CommandFactory>::command());
+        assert!(line.contains("PUBLISHER_FAILURE_QUEUE_URL"), "{line}");
     }
 
     #[test]

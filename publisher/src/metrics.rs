@@ -21,6 +21,14 @@ pub struct PublisherMetrics {
     pub read_batch_size: Metric,
     pub iterator_age: Metric,
     pub last_poll: Metric,
+    pub oldest_unpublished_age: Metric,
+    pub shards_reading: Metric,
+    pub shards_waiting: Metric,
+    pub shard_paused: Metric,
+    pub shard_pauses: Metric,
+    pub stream_enabled: Metric,
+    pub stream_gaps: Metric,
+    pub backfill_needed: Metric,
 }
 
 static METRICS: LazyLock<PublisherMetrics> = LazyLock::new(|| {
@@ -72,6 +80,46 @@ static METRICS: LazyLock<PublisherMetrics> = LazyLock::new(|| {
             "Seconds since the last successful GetRecords on any shard.",
             &[],
         ),
+        oldest_unpublished_age: r.age(
+            "tributary_shard_oldest_unpublished_age_seconds",
+            "Per shard: seconds since the oldest stream record not yet published was created, computed when scraped. Grows while a shard cannot read or publish.",
+            &["shard"],
+        ),
+        shards_reading: r.gauge(
+            "tributary_shards_reading",
+            "Shards being read now.",
+            &[],
+        ),
+        shards_waiting: r.gauge(
+            "tributary_shards_waiting",
+            "Shards ready to be read but not started: more are ready than --max-shards lets run.",
+            &[],
+        ),
+        shard_paused: r.gauge(
+            "tributary_shard_paused",
+            "1 for each shard paused because a record can be neither published nor parked (tried again later).",
+            &["shard"],
+        ),
+        shard_pauses: r.counter(
+            "tributary_shard_pauses_total",
+            "Times a shard was paused because a record could be neither published nor parked.",
+            &[],
+        ),
+        stream_enabled: r.gauge(
+            "tributary_stream_enabled",
+            "1 while the table's stream is enabled with NEW_AND_OLD_IMAGES, 0 while it is disabled or unusable.",
+            &[],
+        ),
+        stream_gaps: r.counter(
+            "tributary_stream_gaps_total",
+            "Times the table's stream was found replaced (disabled, then enabled): changes made in between are in no stream.",
+            &[],
+        ),
+        backfill_needed: r.gauge(
+            "tributary_stream_backfill_needed",
+            "1 once this process found a gap between two streams of the table: run a snapshot backfill (replay snapshot), then restart the publisher to clear it.",
+            &[],
+        ),
         registry: r,
     };
     for c in [
@@ -80,9 +128,14 @@ static METRICS: LazyLock<PublisherMetrics> = LazyLock::new(|| {
         m.records_skipped,
         m.publish_retries,
         m.checkpoints_written,
+        m.shard_pauses,
+        m.stream_gaps,
     ] {
         m.registry.declare(c, &[]);
     }
+    m.registry.set(m.stream_enabled, &[], 1.0);
+    m.registry.set(m.backfill_needed, &[], 0.0);
+    m.registry.set(m.shards_waiting, &[], 0.0);
     m
 });
 

@@ -6,10 +6,10 @@
 //! idle and back-off sleeps): a batch that was read is published and checkpointed
 //! before the loop stops.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use contracts::SchemaVersion;
 use tokio::task::JoinSet;
@@ -22,7 +22,7 @@ use crate::config::{PublisherConfig, StartPosition};
 use crate::park::{FailureQueue, ParkError};
 use crate::record::{Origin, StreamRecord};
 use crate::sink::SnsSink;
-use crate::stream::{StartAt, StreamError, StreamReader, ready_shards};
+use crate::stream::{ShardInfo, StartAt, StreamError, StreamReader, ready_shards};
 
 /// Why the publisher stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +34,13 @@ pub enum PipelineError {
         stream_arn: String,
         view_type: String,
     },
+    #[error("table {table:?} not found: {message}")]
+    TableNotFound { table: String, message: String },
     #[error("describing table {table:?}: {message}")]
     DescribeTable { table: String, message: String },
+    /// Shutdown came while the publisher was still starting.
+    #[error("stopped before the table could be described")]
+    Interrupted,
     #[error(transparent)]
     Stream(#[from] StreamError),
     #[error(transparent)]
@@ -49,6 +54,85 @@ pub enum PipelineError {
         source: ParkError,
     },
 }
+
+impl PipelineError {
+    /// A setting an operator must fix (the table, its stream, its view type): the
+    /// binary exits 2 at start. Anything else there is retried first.
+    pub fn is_bad_setting(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::NoStream { .. }
+                | PipelineError::WrongViewType { .. }
+                | PipelineError::TableNotFound { .. }
+        )
+    }
+
+    /// A shard stopped by this error is paused (reported, retried later) while the
+    /// others go on; any other error stops the publisher.
+    fn pauses_the_shard(&self) -> bool {
+        matches!(self, PipelineError::Park { .. })
+    }
+}
+
+/// What `/readyz` reports about the pipeline itself: whether the table's stream is
+/// enabled, and which shards are paused because they cannot make progress.
+#[derive(Debug)]
+pub struct Health {
+    stream_enabled: AtomicBool,
+    paused: Mutex<BTreeMap<String, String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            stream_enabled: AtomicBool::new(true),
+            paused: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Health {
+    /// One line per problem; empty when ready.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.stream_enabled.load(Ordering::Relaxed) {
+            out.push("the table's stream is disabled: changes are not being recorded".into());
+        }
+        for (shard, why) in self.paused_shards().iter() {
+            out.push(format!("shard {shard} paused: {why}"));
+        }
+        out
+    }
+
+    fn paused_shards(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.paused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_stream_enabled(&self, enabled: bool) {
+        self.stream_enabled.store(enabled, Ordering::Relaxed);
+        let m = crate::metrics::metrics();
+        m.registry
+            .set(m.stream_enabled, &[], if enabled { 1.0 } else { 0.0 });
+    }
+
+    fn pause(&self, shard_id: &str, why: String) {
+        self.paused_shards().insert(shard_id.to_owned(), why);
+        let m = crate::metrics::metrics();
+        m.registry.set(m.shard_paused, &[shard_id], 1.0);
+        m.registry.inc_by(m.shard_pauses, &[], 1);
+    }
+
+    fn resume(&self, shard_id: &str) {
+        self.paused_shards().remove(shard_id);
+        let m = crate::metrics::metrics();
+        m.registry.remove(m.shard_paused, &[shard_id]);
+    }
+}
+
+/// How long a paused shard waits before it is tried again.
+pub const PAUSED_SHARD_RETRY: Duration = Duration::from_secs(60);
 
 /// Counters over the life of one run, shared by the shard tasks.
 #[derive(Debug, Default)]
@@ -94,7 +178,12 @@ pub struct Pipeline {
     pub checkpoint_every: usize,
     /// Longest time a published position waits for its checkpoint.
     pub checkpoint_interval: Duration,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
+    /// Shared with `/readyz`.
+    pub health: Arc<Health>,
+    /// Re-reads the table's `LatestStreamArn` on every discovery tick.
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub checkpoint_table: String,
 }
 
 /// The clients the publisher talks through, built once from one SDK config.
@@ -117,46 +206,133 @@ impl Clients {
     }
 }
 
-/// The stream ARN of a table, checked to carry both images.
+/// The stream a table has now, as `DescribeTable` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableStream {
+    /// `LatestStreamArn`: after a disable it still names the old stream.
+    pub latest_arn: Option<String>,
+    pub enabled: bool,
+    pub view_type: Option<String>,
+}
+
+impl TableStream {
+    /// The ARN to read when the stream is enabled with both images.
+    ///
+    /// # Errors
+    /// [`PipelineError::NoStream`], [`PipelineError::WrongViewType`].
+    pub fn usable(&self, table: &str) -> Result<String, PipelineError> {
+        let arn = self
+            .latest_arn
+            .clone()
+            .filter(|_| self.enabled)
+            .ok_or_else(|| PipelineError::NoStream {
+                table: table.to_owned(),
+            })?;
+        match self.view_type.as_deref() {
+            Some("NEW_AND_OLD_IMAGES") => Ok(arn),
+            other => Err(PipelineError::WrongViewType {
+                stream_arn: arn,
+                view_type: other.unwrap_or_default().to_owned(),
+            }),
+        }
+    }
+}
+
+/// The table's stream, one `DescribeTable`.
 ///
 /// # Errors
-/// [`PipelineError`] when the table has no stream or the wrong view type.
-pub async fn resolve_stream(clients: &Clients, table: &str) -> Result<String, PipelineError> {
-    let out = clients
-        .dynamodb
+/// [`PipelineError::TableNotFound`] (a bad setting), [`PipelineError::DescribeTable`]
+/// (anything else: worth a retry).
+pub async fn describe_table_stream(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<TableStream, PipelineError> {
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    let out = dynamodb
         .describe_table()
         .table_name(table)
         .send()
         .await
-        .map_err(|e| PipelineError::DescribeTable {
-            table: table.to_owned(),
-            message: crate::describe_sdk_error(&e),
+        .map_err(|e| {
+            let message = crate::describe_sdk_error(&e);
+            if e.code() == Some("ResourceNotFoundException") {
+                PipelineError::TableNotFound {
+                    table: table.to_owned(),
+                    message,
+                }
+            } else {
+                PipelineError::DescribeTable {
+                    table: table.to_owned(),
+                    message,
+                }
+            }
         })?;
-    let desc = out.table.ok_or_else(|| PipelineError::NoStream {
+    let desc = out.table.ok_or_else(|| PipelineError::TableNotFound {
         table: table.to_owned(),
+        message: "DescribeTable answered without a table".into(),
     })?;
-    let stream_arn = desc
-        .latest_stream_arn
-        .filter(|_| {
-            desc.stream_specification
-                .as_ref()
-                .is_some_and(|s| s.stream_enabled)
-        })
-        .ok_or_else(|| PipelineError::NoStream {
-            table: table.to_owned(),
-        })?;
-    let view = desc
-        .stream_specification
-        .and_then(|s| s.stream_view_type)
-        .map(|v| v.as_str().to_owned())
-        .unwrap_or_default();
-    if view != "NEW_AND_OLD_IMAGES" {
-        return Err(PipelineError::WrongViewType {
-            stream_arn,
-            view_type: view,
-        });
+    let spec = desc.stream_specification;
+    Ok(TableStream {
+        latest_arn: desc.latest_stream_arn,
+        enabled: spec.as_ref().is_some_and(|s| s.stream_enabled),
+        view_type: spec
+            .and_then(|s| s.stream_view_type)
+            .map(|v| v.as_str().to_owned()),
+    })
+}
+
+/// The table's stream at start. A `DescribeTable` that fails for another reason than a
+/// missing table (throttling, a network error, an endpoint still starting) is retried
+/// with back-off until it answers or `shutdown`.
+///
+/// # Errors
+/// [`PipelineError::TableNotFound`] when the table does not exist;
+/// [`PipelineError::Interrupted`] on shutdown.
+pub async fn resolve_stream(
+    clients: &Clients,
+    table: &str,
+    shutdown: &CancellationToken,
+) -> Result<TableStream, PipelineError> {
+    let mut attempt = 0;
+    loop {
+        match describe_table_stream(&clients.dynamodb, table).await {
+            Ok(stream) => return Ok(stream),
+            Err(PipelineError::DescribeTable { message, .. }) => {
+                attempt += 1;
+                if attempt < STUCK_AFTER {
+                    warn!(%table, attempt, error = %message, "DescribeTable failed at start, will retry.");
+                } else {
+                    error!(%table, attempt, error = %message, "DescribeTable keeps failing: the publisher cannot start until it answers. Retrying.");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                    _ = shutdown.cancelled() => return Err(PipelineError::Interrupted),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(stream_arn)
+}
+
+/// The stream to read first: a stream followed before that the table has since
+/// replaced is finished first (ARNs end in the stream's creation time, so an older
+/// stream's sorts first); while the table's stream is disabled, the one followed
+/// before is finished (the publisher is not ready until the stream is enabled again).
+///
+/// # Errors
+/// [`PipelineError::NoStream`] or [`PipelineError::WrongViewType`] when the table's
+/// stream is unusable and no stream was followed before.
+pub fn first_stream(
+    table: &str,
+    now: &TableStream,
+    followed: Option<String>,
+) -> Result<String, PipelineError> {
+    match (now.usable(table), followed) {
+        (Ok(latest), Some(old)) if old < latest => Ok(old),
+        (Ok(latest), _) => Ok(latest),
+        (Err(PipelineError::NoStream { .. }), Some(old)) => Ok(old),
+        (Err(e), _) => Err(e),
+    }
 }
 
 impl Pipeline {
@@ -167,8 +343,28 @@ impl Pipeline {
     pub async fn build(
         config: &PublisherConfig,
         clients: &Clients,
+        shutdown: &CancellationToken,
     ) -> Result<Pipeline, PipelineError> {
-        let stream_arn = resolve_stream(clients, &config.table).await?;
+        let now = resolve_stream(clients, &config.table, shutdown).await?;
+        let owner = config.owner();
+        // A stream this table had before (disabled, then enabled again while no
+        // publisher ran, or while one was still finishing it) is finished first.
+        let followed = CheckpointStore::new(
+            clients.dynamodb.clone(),
+            config.checkpoint_table.clone(),
+            String::new(),
+            owner.clone(),
+        )
+        .followed_stream(&config.table)
+        .await
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "Reading the stream followed before failed; following the table's latest stream.");
+            None
+        });
+        let stream_arn = first_stream(&config.table, &now, followed)?;
+        if now.latest_arn.as_deref() != Some(stream_arn.as_str()) || !now.enabled {
+            warn!(table = %config.table, followed = %stream_arn, latest = now.latest_arn.as_deref().unwrap_or("-"), enabled = now.enabled, "The table's stream changed since the last run: finishing the stream followed before first.");
+        }
         Ok(Pipeline {
             reader: StreamReader::new(clients.streams.clone(), stream_arn.clone()),
             sink: SnsSink::new(clients.sns.clone(), config.topic_arn.clone()),
@@ -176,9 +372,12 @@ impl Pipeline {
                 clients.dynamodb.clone(),
                 config.checkpoint_table.clone(),
                 stream_arn.clone(),
-                config.owner(),
+                owner,
             ),
-            failures: FailureQueue::new(clients.sqs.clone(), config.failure_queue_url.clone()),
+            failures: FailureQueue::new(
+                clients.sqs.clone(),
+                Some(config.failure_queue_url.clone()),
+            ),
             origin: Origin {
                 table: config.table.clone(),
                 stream_arn,
@@ -195,18 +394,79 @@ impl Pipeline {
             max_shards: config.max_shards.get(),
             checkpoint_every: config.checkpoint_every.get(),
             checkpoint_interval: config.checkpoint_interval,
-            stats: Stats::default(),
+            stats: Arc::default(),
+            health: Arc::default(),
+            dynamodb: clients.dynamodb.clone(),
+            checkpoint_table: config.checkpoint_table.clone(),
         })
     }
 
-    /// Runs until `shutdown` fires (then returns `Ok`) or a fatal error.
+    /// The same pipeline on the table's next stream, read from its trim horizon (every
+    /// record of a new stream is newer than the old stream's).
+    fn following(&self, stream_arn: String) -> Pipeline {
+        Pipeline {
+            reader: StreamReader::new(self.reader.client().clone(), stream_arn.clone()),
+            sink: self.sink.clone(),
+            checkpoints: self.checkpoints.for_stream(stream_arn.clone()),
+            failures: self.failures.clone(),
+            origin: Origin {
+                table: self.origin.table.clone(),
+                stream_arn,
+            },
+            emit: self.emit,
+            start_position: StartPosition::TrimHorizon,
+            pacing: self.pacing,
+            lease_ttl: self.lease_ttl,
+            max_shards: self.max_shards,
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_interval: self.checkpoint_interval,
+            stats: Arc::clone(&self.stats),
+            health: Arc::clone(&self.health),
+            dynamodb: self.dynamodb.clone(),
+            checkpoint_table: self.checkpoint_table.clone(),
+        }
+    }
+
+    /// Runs until `shutdown` fires (then returns `Ok`) or a fatal error. When the table's
+    /// stream is replaced (disabled and enabled again), the old stream is read to its
+    /// end, then the new one from its trim horizon.
     ///
     /// # Errors
-    /// [`PipelineError`] on a lost lease, an unreachable checkpoint table, or a record
-    /// that can be neither published nor parked.
+    /// [`PipelineError`] on a lost lease, an unreachable checkpoint table, or a
+    /// checkpoint another publisher moved on.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), PipelineError> {
-        if !self.acquire_lease(&shutdown).await? {
-            return Ok(());
+        let mut current = self;
+        loop {
+            match current.clone().run_stream(&shutdown).await {
+                Ok(Some(next)) => {
+                    info!(old = %current.origin.stream_arn, new = %next, "Old stream finished; following the table's new stream from its trim horizon.");
+                    current = Arc::new(current.following(next));
+                }
+                Ok(None) => {
+                    current.log_stats();
+                    return Ok(());
+                }
+                Err(e) => {
+                    current.log_stats();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Holds the lease of this pipeline's stream and reads it until shutdown
+    /// (`Ok(None)`), until it is finished and the table has a newer one (`Ok(Some(arn))`),
+    /// or a fatal error. The lease is released on every way out (a release by a
+    /// publisher that no longer holds it changes nothing).
+    async fn run_stream(
+        self: Arc<Self>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<String>, PipelineError> {
+        if !self.acquire_lease(shutdown).await? {
+            return Ok(None);
+        }
+        if let Err(e) = self.checkpoints.follow_stream(&self.origin.table).await {
+            warn!(error = %e, "Recording the followed stream failed; a restart may skip the rest of this stream if the table's stream changes.");
         }
         let work = shutdown.child_token();
         let lease_lost = CancellationToken::new();
@@ -222,16 +482,15 @@ impl Pipeline {
         work.cancel();
         renewing.cancel();
         let _ = renewer.await;
+        if let Err(e) = self.checkpoints.release().await {
+            warn!(error = %e, "Releasing the lease failed; a successor waits for it to expire.");
+        }
         if lease_lost.is_cancelled() {
             return Err(CheckpointError::LeaseLost {
                 stream_arn: self.origin.stream_arn.clone(),
             }
             .into());
         }
-        if let Err(e) = self.checkpoints.release().await {
-            warn!(error = %e, "Releasing the lease failed; a successor waits for it to expire.");
-        }
-        self.log_stats();
         result
     }
 
@@ -314,20 +573,60 @@ impl Pipeline {
         }
     }
 
+    /// Re-reads the table's stream (on every discovery tick): reports a disabled stream
+    /// (`/readyz`, metric, ERROR) and returns the table's newer stream once there is one.
+    async fn watch_table(&self, successor: &mut Option<String>) {
+        let stream = match describe_table_stream(&self.dynamodb, &self.origin.table).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(table = %self.origin.table, error = %e, "DescribeTable failed; checking the table's stream again at the next discovery.");
+                return;
+            }
+        };
+        let usable = stream.usable(&self.origin.table);
+        let was_enabled = self.health.stream_enabled.load(Ordering::Relaxed);
+        match (&usable, was_enabled) {
+            (Err(e), true) => {
+                error!(table = %self.origin.table, stream_arn = %self.origin.stream_arn, error = %e, "The table's stream is disabled or unusable: changes made now are recorded in no stream. Finishing what the old stream holds; enable the stream again, then run a snapshot backfill for the gap.");
+            }
+            (Ok(_), false) => {
+                info!(table = %self.origin.table, "The table's stream is enabled again.")
+            }
+            _ => {}
+        }
+        self.health.set_stream_enabled(usable.is_ok());
+        if let Ok(latest) = usable
+            && latest != self.origin.stream_arn
+            && successor.is_none()
+        {
+            error!(table = %self.origin.table, old = %self.origin.stream_arn, new = %latest, "The table's stream was replaced (disabled, then enabled again): changes made in between are in neither stream and were not published. Run a snapshot backfill (replay snapshot). Finishing the old stream, then reading the new one from its trim horizon.");
+            let m = crate::metrics::metrics();
+            m.registry.set(m.backfill_needed, &[], 1.0);
+            m.registry.inc_by(m.stream_gaps, &[], 1);
+            *successor = Some(latest);
+        }
+    }
+
     async fn schedule_shards(
         self: &Arc<Self>,
         work: &CancellationToken,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<Option<String>, PipelineError> {
         let mut finished: HashSet<String> = HashSet::new();
         let mut known: HashMap<String, Option<Checkpoint>> = HashMap::new();
         let mut active: HashSet<String> = HashSet::new();
+        // Shards that could not make progress, and when each is tried again.
+        let mut paused: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut tasks: JoinSet<(String, Result<bool, PipelineError>)> = JoinSet::new();
-        let mut outcome = Ok(());
+        let mut outcome = Ok(None);
+        // The table's newer stream, once it has one.
+        let mut successor: Option<String> = None;
         // `--start-position latest` means "from now on" for the shards open when this
         // publisher first looks. Shards that appear later (children of a split or a
         // rollover) must be read from their start, or their first records are lost.
         let mut latest_allowed: Option<HashSet<String>> = None;
+        let mut waiting_reported = 0;
         'outer: while !work.is_cancelled() {
+            self.watch_table(&mut successor).await;
             match self.reader.describe().await {
                 Ok((_, shards)) => {
                     let mut load_failed = false;
@@ -349,6 +648,15 @@ impl Pipeline {
                             }
                         }
                     }
+                    if load_failed {
+                        known.retain(|id, _| finished.contains(id) || active.contains(id));
+                    } else if let Some(next) = &successor
+                        && active.is_empty()
+                        && stream_finished(&shards, &finished)
+                    {
+                        outcome = Ok(Some(next.clone()));
+                        break 'outer;
+                    }
                     let latest_allowed = latest_allowed.get_or_insert_with(|| {
                         shards
                             .iter()
@@ -358,15 +666,27 @@ impl Pipeline {
                             .map(|s| s.shard_id.clone())
                             .collect()
                     });
-                    if load_failed {
-                        known.retain(|id, _| finished.contains(id) || active.contains(id));
-                    }
-                    for shard_id in ready_shards(&shards, &finished, &active) {
-                        if active.len() >= self.max_shards || !known.contains_key(&shard_id) {
-                            break;
+                    let now = tokio::time::Instant::now();
+                    let ready: Vec<String> = ready_shards(&shards, &finished, &active)
+                        .into_iter()
+                        .filter(|id| known.contains_key(id))
+                        .filter(|id| paused.get(id).is_none_or(|at| *at <= now))
+                        .collect();
+                    let (start_now, waiting) = admit(ready, active.len(), self.max_shards);
+                    report_waiting(
+                        waiting,
+                        active.len() + start_now.len(),
+                        self.max_shards,
+                        &mut waiting_reported,
+                    );
+                    for shard_id in start_now {
+                        if paused.remove(&shard_id).is_some() {
+                            info!(%shard_id, "Trying the paused shard again.");
+                            self.health.resume(&shard_id);
                         }
                         let start = match known.get(&shard_id).cloned().flatten() {
                             Some(Checkpoint::At(seq)) => StartAt::After(seq),
+                            Some(Checkpoint::Since(ms)) => StartAt::Since(ms),
                             _ => match self.start_position {
                                 StartPosition::Latest if latest_allowed.contains(&shard_id) => {
                                     StartAt::Latest
@@ -388,6 +708,12 @@ impl Pipeline {
                         );
                     }
                 }
+                // A finished stream may be trimmed away (24 hours after it closed).
+                Err(StreamError::NotFound(why)) if successor.is_some() && active.is_empty() => {
+                    warn!(stream_arn = %self.origin.stream_arn, %why, "The old stream is gone; following the new one.");
+                    outcome = Ok(successor.clone());
+                    break 'outer;
+                }
                 Err(e) => warn!(error = %e, "DescribeStream failed, will retry."),
             }
             // Wait for a shard to end (its children may be ready), the next discovery
@@ -402,11 +728,19 @@ impl Pipeline {
                         match result {
                             Ok(true) => {
                                 info!(%shard_id, "Shard finished.");
+                                self.health.resume(&shard_id);
                                 finished.insert(shard_id.clone());
                                 known.insert(shard_id, Some(Checkpoint::Finished));
                                 continue 'outer;
                             }
                             Ok(false) => {}
+                            Err(e) if e.pauses_the_shard() && !work.is_cancelled() => {
+                                error!(%shard_id, error = %e, retry_in_secs = PAUSED_SHARD_RETRY.as_secs(), "Shard paused: it cannot make progress. The other shards go on; this one is tried again later from its checkpoint.");
+                                self.health.pause(&shard_id, e.to_string());
+                                paused.insert(shard_id.clone(), tokio::time::Instant::now() + PAUSED_SHARD_RETRY);
+                                // Its progress is re-read from the table when it resumes.
+                                known.remove(&shard_id);
+                            }
                             Err(e) => {
                                 error!(%shard_id, error = %e, "Shard stopped; stopping the publisher.");
                                 outcome = Err(e);
@@ -460,6 +794,17 @@ impl Pipeline {
         progress: &mut Progress,
     ) -> Result<bool, PipelineError> {
         let mut iterator: Option<String> = None;
+        // `latest` takes a LATEST iterator once; its position is made durable first (a
+        // `Since` marker), so a restart or an expired iterator resumes from there, not
+        // from a new LATEST that would skip what was written meanwhile.
+        let mut first_start = None;
+        if start == StartAt::Latest {
+            let since = crate::checkpoint::now_ms();
+            self.save_checkpoint(shard_id, &Checkpoint::Since(since))
+                .await?;
+            first_start = Some(StartAt::Latest);
+            start = StartAt::Since(since);
+        }
         let mut idle = self.pacing.idle_min;
         let mut failures: u32 = 0;
         // When the last GetRecords started, and whether it returned a full page.
@@ -471,7 +816,11 @@ impl Pipeline {
             }
             let current = match iterator.take() {
                 Some(it) => it,
-                None => match self.reader.iterator(shard_id, &start).await {
+                None => match self
+                    .reader
+                    .iterator(shard_id, first_start.as_ref().unwrap_or(&start))
+                    .await
+                {
                     Ok(it) => it,
                     Err(StreamError::Trimmed) => {
                         error!(%shard_id, ?start, "Checkpoint is older than the stream's retention: records were lost to this publisher; resuming at the trim horizon. Run a snapshot backfill.");
@@ -497,7 +846,9 @@ impl Pipeline {
                     return Ok(false);
                 }
             }
+            first_start = None;
             last_read = Some(tokio::time::Instant::now());
+            let read_at = SystemTime::now();
             let batch = tokio::select! {
                 b = self.reader.get_records(&current) => b,
                 _ = work.cancelled() => return Ok(false),
@@ -537,15 +888,33 @@ impl Pipeline {
                 Err(e) => return Err(e.into()),
             };
             let had_records = !batch.records.is_empty();
-            if had_records {
+            let mut records = batch.records;
+            if let StartAt::Since(since) = start {
+                let (kept, last_skipped, skipped) = crate::stream::skip_older_than(records, since);
+                records = kept;
+                if let Some(last) = last_skipped {
+                    debug!(%shard_id, skipped, "Records older than the start (latest) skipped.");
+                    if records.is_empty() {
+                        progress.pending = Some(last.clone());
+                    }
+                    start = StartAt::After(last);
+                }
+            }
+            oldest_unpublished(shard_id, records.first(), read_at);
+            if !records.is_empty() {
+                let newest = records.last().and_then(|r| r.approximate_creation);
                 match self
-                    .publish_records(shard_id, batch.records, work, progress)
+                    .publish_records(shard_id, records, work, progress)
                     .await?
                 {
                     Published::Through(Some(last)) => start = StartAt::After(last),
                     Published::Through(None) => {}
                     Published::Interrupted => return Ok(false),
                 }
+                // What follows the published records was written after them.
+                oldest_unpublished_since(shard_id, newest.map_or(read_at, SystemTime::from));
+            }
+            if had_records {
                 idle = self.pacing.idle_min;
             }
             match batch.next_iterator {
@@ -554,6 +923,7 @@ impl Pipeline {
                         .await?;
                     let m = crate::metrics::metrics();
                     m.registry.remove(m.iterator_age, &[shard_id]);
+                    m.registry.remove(m.oldest_unpublished_age, &[shard_id]);
                     return Ok(true);
                 }
                 Some(next) => iterator = Some(next),
@@ -742,6 +1112,53 @@ fn observe_read(shard_id: &str, records: &[StreamRecord]) {
     }
 }
 
+/// Per shard, the time the oldest record not yet published was created, rendered as an
+/// age when scraped. Before publishing a page: its first record's creation time (the
+/// read's time when the page is empty: the shard was caught up then). A shard whose
+/// reads or publishes keep failing thus shows an age that keeps growing.
+fn oldest_unpublished(shard_id: &str, first: Option<&StreamRecord>, read_at: SystemTime) {
+    let at = first
+        .and_then(|r| r.approximate_creation)
+        .map_or(read_at, SystemTime::from);
+    oldest_unpublished_since(shard_id, at);
+}
+
+fn oldest_unpublished_since(shard_id: &str, at: SystemTime) {
+    let m = crate::metrics::metrics();
+    m.registry
+        .touch_at(m.oldest_unpublished_age, &[shard_id], at);
+}
+
+/// True when every listed shard of a stream is finished.
+fn stream_finished(shards: &[ShardInfo], finished: &HashSet<String>) -> bool {
+    shards.iter().all(|s| finished.contains(&s.shard_id))
+}
+
+/// Which ready shards start now, within `max` running at once, and how many are left
+/// waiting for a free slot.
+fn admit(ready: Vec<String>, running: usize, max: usize) -> (Vec<String>, usize) {
+    let free = max.saturating_sub(running);
+    let waiting = ready.len().saturating_sub(free);
+    (ready.into_iter().take(free).collect(), waiting)
+}
+
+/// Exports how many ready shards wait for a slot, and warns when that number changes to
+/// a non-zero one (`--max-shards` is too low for the stream: they fall behind).
+fn report_waiting(waiting: usize, running: usize, max: usize, reported: &mut usize) {
+    let m = crate::metrics::metrics();
+    m.registry.set(m.shards_waiting, &[], waiting as f64);
+    m.registry.set(m.shards_reading, &[], running as f64);
+    if waiting != *reported && waiting > 0 {
+        warn!(
+            waiting,
+            running,
+            max_shards = max,
+            "More shards are ready than --max-shards lets run: the waiting ones fall behind. Raise PUBLISHER_MAX_SHARDS."
+        );
+    }
+    *reported = waiting;
+}
+
 /// A shard's position published since its last checkpoint.
 #[derive(Debug)]
 struct Progress {
@@ -780,4 +1197,119 @@ pub fn backoff(attempt: u32) -> Duration {
         .min(Duration::from_secs(20));
     let millis = rand::random_range(0..=cap.as_millis() as u64);
     Duration::from_millis(millis.max(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn shards_beyond_max_shards_wait_and_are_counted() {
+        assert_eq!(admit(ids(&["a", "b", "c"]), 0, 2), (ids(&["a", "b"]), 1));
+        assert_eq!(admit(ids(&["c"]), 2, 2), (ids(&[]), 1));
+        assert_eq!(admit(ids(&["c"]), 1, 2), (ids(&["c"]), 0));
+        assert_eq!(admit(ids(&[]), 5, 2), (ids(&[]), 0));
+    }
+
+    #[test]
+    fn a_stream_is_finished_only_when_every_listed_shard_is() {
+        let shard = |id: &str| ShardInfo {
+            shard_id: id.into(),
+            parent_shard_id: None,
+            ending_sequence_number: Some("9".into()),
+        };
+        let shards = [shard("a"), shard("b")];
+        let done: HashSet<String> = ["a".to_string()].into();
+        assert!(!stream_finished(&shards, &done));
+        let done: HashSet<String> = ["a".to_string(), "b".to_string()].into();
+        assert!(stream_finished(&shards, &done));
+    }
+
+    #[test]
+    fn only_a_record_that_cannot_be_parked_pauses_a_shard() {
+        let park = PipelineError::Park {
+            shard_id: "s".into(),
+            sequence_number: "1".into(),
+            source: ParkError::Send("down".into()),
+        };
+        assert!(park.pauses_the_shard());
+        let lost = PipelineError::Checkpoint(CheckpointError::LeaseLost {
+            stream_arn: "arn".into(),
+        });
+        assert!(!lost.pauses_the_shard());
+        let behind = PipelineError::Checkpoint(CheckpointError::Behind {
+            shard_id: "s".into(),
+        });
+        assert!(!behind.pauses_the_shard());
+    }
+
+    #[test]
+    fn only_a_missing_table_or_an_unusable_stream_is_a_bad_setting() {
+        let stream = |arn: Option<&str>, enabled, view: Option<&str>| TableStream {
+            latest_arn: arn.map(Into::into),
+            enabled,
+            view_type: view.map(Into::into),
+        };
+        assert_eq!(
+            stream(Some("arn:s"), true, Some("NEW_AND_OLD_IMAGES"))
+                .usable("t")
+                .unwrap(),
+            "arn:s"
+        );
+        let disabled = stream(Some("arn:s"), false, None).usable("t").unwrap_err();
+        assert!(matches!(disabled, PipelineError::NoStream { .. }) && disabled.is_bad_setting());
+        let keys = stream(Some("arn:s"), true, Some("KEYS_ONLY"))
+            .usable("t")
+            .unwrap_err();
+        assert!(matches!(keys, PipelineError::WrongViewType { .. }) && keys.is_bad_setting());
+        let transient = PipelineError::DescribeTable {
+            table: "t".into(),
+            message: "timeout".into(),
+        };
+        assert!(!transient.is_bad_setting());
+    }
+
+    #[test]
+    fn an_older_followed_stream_is_finished_first_even_while_the_table_has_none() {
+        let t = |arn: &str, enabled| TableStream {
+            latest_arn: Some(arn.into()),
+            enabled,
+            view_type: enabled.then(|| "NEW_AND_OLD_IMAGES".to_owned()),
+        };
+        let old = "arn:t/stream/2026-12-01T20:15:49.190".to_owned();
+        let new = "arn:t/stream/2026-12-01T20:15:49.703".to_owned();
+        assert_eq!(
+            first_stream("t", &t(&new, true), Some(old.clone())).unwrap(),
+            old
+        );
+        assert_eq!(
+            first_stream("t", &t(&new, true), Some(new.clone())).unwrap(),
+            new
+        );
+        assert_eq!(first_stream("t", &t(&new, true), None).unwrap(), new);
+        assert_eq!(
+            first_stream("t", &t(&old, false), Some(old.clone())).unwrap(),
+            old
+        );
+        let err = first_stream("t", &t(&old, false), None).unwrap_err();
+        assert!(err.is_bad_setting(), "{err}");
+    }
+
+    #[test]
+    fn health_reports_a_disabled_stream_and_each_paused_shard() {
+        let health = Health::default();
+        assert!(health.problems().is_empty());
+        health.set_stream_enabled(false);
+        health.pause("shard-1", "cannot park".into());
+        let problems = health.problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[1].contains("shard-1"), "{problems:?}");
+        health.set_stream_enabled(true);
+        health.resume("shard-1");
+        assert!(health.problems().is_empty());
+    }
 }

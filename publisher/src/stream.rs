@@ -33,6 +33,40 @@ pub enum StartAt {
     After(String),
     TrimHorizon,
     Latest,
+    /// From the trim horizon, skipping records created before this time (Unix
+    /// milliseconds, less [`SINCE_SLACK_MS`]): where `--start-position latest` resumes
+    /// before it has published anything from a shard.
+    Since(i64),
+}
+
+/// How much older than a [`StartAt::Since`] time a record may be and still be published.
+/// `ApproximateCreationDateTime` is rounded (DynamoDB Local rounds it down to the
+/// minute) and clocks differ: publishing a little more than asked is harmless (the
+/// subscriber ignores what it has), skipping a record written after the start is not.
+pub const SINCE_SLACK_MS: i64 = 120_000;
+
+/// Splits off the records a [`StartAt::Since`] start skips: those created before
+/// `since_ms - SINCE_SLACK_MS`. Records keep their order; a record without a creation
+/// time is kept. Returns (kept, sequence number of the last skipped record, skipped).
+pub fn skip_older_than(
+    records: Vec<StreamRecord>,
+    since_ms: i64,
+) -> (Vec<StreamRecord>, Option<String>, usize) {
+    let cutoff = i128::from(since_ms - SINCE_SLACK_MS) * 1_000_000;
+    let mut last_skipped = None;
+    let mut skipped = 0;
+    let kept = records
+        .into_iter()
+        .filter(|r| match r.approximate_creation {
+            Some(at) if at.unix_timestamp_nanos() < cutoff => {
+                last_skipped = r.sequence_number.clone().or(last_skipped.take());
+                skipped += 1;
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    (kept, last_skipped, skipped)
 }
 
 /// Errors talking to the stream.
@@ -107,6 +141,11 @@ impl StreamReader {
         &self.stream_arn
     }
 
+    /// The DynamoDB Streams client, for a reader of another stream.
+    pub fn client(&self) -> &streams::Client {
+        &self.client
+    }
+
     /// The stream's view type (`NEW_AND_OLD_IMAGES` is required) and every shard, following
     /// `LastEvaluatedShardId` pages.
     ///
@@ -166,7 +205,9 @@ impl StreamReader {
             StartAt::After(seq) => req
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .sequence_number(seq),
-            StartAt::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            StartAt::TrimHorizon | StartAt::Since(_) => {
+                req.shard_iterator_type(ShardIteratorType::TrimHorizon)
+            }
             StartAt::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
         };
         let out = req
@@ -333,6 +374,41 @@ mod tests {
     fn shards_already_being_read_are_not_ready_again() {
         let shards = [shard("s1", None), shard("s2", None)];
         assert_eq!(ready_shards(&shards, &set(&[]), &set(&["s1"])), vec!["s2"]);
+    }
+
+    fn created(seq: &str, unix_ms: i64) -> StreamRecord {
+        StreamRecord {
+            event_id: Some(seq.into()),
+            event_name: EventName::Insert,
+            keys: Item::new(),
+            new_image: None,
+            old_image: None,
+            sequence_number: Some(seq.into()),
+            approximate_creation: OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(unix_ms) * 1_000_000,
+            )
+            .ok(),
+            user_identity: None,
+        }
+    }
+
+    #[test]
+    fn a_since_start_skips_only_records_older_than_its_time_and_slack() {
+        let since = 1_800_000_000_000;
+        let records = vec![
+            created("1", since - SINCE_SLACK_MS - 1),
+            created("2", since - SINCE_SLACK_MS - 1),
+            created("3", since - 60_000), // rounded down to the minute: still kept
+            created("4", since + 5),
+        ];
+        let (kept, last_skipped, skipped) = skip_older_than(records, since);
+        let kept: Vec<_> = kept
+            .iter()
+            .filter_map(|r| r.sequence_number.clone())
+            .collect();
+        assert_eq!(kept, ["3", "4"]);
+        assert_eq!(last_skipped.as_deref(), Some("2"));
+        assert_eq!(skipped, 2);
     }
 
     #[test]

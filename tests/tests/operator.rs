@@ -86,7 +86,7 @@ async fn metrics_move_with_the_events_and_readiness_follows_the_database() -> Re
     let body = readiness(sub_addr, 200, CONVERGE).await?;
     assert_eq!(body, "database: ok\nqueue: ok\n");
     let body = readiness(pub_addr, 200, CONVERGE).await?;
-    assert_eq!(body, "checkpoint_table: ok\ntopic: ok\n");
+    assert_eq!(body, "pipeline: ok\ncheckpoint_table: ok\ntopic: ok\n");
     assert_eq!(http_get(sub_addr, "/healthz").await?.0, 200);
     assert_eq!(http_get(pub_addr, "/healthz").await?.0, 200);
 

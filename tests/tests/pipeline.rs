@@ -404,7 +404,7 @@ async fn a_publisher_killed_mid_stream_resumes_from_its_checkpoint_and_loses_not
                 let at = match checkpoints.load(&shard.shard_id).await? {
                     Some(publisher::checkpoint::Checkpoint::At(seq)) => Seq::of(&seq),
                     Some(publisher::checkpoint::Checkpoint::Finished) => Seq::MAX,
-                    None => Seq::ZERO,
+                    Some(publisher::checkpoint::Checkpoint::Since(_)) | None => Seq::ZERO,
                 };
                 lowest = lowest.min(at);
             }

@@ -8,7 +8,8 @@ use publisher::telemetry;
 
 /// Writes profile traffic to the table as the User Profile service would: sign-ups,
 /// edits (optimistic concurrency on `version`), deletions and re-creations of deleted
-/// profiles (new `created_at`, version restarting at 1).
+/// profiles (new `created_at`, version restarting at 1). SIGTERM or Ctrl-C stops after
+/// the write in flight; a second one exits at once with 130.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {

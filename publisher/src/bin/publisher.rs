@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use clap::Parser;
 use publisher::config::PublisherConfig;
-use publisher::pipeline::{Clients, Pipeline};
+use publisher::pipeline::{Clients, Health, Pipeline, PipelineError};
 use publisher::telemetry;
 
 /// Publishes every change of a DynamoDB table (from its NEW_AND_OLD_IMAGES stream) as
 /// a versioned change event to an SNS topic, at least once, checkpointing per shard.
 /// One publisher holds a stream at a time (a lease in the checkpoint table); start a
-/// second for fail-over. SIGTERM finishes the batch in flight, checkpoints, exits 0.
+/// second for fail-over. SIGTERM finishes the batch in flight, checkpoints, exits 0; a
+/// second SIGTERM or Ctrl-C exits at once with 130.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -25,15 +26,23 @@ async fn main() -> ExitCode {
     telemetry::init(cli.config.log_format);
     let shutdown = telemetry::shutdown_on_signals();
     let clients = Clients::new(&ops::aws::sdk_config(&cli.config.aws).await);
-    let pipeline = match Pipeline::build(&cli.config, &clients).await {
+    let pipeline = match Pipeline::build(&cli.config, &clients, &shutdown).await {
         Ok(p) => Arc::new(p),
-        Err(e) => {
+        Err(PipelineError::Interrupted) => {
+            tracing::info!("Stopped before starting.");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.is_bad_setting() => {
             tracing::error!(error = %e, "Cannot start.");
             return ExitCode::from(2);
         }
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start.");
+            return ExitCode::FAILURE;
+        }
     };
     if let Some(addr) = cli.config.ops.metrics_addr {
-        let endpoints = operator_endpoints(&clients, &cli.config);
+        let endpoints = operator_endpoints(&clients, &cli.config, &pipeline.health);
         if let Err(e) = ops::server::serve(addr, endpoints, shutdown.clone()).await {
             tracing::error!(%addr, error = %e, "Cannot serve TRIBUTARY_METRICS_ADDR.");
             return ExitCode::from(2);
@@ -50,8 +59,13 @@ async fn main() -> ExitCode {
 }
 
 /// `/readyz` answers 200 only when the checkpoint table (DynamoDB) and the topic (SNS)
-/// answer.
-fn operator_endpoints(clients: &Clients, config: &PublisherConfig) -> ops::server::Endpoints {
+/// answer, the table's stream is enabled and no shard is paused.
+fn operator_endpoints(
+    clients: &Clients,
+    config: &PublisherConfig,
+    health: &Arc<Health>,
+) -> ops::server::Endpoints {
+    let health = Arc::clone(health);
     let dynamodb = clients.dynamodb.clone();
     let sns = clients.sns.clone();
     let table = config.checkpoint_table.clone();
@@ -59,6 +73,16 @@ fn operator_endpoints(clients: &Clients, config: &PublisherConfig) -> ops::serve
     ops::server::Endpoints {
         registry: Arc::clone(&publisher::metrics::metrics().registry),
         checks: vec![
+            ops::server::Check::new("pipeline", move || {
+                let problems = health.problems();
+                Box::pin(async move {
+                    if problems.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(problems.join("; "))
+                    }
+                })
+            }),
             ops::server::Check::new("checkpoint_table", move || {
                 let dynamodb = dynamodb.clone();
                 let table = table.clone();
