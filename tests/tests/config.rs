@@ -242,6 +242,16 @@ async fn a_bad_setting_stops_each_binary_at_start_with_one_line_naming_it() -> R
             "subscriber",
             &["run"],
             &subscriber,
+            (
+                "SUBSCRIBER_TOPIC_ARN",
+                "arn:aws:sqs:us-east-1:1:profile-changes",
+            ),
+            "SUBSCRIBER_TOPIC_ARN",
+        ),
+        (
+            "subscriber",
+            &["run"],
+            &subscriber,
             ("SUBSCRIBER_WORKERS", "0"),
             "SUBSCRIBER_WORKERS",
         ),

@@ -276,3 +276,98 @@ async fn an_sns_envelope_from_another_topic_is_parked_and_one_from_the_topic_app
     assert_eq!(e2e::terminate(&mut subscriber, CONVERGE).await?, Some(0));
     stack.teardown().await
 }
+
+/// The README's repair path for a key frozen by a forged far-ahead version: the SQL it
+/// gives, then `replay verify --repair`, bring the key back to the source.
+#[tokio::test]
+async fn a_key_frozen_by_a_forged_version_is_reset_by_the_documented_repair() -> Result<()> {
+    let stack = Stack::new().await?;
+    let r = &stack.resources;
+    let mut publisher = stack.spawn_publisher(&[])?;
+    let mut subscriber = stack.spawn_subscriber(&[])?;
+    let mut rng = StdRng::seed_from_u64(16);
+    let mut item = ProfileItem::random(&mut rng, "frozen-1", true);
+    stack.writer().create(&item).await?;
+    let published = take(&stack, &stack.tap_queue_url, 1).await?;
+    stack.wait_converged(CONVERGE).await?;
+
+    let mut forged: serde_json::Value =
+        serde_json::from_str(published[0].body.as_deref().unwrap_or_default())?;
+    forged["event_id"] = "forged-far-ahead".into();
+    forged["version"] = i64::MAX.into();
+    stack.send_bodies(&[forged.to_string()]).await?;
+    let version = || async {
+        let v: i64 = sqlx::query_scalar(
+            "SELECT version FROM analytics.user_profiles WHERE user_id = 'frozen-1'",
+        )
+        .fetch_one(&stack.pool)
+        .await?;
+        Ok::<i64, anyhow::Error>(v)
+    };
+    eventually("the forged version applied", CONVERGE, || async {
+        Ok((version().await? == i64::MAX).then_some(()))
+    })
+    .await?;
+
+    // A real change now lands as stale: the key is frozen.
+    item.version += 1;
+    item.display_name = "After the forgery".into();
+    stack.writer().update(&item).await?;
+    take(&stack, &stack.tap_queue_url, 1).await?;
+    eventually("the queue drained", CONVERGE, || async {
+        Ok((stack.queue_depth(&r.queue_url).await? == 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(version().await?, i64::MAX);
+    assert!(
+        !stack.drift().await?.is_empty(),
+        "the forged row must drift"
+    );
+
+    // The documented repair: reset the key to the source position, then resnapshot.
+    let mut tx = stack.pool.begin().await?;
+    let generation: i64 = sqlx::query_scalar(
+        "SELECT generation FROM analytics.user_profiles WHERE user_id = 'frozen-1'",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM analytics.profile_changes WHERE key = $1 AND (generation, version) > ($2, $3)",
+    )
+    .bind("frozen-1")
+    .bind(generation)
+    .bind(item.version)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM analytics.user_profiles WHERE user_id = $1")
+        .bind("frozen-1")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let out = tokio::process::Command::new(e2e::bin("replay")?)
+        .args([
+            "verify",
+            "--table",
+            &r.table,
+            "--database-url",
+            &stack.database_url,
+        ])
+        .args(["--repair", &r.queue_url, "--settle-secs", "1"])
+        .env("TRIBUTARY_LOG_FORMAT", "text")
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stack
+        .wait_converged(CONVERGE)
+        .await
+        .with_context(|| format!("after replay verify --repair: {stdout}"))?;
+    let forged_history: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM analytics.profile_changes WHERE event_id = 'forged-far-ahead'",
+    )
+    .fetch_one(&stack.pool)
+    .await?;
+    assert_eq!(forged_history, 0);
+    assert_eq!(e2e::terminate(&mut publisher, CONVERGE).await?, Some(0));
+    assert_eq!(e2e::terminate(&mut subscriber, CONVERGE).await?, Some(0));
+    stack.teardown().await
+}
