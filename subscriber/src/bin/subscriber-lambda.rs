@@ -14,7 +14,6 @@ use subscriber::source::{DeadLetterQueue, MAX_MESSAGE_BYTES};
 async fn main() -> Result<(), lambda_runtime::Error> {
     let config = LambdaConfig::parse_or_exit();
     subscriber::telemetry::init(config.log_format);
-    config.topic.install();
     let aws = ops::aws::sdk_config(&config.aws).await;
     let db = &config.database;
     if let Err(line) = db.validate() {
@@ -48,6 +47,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             std::process::exit(2);
         }
     };
+    // After every check that can refuse the settings: it may warn, and a refusal must
+    // stay the one line on stderr.
+    config.topic.install();
     let dlq = DeadLetterQueue::new(
         aws_sdk_sqs::Client::new(&aws),
         config.dlq_url.to_string(),
