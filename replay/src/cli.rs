@@ -57,6 +57,52 @@ pub enum Command {
     /// sample of drifted keys when they differ. --repair re-emits events for exactly
     /// the drifted keys and checks them again.
     Verify(VerifyArgs),
+    /// Publish again what the publisher could not: records parked in its failure queue
+    /// (the item is re-read from the table) and batches the Lambda stream mapping wrote
+    /// to its S3 on-failure destination (downloaded invocation records, re-published
+    /// whole). A queue message is deleted only after its event was accepted; one that
+    /// cannot be republished stays, its reason printed.
+    Republish(RepublishArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["failure_queue_url", "invocation_records"])))]
+pub struct RepublishArgs {
+    /// Source table (partition key `user_id`), read again for parked records.
+    #[arg(long, env = "REPLAY_TABLE", value_name = "NAME")]
+    pub table: String,
+
+    /// Where the events go: the SNS topic (every subscriber, as live traffic) or one
+    /// SQS queue URL.
+    #[arg(long, env = "REPLAY_TO", value_name = "TOPIC_ARN|QUEUE_URL")]
+    pub to: Target,
+
+    /// The publisher's failure queue (PUBLISHER_FAILURE_QUEUE_URL) to drain.
+    #[arg(long, env = "REPLAY_FAILURE_QUEUE_URL", value_name = "URL")]
+    pub failure_queue_url: Option<String>,
+
+    /// Invocation records from the stream mapping's S3 on-failure destination (JSON
+    /// files, e.g. from `aws s3 sync s3://BUCKET/ DIR`); comma-separated or repeated.
+    #[arg(
+        long = "invocation-record",
+        env = "REPLAY_INVOCATION_RECORDS",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
+    pub invocation_records: Vec<PathBuf>,
+
+    /// Say what would be republished; send and delete nothing.
+    #[arg(long, env = "REPLAY_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Schema version of the events sent.
+    #[arg(long, env = "REPLAY_SCHEMA_VERSION", default_value = "2", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub schema_version: u8,
+
+    /// Seconds a received failure-queue message stays hidden while it is handled
+    /// (1–43200).
+    #[arg(long, env = "REPLAY_HOLD_SECS", default_value = "60", value_parser = clap::value_parser!(u64).range(1..=43_200))]
+    pub hold_secs: u64,
 }
 
 #[derive(Debug, Args)]
