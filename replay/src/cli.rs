@@ -66,7 +66,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["failure_queue_url", "invocation_records"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["failure_queue_url", "invocation_records", "bucket"])))]
 pub struct RepublishArgs {
     /// Source table (partition key `user_id`), read again for parked records.
     #[arg(long, env = "REPLAY_TABLE", value_name = "NAME")]
@@ -90,6 +90,26 @@ pub struct RepublishArgs {
         value_name = "PATH"
     )]
     pub invocation_records: Vec<PathBuf>,
+
+    /// The stream mapping's S3 on-failure destination (the template's
+    /// PublisherFailedBatchesBucketName): every invocation record in it is republished,
+    /// and deleted once all its records were.
+    #[arg(long, env = "REPLAY_FAILED_BATCHES_BUCKET", value_name = "NAME")]
+    pub bucket: Option<String>,
+
+    /// Only the bucket's keys under this prefix (e.g. `aws/lambda/<mapping-uuid>/`).
+    #[arg(
+        long,
+        env = "REPLAY_BUCKET_PREFIX",
+        default_value = "",
+        value_name = "PREFIX"
+    )]
+    pub prefix: String,
+
+    /// Address the bucket by path (http://endpoint/bucket), as emulators (moto,
+    /// LocalStack) need; AWS itself takes the default virtual-hosted style.
+    #[arg(long, env = "REPLAY_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
 
     /// Say what would be republished; send and delete nothing.
     #[arg(long, env = "REPLAY_DRY_RUN")]
@@ -240,6 +260,27 @@ mod tests {
     #[test]
     fn command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn republish_needs_a_source_and_a_sane_hold() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let base = ["replay", "republish", "--table", "t", "--to", "http://q"];
+        let with = |extra: &[&'static str]| [&base[..], extra].concat();
+        assert!(parse(&base).is_err(), "no failure queue, bucket or file");
+        assert!(
+            parse(&with(&[
+                "--failure-queue-url",
+                "http://f",
+                "--hold-secs",
+                "0"
+            ]))
+            .is_err()
+        );
+        assert!(parse(&with(&["--bucket", "b", "--hold-secs", "soon"])).is_err());
+        assert!(parse(&with(&["--failure-queue-url", "http://f"])).is_ok());
+        assert!(parse(&with(&["--bucket", "b", "--s3-path-style"])).is_ok());
+        assert!(parse(&with(&["--invocation-record", "a.json,b.json"])).is_ok());
     }
 
     #[test]

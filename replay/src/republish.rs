@@ -7,10 +7,11 @@
 //!   at the position it has now; a parked delete whose item is still gone is rebuilt
 //!   from its parked position;
 //! - **invocation records** the Lambda stream mapping wrote to its S3 on-failure
-//!   destination for batches it gave up on (downloaded with `aws s3 cp`/`sync`): they
-//!   hold the whole stream records, each re-published as the very event it was (same
-//!   event id, same position); a record that does not decode falls back to re-reading
-//!   its item, as a parked one does.
+//!   destination for batches it gave up on, read from the bucket (or from downloaded
+//!   files): they hold the whole stream records, each re-published as the very event it
+//!   was (same event id, same position); a record that does not decode falls back to
+//!   re-reading its item, as a parked one does. An object is deleted once every record
+//!   in it was republished (or superseded).
 //!
 //! Every event goes through the same SNS sink (or one queue) and the same version guard
 //! as live traffic: it carries a position, so a stale copy never overwrites a newer
@@ -53,6 +54,8 @@ pub struct Options {
     pub failure_queue_url: Option<String>,
     /// Invocation records (JSON files) from the stream mapping's S3 destination.
     pub invocation_records: Vec<PathBuf>,
+    /// The stream mapping's S3 on-failure destination, and the key prefix to read.
+    pub bucket: Option<(String, String)>,
     pub dry_run: bool,
     pub schema_version: SchemaVersion,
     /// How long a received message stays invisible while it is handled.
@@ -66,6 +69,8 @@ pub enum RepublishError {
     Queue { url: String, detail: String },
     #[error("cannot read the invocation record {path}: {detail}")]
     File { path: String, detail: String },
+    #[error("cannot list the bucket {bucket}: {detail}")]
+    Bucket { bucket: String, detail: String },
 }
 
 /// What one parked record or stream record comes to.
@@ -221,6 +226,7 @@ pub struct Report {
 /// [`RepublishError`] when a source cannot be read at all.
 pub async fn run(
     clients: &publisher::pipeline::Clients,
+    s3: Option<&aws_sdk_s3::Client>,
     options: &Options,
     shutdown: &CancellationToken,
     mut print: impl FnMut(&Seen),
@@ -230,7 +236,7 @@ pub async fn run(
         dry_run: options.dry_run,
         ..Report::default()
     };
-    let mut note = |report: &mut Report, seen: Seen| {
+    let mut note = |seen: Seen| {
         report.examined += 1;
         match seen.outcome {
             "republished" | "would-republish" => report.republished += 1,
@@ -248,32 +254,164 @@ pub async fn run(
             path: path.display().to_string(),
             detail: e.to_string(),
         })?;
-        let (arn, records) = invocation_records(&text).map_err(|detail| RepublishError::File {
-            path: path.display().to_string(),
-            detail,
-        })?;
-        let origin = Origin {
-            table: options.table.clone(),
-            stream_arn: arn.unwrap_or_default(),
-        };
-        for (i, record) in records.iter().enumerate() {
-            let plan = match plan_stream(record, &origin, OffsetDateTime::now_utc()) {
-                Plan::ReadItem(parked) => resolve(clients, options, &parked).await,
-                plan => plan,
-            };
-            let source = format!("{}#{i}", path.display());
-            let seen =
-                carry_out(&dest, options, plan, source, key_of(&record.keys), shutdown).await;
-            note(&mut report, seen);
+        let label = path.display().to_string();
+        if let Err(detail) =
+            republish_document(clients, &dest, options, &text, &label, shutdown, &mut note).await
+        {
+            return Err(RepublishError::File {
+                path: label,
+                detail,
+            });
         }
     }
-    if let Some(url) = &options.failure_queue_url {
-        drain_queue(clients, &dest, options, url, shutdown, |seen| {
-            note(&mut report, seen)
-        })
+    if let (Some(s3), Some((bucket, prefix))) = (s3, &options.bucket) {
+        drain_bucket(
+            clients, s3, &dest, options, bucket, prefix, shutdown, &mut note,
+        )
         .await?;
     }
+    if let Some(url) = &options.failure_queue_url {
+        drain_queue(clients, &dest, options, url, shutdown, &mut note).await?;
+    }
     Ok(report)
+}
+
+/// Republishes the records of one invocation record; `Ok(true)` when every one was
+/// republished or superseded (the document may go).
+async fn republish_document(
+    clients: &publisher::pipeline::Clients,
+    dest: &Destination,
+    options: &Options,
+    text: &str,
+    label: &str,
+    shutdown: &CancellationToken,
+    note: &mut impl FnMut(Seen),
+) -> Result<bool, String> {
+    let (arn, records) = invocation_records(text)?;
+    let origin = Origin {
+        table: options.table.clone(),
+        stream_arn: arn.unwrap_or_default(),
+    };
+    let mut all_done = true;
+    for (i, record) in records.iter().enumerate() {
+        let plan = match plan_stream(record, &origin, OffsetDateTime::now_utc()) {
+            Plan::ReadItem(parked) => resolve(clients, options, &parked).await,
+            plan => plan,
+        };
+        let seen = carry_out(
+            dest,
+            options,
+            plan,
+            format!("{label}#{i}"),
+            key_of(&record.keys),
+            shutdown,
+        )
+        .await;
+        all_done &= matches!(seen.outcome, "republished" | "superseded");
+        note(seen);
+    }
+    Ok(all_done)
+}
+
+/// Every invocation record under `prefix`: republished, then deleted when all of its
+/// records were; kept (and reported) otherwise.
+#[allow(clippy::too_many_arguments)]
+async fn drain_bucket(
+    clients: &publisher::pipeline::Clients,
+    s3: &aws_sdk_s3::Client,
+    dest: &Destination,
+    options: &Options,
+    bucket: &str,
+    prefix: &str,
+    shutdown: &CancellationToken,
+    note: &mut impl FnMut(Seen),
+) -> Result<(), RepublishError> {
+    let list_error = |detail: String| RepublishError::Bucket {
+        bucket: bucket.to_owned(),
+        detail,
+    };
+    let mut keys = Vec::new();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| list_error(describe_s3(&e)))?;
+        keys.extend(
+            page.contents
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|o| o.key),
+        );
+    }
+    for key in keys {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let label = format!("s3://{bucket}/{key}");
+        let text = match s3.get_object().bucket(bucket).key(&key).send().await {
+            Ok(out) => match out.body.collect().await {
+                Ok(bytes) => String::from_utf8_lossy(&bytes.into_bytes()).into_owned(),
+                Err(e) => {
+                    note(kept(&label, format!("reading the object failed: {e}")));
+                    continue;
+                }
+            },
+            Err(e) => {
+                note(kept(
+                    &label,
+                    format!("reading the object failed: {}", describe_s3(&e)),
+                ));
+                continue;
+            }
+        };
+        match republish_document(clients, dest, options, &text, &label, shutdown, note).await {
+            Ok(true) if !options.dry_run => {
+                if let Err(e) = s3.delete_object().bucket(bucket).key(&key).send().await {
+                    // Republished but kept: a later run sends it again, which the
+                    // version guard makes harmless.
+                    warn!(%label, error = %describe_s3(&e), "Republished invocation record not deleted.");
+                }
+            }
+            Ok(_) => {}
+            Err(detail) => note(kept(&label, detail)),
+        }
+    }
+    Ok(())
+}
+
+fn kept(source: &str, why: String) -> Seen {
+    Seen {
+        source: source.to_owned(),
+        key: None,
+        outcome: "kept",
+        why: Some(why),
+    }
+}
+
+/// One line for an S3 SDK error: the service's code and message, or the error chain.
+fn describe_s3<E, R>(err: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    match (err.code(), err.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    }
 }
 
 /// Re-reads the parked change's item and plans from it.
@@ -368,7 +506,7 @@ async fn drain_queue(
     options: &Options,
     url: &str,
     shutdown: &CancellationToken,
-    mut note: impl FnMut(Seen),
+    note: &mut impl FnMut(Seen),
 ) -> Result<(), RepublishError> {
     let sqs = &clients.sqs;
     let mut seen_ids = HashSet::new();
@@ -396,13 +534,20 @@ async fn drain_queue(
             continue;
         }
         empty = 0;
-        let mut again = false;
         for m in messages {
             let id = m.message_id.clone().unwrap_or_default();
             let handle = m.receipt_handle.clone().unwrap_or_default();
             if !seen_ids.insert(id.clone()) {
-                // Held longer than --hold-secs: seen already, its outcome stands.
-                again = true;
+                // A kept message back after --hold-secs: its outcome stands; hide it
+                // again so the run ends when nothing new is visible.
+                let _ = sqs
+                    .change_message_visibility()
+                    .queue_url(url)
+                    .receipt_handle(&handle)
+                    .visibility_timeout(hold)
+                    .send()
+                    .await;
+                kept_handles.push(handle);
                 continue;
             }
             let body = m.body.as_deref().unwrap_or("");
@@ -434,9 +579,6 @@ async fn drain_queue(
                 kept_handles.push(handle);
             }
             note(seen);
-        }
-        if again {
-            break;
         }
     }
     for handle in kept_handles {

@@ -288,7 +288,7 @@ async fn stream_event(stack: &Stack, count: usize) -> Result<Value> {
 }
 
 #[tokio::test]
-async fn a_batch_the_stream_mapping_gave_up_on_is_republished_whole_from_its_invocation_record()
+async fn a_batch_the_stream_mapping_gave_up_on_is_republished_whole_from_its_s3_invocation_record()
 -> Result<()> {
     let stack = Stack::new().await?;
     let r = &stack.resources;
@@ -334,8 +334,32 @@ async fn a_batch_the_stream_mapping_gave_up_on_is_republished_whole_from_its_inv
         },
         "payload": event.to_string(),
     });
-    let path = std::env::temp_dir().join(format!("invocation-{}.json", stack.id));
-    std::fs::write(&path, document.to_string())?;
+    // The bucket is on the same emulator (AWS_ENDPOINT_URL_S3), addressed by path.
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&publisher::aws_config().await)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = format!("failed-batches-{}", stack.id.to_lowercase());
+    s3.create_bucket().bucket(&bucket).send().await?;
+    let key = "aws/lambda/8f0c1e2d/shardId-00000001/2026/12/01/2026-12-01T20.00.00-1b2c3d4e";
+    s3.put_object()
+        .bucket(&bucket)
+        .key(key)
+        .body(document.to_string().into_bytes().into())
+        .send()
+        .await?;
+    // A metadata-only record (what an SQS or SNS destination holds) cannot be
+    // republished: it stays, and says why.
+    let metadata_only = "aws/lambda/8f0c1e2d/shardId-00000001/2026/12/01/metadata-only";
+    let mut bare = document.clone();
+    bare.as_object_mut().unwrap().remove("payload");
+    s3.put_object()
+        .bucket(&bucket)
+        .key(metadata_only)
+        .body(bare.to_string().into_bytes().into())
+        .send()
+        .await?;
 
     let out = replay(&[
         "republish",
@@ -343,11 +367,28 @@ async fn a_batch_the_stream_mapping_gave_up_on_is_republished_whole_from_its_inv
         &r.table,
         "--to",
         &r.topic_arn,
-        "--invocation-record",
-        path.to_str().unwrap(),
+        "--bucket",
+        &bucket,
+        "--s3-path-style",
     ])
     .await?;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no payload"), "{}", text(&out));
+    let left: Vec<String> = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await?
+        .contents
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|o| o.key)
+        .collect();
+    assert_eq!(
+        left,
+        [metadata_only],
+        "the republished record is deleted, only"
+    );
     let sent = events(
         &stack
             .drain(&stack.tap_queue_url, Duration::from_secs(2), WAIT)
@@ -379,6 +420,5 @@ async fn a_batch_the_stream_mapping_gave_up_on_is_republished_whole_from_its_inv
         ids, want,
         "the very events of the stream records, once each"
     );
-    let _ = std::fs::remove_file(&path);
     stack.teardown().await
 }

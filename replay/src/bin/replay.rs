@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
         Command::Snapshot(args) => run_snapshot(&clients, args, cli.json, &shutdown).await,
         Command::Dlq(args) => run_dlq(&clients, args, cli.json, &shutdown).await,
         Command::Verify(args) => run_verify(&clients, args, cli.json, &shutdown).await,
-        Command::Republish(args) => run_republish(&clients, args, cli.json, &shutdown).await,
+        Command::Republish(args) => run_republish(&aws, &clients, args, cli.json, &shutdown).await,
     };
     ExitCode::from(code)
 }
@@ -310,6 +310,7 @@ fn describe(d: &verify::Drift) -> String {
 }
 
 async fn run_republish(
+    aws: &aws_config::SdkConfig,
     clients: &Clients,
     args: RepublishArgs,
     json: bool,
@@ -320,6 +321,7 @@ async fn run_republish(
         target: args.to,
         failure_queue_url: args.failure_queue_url,
         invocation_records: args.invocation_records,
+        bucket: args.bucket.map(|b| (b, args.prefix)),
         dry_run: args.dry_run,
         schema_version: schema(args.schema_version),
         hold: Duration::from_secs(args.hold_secs),
@@ -338,7 +340,14 @@ async fn run_republish(
             );
         }
     };
-    let report = match republish::run(clients, &options, shutdown, print).await {
+    let s3 = options.bucket.as_ref().map(|_| {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(aws)
+                .force_path_style(args.s3_path_style)
+                .build(),
+        )
+    });
+    let report = match republish::run(clients, s3.as_ref(), &options, shutdown, print).await {
         Ok(report) => report,
         Err(e) => {
             eprintln!("error: {e}");
