@@ -7,7 +7,9 @@ resources:
   - no `*` in any action (neither `*` nor `sqs:*` nor `sqs:Send*`), no `NotAction`;
   - no resource that is `*` or holds a `*`, no `NotResource`; a `Fn::GetAtt` of a
     resource's `Arn` is accepted (a log group's ARN ends in `:*` by AWS's own
-    definition: it is that group's streams, nothing wider);
+    definition: it is that group's streams, nothing wider), and so is exactly
+    `!Sub "${B.Arn}/*"` where B is an AWS::S3::Bucket declared in the same template
+    (the objects of that one bucket: S3 has no other way to name them);
   - no `*` principal in an Allow (a Deny to `*` with a condition grants nothing: it is
     how a resource policy refuses everyone but the named senders, or requests without
     TLS);
@@ -73,6 +75,20 @@ def literal_strings(value):
             yield from literal_strings(v)
 
 
+# Logical ids of the template's own S3 buckets (set by `check`).
+BUCKETS = set()
+
+
+def objects_of_own_bucket(resource):
+    """True for exactly `{"Fn::Sub": "${B.Arn}/*"}` with B one of the template's buckets."""
+    if not (isinstance(resource, dict) and list(resource) == ["Fn::Sub"]):
+        return False
+    text = resource["Fn::Sub"]
+    if not (isinstance(text, str) and text.startswith("${") and text.endswith(".Arn}/*")):
+        return False
+    return text[2 : -len(".Arn}/*")] in BUCKETS
+
+
 def check_statement(where, statement, findings):
     if not isinstance(statement, dict):
         findings.append(f"{where}: statement is not a mapping")
@@ -93,6 +109,8 @@ def check_statement(where, statement, findings):
     )
     if "Resource" in statement:
         for resource in [] if resourceless else as_list(statement["Resource"]):
+            if objects_of_own_bucket(resource):
+                continue
             for text in literal_strings(resource):
                 if "*" in text:
                     findings.append(f"{where}: wildcard resource {text!r}")
@@ -137,6 +155,12 @@ def check(path):
     with open(path, encoding="utf-8") as f:
         template = yaml.load(f, Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
     findings = []
+    BUCKETS.clear()
+    BUCKETS.update(
+        name
+        for name, resource in ((template or {}).get("Resources") or {}).items()
+        if isinstance(resource, dict) and resource.get("Type") == "AWS::S3::Bucket"
+    )
     walk("Resources", (template or {}).get("Resources", {}), findings)
     statements = sum(1 for _ in _statements(template))
     if statements == 0:

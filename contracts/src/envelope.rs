@@ -240,8 +240,7 @@ pub fn decode(body: &[u8]) -> Result<ChangeEvent, DecodeError> {
     struct Probe {
         schema_version: Option<serde_json::Value>,
     }
-    let probe: Probe =
-        serde_json::from_slice(body).map_err(|e| DecodeError::from_serde(e, None))?;
+    let probe: Probe = from_json(body).map_err(|e| DecodeError::from_serde(e, None))?;
     let found = probe
         .schema_version
         .and_then(|v| v.as_u64())
@@ -254,14 +253,24 @@ pub fn decode(body: &[u8]) -> Result<ChangeEvent, DecodeError> {
     let parse_err = |e| DecodeError::from_serde(e, Some(version.number()));
     match version {
         SchemaVersion::V1 => {
-            let wire: WireEvent<ProfileV1> = serde_json::from_slice(body).map_err(parse_err)?;
+            let wire: WireEvent<ProfileV1> = from_json(body).map_err(parse_err)?;
             validate(wire, version, ProfileV1::upcast)
         }
         SchemaVersion::V2 => {
-            let wire: WireEvent<Profile> = serde_json::from_slice(body).map_err(parse_err)?;
+            let wire: WireEvent<Profile> = from_json(body).map_err(parse_err)?;
             validate(wire, version, |p| p)
         }
     }
+}
+
+/// `serde_json::from_slice`, keeping the JSON path of an error (empty when the error is
+/// not inside a value).
+fn from_json<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, (String, serde_json::Error)> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| (e.path().to_string(), e.into_inner()))?;
+    de.end().map_err(|e| (String::new(), e))?;
+    Ok(value)
 }
 
 fn validate<D>(

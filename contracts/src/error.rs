@@ -66,18 +66,151 @@ impl DecodeError {
         }
     }
 
-    pub(crate) fn from_serde(err: serde_json::Error, schema_version: Option<u8>) -> Self {
+    /// The error of a failed `serde` decode, located by its JSON path.
+    ///
+    /// serde's own text quotes the offending value (`invalid type: string "…"`), and a
+    /// value may be private: the message keeps the path, what was found (its kind) and
+    /// what was expected, never the value itself. It lands in ERROR logs and in the
+    /// DLQ's `tributary-detail` attribute.
+    pub(crate) fn from_serde(
+        (path, inner): (String, serde_json::Error),
+        schema_version: Option<u8>,
+    ) -> Self {
         use serde_json::error::Category;
-        match (err.classify(), schema_version) {
+        let located = |text: String| {
+            if path.is_empty() || path == "." {
+                text
+            } else {
+                format!("at {path}: {text}")
+            }
+        };
+        match (inner.classify(), schema_version) {
             (Category::Data, Some(schema_version)) => DecodeError::SchemaMismatch {
                 schema_version,
-                message: err.to_string(),
+                message: located(without_values(&inner.to_string())),
             },
+            (Category::Data, None) => DecodeError::Malformed {
+                line: inner.line(),
+                column: inner.column(),
+                message: located(without_values(&inner.to_string())),
+            },
+            // Syntax and end-of-input errors name a position and a token class, never
+            // a value.
             _ => DecodeError::Malformed {
-                line: err.line(),
-                column: err.column(),
-                message: err.to_string(),
+                line: inner.line(),
+                column: inner.column(),
+                message: inner.to_string(),
             },
         }
+    }
+}
+
+/// A serde data error's text with every quoted value left out.
+///
+/// serde writes the unexpected value before `, expected …` (`invalid type: integer
+/// `5`, expected a string`, `unknown variant `x`, expected one of …`); what follows
+/// `expected` comes from the schema and is kept. Both `"…"` (with escapes) and `` `…` ``
+/// segments before it are dropped.
+pub fn without_values(message: &str) -> String {
+    // A field's name is the schema's (or the sender's key), not a value.
+    if ["missing field", "unknown field", "duplicate field"]
+        .iter()
+        .any(|p| message.starts_with(p))
+    {
+        return message.to_owned();
+    }
+    let (head, tail) = match message.find(", expected") {
+        Some(i) => message.split_at(i),
+        None => (message, ""),
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut chars = head.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut escaped = false;
+                for c in chars.by_ref() {
+                    match (escaped, c) {
+                        (false, '\\') => escaped = true,
+                        (false, '"') => break,
+                        _ => escaped = false,
+                    }
+                }
+            }
+            '`' => {
+                for c in chars.by_ref() {
+                    if c == '`' {
+                        break;
+                    }
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    let mut out = out.trim_end().to_owned();
+    out.push_str(tail);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_are_left_out_and_the_expectation_kept() {
+        assert_eq!(
+            without_values(r#"invalid type: string "hunter\"2", expected i64 at line 1 column 9"#),
+            "invalid type: string, expected i64 at line 1 column 9"
+        );
+        assert_eq!(
+            without_values("invalid value: integer `-5`, expected u64"),
+            "invalid value: integer, expected u64"
+        );
+        assert_eq!(
+            without_values("unknown variant `secret`, expected one of `deleted`, `expired`"),
+            "unknown variant, expected one of `deleted`, `expired`"
+        );
+        assert_eq!(
+            without_values("missing field `email`"),
+            "missing field `email`"
+        );
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    const V2_UPSERTED: &str = include_str!("../fixtures/v2/upserted.json");
+
+    fn decode_with(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut json: serde_json::Value = serde_json::from_str(V2_UPSERTED).unwrap();
+        edit(&mut json);
+        let err = crate::decode(json.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.reason_code(), "schema_mismatch", "{err}");
+        err.to_string()
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_by_path_and_expected_type_without_its_value() {
+        let text = decode_with(|j| {
+            j["data"]["display_name"] = serde_json::json!(987_654_321);
+            j["data"]["password_hash"] = serde_json::json!("s3cr3t-hash");
+        });
+        assert!(text.contains("data.display_name"), "{text}");
+        assert!(text.contains("expected"), "{text}");
+        assert!(!text.contains("987654321"), "{text}");
+        assert!(!text.contains("s3cr3t-hash"), "{text}");
+        let text = decode_with(|j| j["data"]["email"] = serde_json::json!(["private@example.com"]));
+        assert!(
+            text.contains("data.email") && text.contains("expected"),
+            "{text}"
+        );
+        assert!(!text.contains("private@example.com"), "{text}");
+    }
+
+    #[test]
+    fn an_unknown_private_field_is_named_without_its_value() {
+        let text = decode_with(|j| j["data"]["password_hash"] = serde_json::json!("s3cr3t-hash"));
+        assert!(text.contains("password_hash"), "{text}");
+        assert!(!text.contains("s3cr3t-hash"), "{text}");
     }
 }

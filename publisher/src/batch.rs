@@ -4,14 +4,14 @@
 //! The container pipeline checkpoints after a step that finished; the Lambda handler
 //! reports the first unfinished record's sequence number as its batch item failure.
 //! Either way, every record before [`StepError::first_unfinished`] is accepted by SNS,
-//! skipped (a no-change MODIFY) or parked whole in the failure queue.
+//! skipped (a no-change MODIFY) or parked (keys, position, reason) in the failure queue.
 
 use contracts::SchemaVersion;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::park::{FailureQueue, ParkError, ParkedRecord};
+use crate::park::{FailureQueue, ParkError, ParkedChange, ParkedRecord};
 use crate::record::{Origin, StreamRecord, to_event};
 use crate::sink::{Encoded, PublishError, SnsSink};
 
@@ -183,7 +183,7 @@ impl BatchStep<'_> {
             detail,
             stream_arn: self.origin.stream_arn.clone(),
             shard_id: shard_id.to_owned(),
-            record: record.clone(),
+            record: ParkedChange::of(record),
         };
         let mut attempt = 0;
         loop {

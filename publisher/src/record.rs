@@ -341,7 +341,7 @@ pub fn position_of(item: &Item, label: &str) -> Result<Position, RecordError> {
             .ok_or_else(|| RecordError::BadValue {
                 record: label.to_owned(),
                 attribute: attr::VERSION,
-                problem: format!("{raw:?} is not an integer in 0..=2^63-1"),
+                problem: "not an integer in 0..=2^63-1".into(),
             })?;
     Ok(Position {
         generation,
@@ -614,6 +614,20 @@ mod tests {
                 to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
             assert_eq!(err.reason_code(), "bad_attribute_value", "{bad}");
         }
+    }
+
+    #[test]
+    fn a_bad_value_is_described_without_being_quoted() {
+        let mut i = item(1);
+        i.insert(
+            "version".into(),
+            AttributeValue::N("31415926535897932384626".into()),
+        );
+        let err =
+            to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("\"version\""), "{text}");
+        assert!(!text.contains("31415926535897932384626"), "{text}");
     }
 
     #[test]

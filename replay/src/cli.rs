@@ -60,6 +60,72 @@ pub enum Command {
     /// sample of drifted keys when they differ. --repair re-emits events for exactly
     /// the drifted keys and checks them again.
     Verify(VerifyArgs),
+    /// Publish again what the publisher could not: records parked in its failure queue
+    /// (the item is re-read from the table) and batches the Lambda stream mapping wrote
+    /// to its S3 on-failure destination (downloaded invocation records, re-published
+    /// whole). A queue message is deleted only after its event was accepted; one that
+    /// cannot be republished stays, its reason printed.
+    Republish(RepublishArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["failure_queue_url", "invocation_records", "bucket"])))]
+pub struct RepublishArgs {
+    /// Source table (partition key `user_id`), read again for parked records.
+    #[arg(long, env = "REPLAY_TABLE", value_name = "NAME")]
+    pub table: String,
+
+    /// Where the events go: the SNS topic (every subscriber, as live traffic) or one
+    /// SQS queue URL.
+    #[arg(long, env = "REPLAY_TO", value_name = "TOPIC_ARN|QUEUE_URL")]
+    pub to: Target,
+
+    /// The publisher's failure queue (PUBLISHER_FAILURE_QUEUE_URL) to drain.
+    #[arg(long, env = "REPLAY_FAILURE_QUEUE_URL", value_name = "URL")]
+    pub failure_queue_url: Option<String>,
+
+    /// Invocation records from the stream mapping's S3 on-failure destination (JSON
+    /// files, e.g. from `aws s3 sync s3://BUCKET/ DIR`); comma-separated or repeated.
+    #[arg(
+        long = "invocation-record",
+        env = "REPLAY_INVOCATION_RECORDS",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
+    pub invocation_records: Vec<PathBuf>,
+
+    /// The stream mapping's S3 on-failure destination (the template's
+    /// PublisherFailedBatchesBucketName): every invocation record in it is republished,
+    /// and deleted once all its records were.
+    #[arg(long, env = "REPLAY_FAILED_BATCHES_BUCKET", value_name = "NAME")]
+    pub bucket: Option<String>,
+
+    /// Only the bucket's keys under this prefix (e.g. `aws/lambda/<mapping-uuid>/`).
+    #[arg(
+        long,
+        env = "REPLAY_BUCKET_PREFIX",
+        default_value = "",
+        value_name = "PREFIX"
+    )]
+    pub prefix: String,
+
+    /// Address the bucket by path (http://endpoint/bucket), as emulators (moto,
+    /// LocalStack) need; AWS itself takes the default virtual-hosted style.
+    #[arg(long, env = "REPLAY_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+
+    /// Say what would be republished; send and delete nothing.
+    #[arg(long, env = "REPLAY_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Schema version of the events sent.
+    #[arg(long, env = "REPLAY_SCHEMA_VERSION", default_value = "2", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub schema_version: u8,
+
+    /// Seconds a received failure-queue message stays hidden while it is handled
+    /// (1–43200).
+    #[arg(long, env = "REPLAY_HOLD_SECS", default_value = "60", value_parser = clap::value_parser!(u64).range(1..=43_200))]
+    pub hold_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +288,27 @@ mod tests {
     #[test]
     fn command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn republish_needs_a_source_and_a_sane_hold() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let base = ["replay", "republish", "--table", "t", "--to", "http://q"];
+        let with = |extra: &[&'static str]| [&base[..], extra].concat();
+        assert!(parse(&base).is_err(), "no failure queue, bucket or file");
+        assert!(
+            parse(&with(&[
+                "--failure-queue-url",
+                "http://f",
+                "--hold-secs",
+                "0"
+            ]))
+            .is_err()
+        );
+        assert!(parse(&with(&["--bucket", "b", "--hold-secs", "soon"])).is_err());
+        assert!(parse(&with(&["--failure-queue-url", "http://f"])).is_ok());
+        assert!(parse(&with(&["--bucket", "b", "--s3-path-style"])).is_ok());
+        assert!(parse(&with(&["--invocation-record", "a.json,b.json"])).is_ok());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //!   `profile.snapshot` event, to the topic (every subscriber) or to one subscriber's
 //!   queue, at a bounded rate, resumable from a state file.
 //! - [`dlq`] returns parked messages to the main queue, optionally filtered by reason.
+//! - [`republish`] sends again what the publisher parked or the Lambda stream mapping
+//!   gave up on (its failure queue, S3 invocation records), re-reading items as needed.
 //! - [`verify`] compares the source table with the analytics store in bounded memory,
 //!   reports drift and, with `--repair`, re-emits events for exactly the drifted keys.
 //! - [`signals`] — the first SIGTERM/Ctrl-C stops cleanly, the second exits 130.
@@ -20,6 +22,7 @@ pub mod items;
 pub mod limiter;
 pub mod progress;
 pub mod signals;
+pub mod republish;
 pub mod snapshot;
 pub mod state;
 pub mod verify;

@@ -230,6 +230,21 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_body_is_described_by_path_and_expected_type_never_by_its_values() {
+        let mut json: serde_json::Value = serde_json::from_str(V2_UPSERTED).unwrap();
+        json["data"]["email"] = serde_json::json!({"secret": "ada-private@example.com"});
+        for body in [json.to_string(), sns_wrap(&json.to_string())] {
+            let err = decode_body(&body).unwrap_err();
+            // What reaches the ERROR log and the DLQ's tributary-detail attribute.
+            let detail = crate::error_chain(&err);
+            assert_eq!(err.reason_code(), "schema_mismatch");
+            assert!(detail.contains("data.email"), "{detail}");
+            assert!(detail.contains("expected a string"), "{detail}");
+            assert!(!detail.contains("ada-private"), "{detail}");
+        }
+    }
+
+    #[test]
     fn raw_delivery_body_decodes() {
         let event = decode_body(V2_UPSERTED).unwrap();
         assert_eq!(event.key, "u-0001");

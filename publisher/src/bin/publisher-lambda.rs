@@ -10,7 +10,8 @@ use publisher::telemetry;
 
 /// Publishes each record of a DynamoDB-stream batch as a versioned change event to SNS
 /// and answers with a partial batch response naming the first unfinished record.
-/// Records that can never be published are parked whole in the failure queue.
+/// Records that can never be published are parked (keys, position, reason) in the
+/// failure queue.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {

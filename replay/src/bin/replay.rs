@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use contracts::SchemaVersion;
 use publisher::pipeline::Clients;
-use replay::cli::{Cli, Command, DlqArgs, SnapshotArgs, VerifyArgs};
-use replay::{dlq, snapshot, verify};
+use replay::cli::{Cli, Command, DlqArgs, RepublishArgs, SnapshotArgs, VerifyArgs};
+use replay::{dlq, republish, snapshot, verify};
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
 
@@ -33,6 +33,7 @@ async fn main() -> ExitCode {
         Command::Snapshot(args) => run_snapshot(&clients, args, cli.json, &shutdown).await,
         Command::Dlq(args) => run_dlq(&clients, args, cli.json, &shutdown).await,
         Command::Verify(args) => run_verify(&clients, args, cli.json, &shutdown).await,
+        Command::Republish(args) => run_republish(&aws, &clients, args, cli.json, &shutdown).await,
     };
     ExitCode::from(code)
 }
@@ -325,4 +326,74 @@ fn describe(d: &verify::Drift) -> String {
         line.push_str(&format!("  ({detail})"));
     }
     line
+}
+
+async fn run_republish(
+    aws: &aws_config::SdkConfig,
+    clients: &Clients,
+    args: RepublishArgs,
+    json: bool,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> u8 {
+    let options = republish::Options {
+        table: args.table,
+        target: args.to,
+        failure_queue_url: args.failure_queue_url,
+        invocation_records: args.invocation_records,
+        bucket: args.bucket.map(|b| (b, args.prefix)),
+        dry_run: args.dry_run,
+        schema_version: schema(args.schema_version),
+        hold: Duration::from_secs(args.hold_secs),
+    };
+    let print = |s: &republish::Seen| {
+        if !json {
+            println!(
+                "{:<16} {}  key={}{}",
+                s.outcome,
+                s.source,
+                s.key.as_deref().unwrap_or("?"),
+                s.why
+                    .as_deref()
+                    .map(|w| format!("  ({w})"))
+                    .unwrap_or_default()
+            );
+        }
+    };
+    let s3 = options.bucket.as_ref().map(|_| {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(aws)
+                .force_path_style(args.s3_path_style)
+                .build(),
+        )
+    });
+    let report = match republish::run(clients, s3.as_ref(), &options, shutdown, print).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return BAD_SETTING;
+        }
+    };
+    if json {
+        print_json(&report);
+    } else {
+        println!(
+            "republish: examined {}, {} {}, superseded {}, kept {}",
+            report.examined,
+            if report.dry_run {
+                "would republish"
+            } else {
+                "republished"
+            },
+            report.republished,
+            report.superseded,
+            report.kept
+        );
+    }
+    if shutdown.is_cancelled() {
+        INTERRUPTED
+    } else if report.kept > 0 {
+        FAILED
+    } else {
+        0
+    }
 }
