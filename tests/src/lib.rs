@@ -667,6 +667,16 @@ where
     }
 }
 
+/// Sends signal `sig` (`STOP`, `CONT`, `TERM`, …) to a child, with `kill(1)`.
+pub fn signal(child: &Child, sig: &str) -> Result<()> {
+    let pid = child.id().context("process already reaped")?;
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{sig} {pid} failed");
+    Ok(())
+}
+
 /// Sends SIGTERM and waits for the process to exit; returns its exit code.
 pub async fn terminate(child: &mut Child, timeout: Duration) -> Result<Option<i32>> {
     let pid = child.id().context("process already reaped")?;

@@ -7,7 +7,8 @@
 //! publisher, a fraction of the published messages is sent to the queue again at once
 //! (duplicates) and some old ones again late (reordering), and the PostgreSQL server —
 //! a private cluster of this test, never the machine's shared one — crashes and comes
-//! back mid-run, and SNS and SQS become unreachable to the binaries for 5 s (a proxy
+//! back mid-run, the publisher is paused (SIGSTOP) past its lease while a successor
+//! takes over, then woken, and SNS and SQS become unreachable to the binaries for 5 s (a proxy
 //! in front of the emulator cuts every connection). Throughout, a second, old publisher (schema v1, its own checkpoints)
 //! publishes every change again as v1, as during a rolling deploy, so each change
 //! reaches the store under both versions in no fixed order; and the queue's visibility
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use e2e::outage::CutProxy;
-use e2e::{PrivatePostgres, Stack, terminate};
+use e2e::{PrivatePostgres, Stack, signal, terminate};
 use publisher::demo::{Traffic, TrafficPlan};
 use publisher::record::{Origin, to_event};
 use publisher::stream::{StartAt, StreamReader};
@@ -98,6 +99,7 @@ struct Faults {
     publisher_kills: u32,
     postgres_restarts: u32,
     sns_sqs_outages: u32,
+    publisher_pauses: u32,
     duplicates_sent: usize,
     late_sent: usize,
 }
@@ -348,6 +350,10 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
     let mut pub_kills = moments(&mut rng, scale.publisher_kills, span);
     let mut pg_crash = Some(span / 2);
     let mut sns_sqs_outage = Some(span / 4);
+    let mut publisher_pause = Some(span * 3 / 5);
+    // A publisher paused past its lease, whose successor took over: woken, it must
+    // neither move a checkpoint back nor lose a record.
+    let mut zombie: Option<Child> = None;
     let mut late_rounds = vec![span / 2, span * 3 / 4];
     let mut faults = Faults::default();
     let t0 = Instant::now();
@@ -382,6 +388,17 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
             sns_sqs.restore();
             faults.sns_sqs_outages += 1;
         }
+        if publisher_pause.is_some_and(|t| t <= now) {
+            publisher_pause = None;
+            signal(&publisher, "STOP")?;
+            // The stack's publishers hold 3 s leases.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let successor = stack.spawn_publisher(&[])?;
+            zombie = Some(std::mem::replace(&mut publisher, successor));
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            signal(zombie.as_ref().expect("just set"), "CONT")?;
+            faults.publisher_pauses += 1;
+        }
         if late_rounds.first().is_some_and(|t| *t <= now) {
             late_rounds.remove(0);
             // Old messages arriving late: from the first half of what was published
@@ -400,7 +417,8 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
         let faults_left = !sub_kills.is_empty()
             || !pub_kills.is_empty()
             || pg_crash.is_some()
-            || sns_sqs_outage.is_some();
+            || sns_sqs_outage.is_some()
+            || publisher_pause.is_some();
         if writer.is_finished() && !faults_left && late_rounds.is_empty() {
             break;
         }
@@ -478,11 +496,12 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
             scale.seed
         ),
         format!(
-            "faults: subscriber kill -9 {}, publisher kill -9 {}, postgres crash+restart {}, SNS/SQS outage (5 s) {}, duplicates re-sent {}, late old messages re-sent {}",
+            "faults: subscriber kill -9 {}, publisher kill -9 {}, postgres crash+restart {}, SNS/SQS outage (5 s) {}, publisher paused past its lease and taken over {}, duplicates re-sent {}, late old messages re-sent {}",
             faults.subscriber_kills,
             faults.publisher_kills,
             faults.postgres_restarts,
             faults.sns_sqs_outages,
+            faults.publisher_pauses,
             faults.duplicates_sent,
             faults.late_sent
         ),
@@ -516,6 +535,7 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
     assert_eq!(faults.publisher_kills, scale.publisher_kills);
     assert_eq!(faults.postgres_restarts, 1);
     assert_eq!(faults.sns_sqs_outages, 1);
+    assert_eq!(faults.publisher_pauses, 1);
     assert_eq!(records as u64, stats.total(), "stream records vs mutations");
     assert!(
         as_v1 >= records && as_v2 >= records,
@@ -538,6 +558,11 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
         report.join("\n")
     );
 
+    // The woken zombie stops on its own once it finds its lease lost (or on SIGTERM);
+    // either way it must not hang.
+    if let Some(mut zombie) = zombie {
+        terminate(&mut zombie, Duration::from_secs(30)).await?;
+    }
     // All three still stop cleanly after all that.
     assert_eq!(
         terminate(&mut publisher, Duration::from_secs(30)).await?,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::{AttributeValue, StreamSpecification, StreamViewType};
 use e2e::operator::{free_port, http_get, sample};
-use e2e::{Stack, eventually, terminate};
+use e2e::{Stack, eventually, signal, terminate};
 use publisher::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 use publisher::demo::{Traffic, TrafficPlan};
 use publisher::stream::{StartAt, StreamReader};
@@ -113,15 +113,6 @@ async fn last_sequence(stack: &Stack, shard_id: &str) -> Result<String> {
         it = batch.next_iterator;
     }
     last.context("the shard holds no record")
-}
-
-fn signal(child: &Child, sig: &str) -> Result<()> {
-    let pid = child.id().context("process already reaped")?;
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill -{sig} {pid} failed");
-    Ok(())
 }
 
 /// The real `publisher` on the stack's resources, with `table` and `failure_queue` in
@@ -406,10 +397,8 @@ async fn a_disabled_and_re_enabled_stream_is_finished_then_followed_and_the_gap_
             // The body names the failing check only (why is in the log); the gauge says
             // which condition it is.
             let (status, body) = http_get(addr, "/readyz").await?;
-            let disabled =
-                sample(&metrics(addr).await?, "tributary_stream_enabled") == Some(0.0);
-            Ok((status == 503 && disabled && body.contains("pipeline: failing"))
-                .then_some(body))
+            let disabled = sample(&metrics(addr).await?, "tributary_stream_enabled") == Some(0.0);
+            Ok((status == 503 && disabled && body.contains("pipeline: failing")).then_some(body))
         },
     )
     .await?;
@@ -513,8 +502,7 @@ async fn a_publisher_started_while_the_stream_is_disabled_finishes_the_old_one_a
         CONVERGE,
         || async {
             let (status, body) = http_get(addr, "/readyz").await?;
-            let disabled =
-                sample(&metrics(addr).await?, "tributary_stream_enabled") == Some(0.0);
+            let disabled = sample(&metrics(addr).await?, "tributary_stream_enabled") == Some(0.0);
             Ok((status == 503 && disabled && body.contains("pipeline: failing")).then_some(()))
         },
     )
