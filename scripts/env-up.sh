@@ -123,14 +123,14 @@ if [ "$emulator" = moto ]; then
   sns_sqs_pid=$!
   sns_sqs_health="http://127.0.0.1:$sns_sqs_port/moto-api/"
 else
-  log "starting LocalStack (SNS, SQS) on 127.0.0.1:$sns_sqs_port"
+  log "starting LocalStack (SNS, SQS, S3, Secrets Manager) on 127.0.0.1:$sns_sqs_port"
   mkdir -p "$run/localstack"
   # hypercorn: binds only GATEWAY_LISTEN (the default server binds 0.0.0.0);
   # OVERRIDE_IN_DOCKER=0: it is not in a container (else it writes under /var/lib);
   # DNS_ADDRESS=0: no DNS server on port 53; path queue URLs name 127.0.0.1, not a
   # *.localstack.cloud host that needs DNS.
   GATEWAY_LISTEN="127.0.0.1:$sns_sqs_port" GATEWAY_SERVER=hypercorn OVERRIDE_IN_DOCKER=0 \
-    DNS_ADDRESS=0 SERVICES=sns,sqs,s3 SQS_ENDPOINT_STRATEGY=path \
+    DNS_ADDRESS=0 SERVICES=sns,sqs,s3,secretsmanager SQS_ENDPOINT_STRATEGY=path \
     FILESYSTEM_ROOT="$run/localstack" LOCALSTACK_TELEMETRY_DISABLED=1 DISABLE_EVENTS=1 \
     "$ls_dir/bin/python" -m localstack.runtime.main > "$run/localstack.log" 2>&1 &
   sns_sqs_pid=$!
@@ -148,6 +148,8 @@ export AWS_ENDPOINT_URL_SNS=http://127.0.0.1:$sns_sqs_port
 export AWS_ENDPOINT_URL_SQS=http://127.0.0.1:$sns_sqs_port
 # S3 (replay republish --bucket) on the same emulator; address it path-style.
 export AWS_ENDPOINT_URL_S3=http://127.0.0.1:$sns_sqs_port
+# Secrets Manager (subscriber-lambda's SUBSCRIBER_DATABASE_SECRET_ARN) too.
+export AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127.0.0.1:$sns_sqs_port
 export AWS_REGION=\${AWS_REGION:-us-east-1}
 export AWS_ACCESS_KEY_ID=\${AWS_ACCESS_KEY_ID:-testing}
 export AWS_SECRET_ACCESS_KEY=\${AWS_SECRET_ACCESS_KEY:-testing}
