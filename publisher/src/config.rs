@@ -56,8 +56,9 @@ pub struct PublisherConfig {
     #[arg(long, env = "PUBLISHER_CHECKPOINT_TABLE")]
     pub checkpoint_table: String,
 
-    /// SQS queue URL where records that can never be published are parked whole, with
-    /// their reason. Required: without it such a record would hold its shard. A record
+    /// SQS queue URL where records that can never be published are parked (keys,
+    /// position and reason, never the item's data: `replay republish` re-reads it).
+    /// Required: without it such a record would hold its shard. A record
     /// that can be neither published nor parked pauses its shard (ERROR log,
     /// `tributary_shard_paused`, `/readyz` fails; tried again after 60 s) while the
     /// other shards go on.
@@ -175,8 +176,9 @@ pub struct PublisherLambdaConfig {
     #[arg(long, env = "PUBLISHER_TOPIC_ARN", value_parser = parse_arn)]
     pub topic_arn: String,
 
-    /// SQS queue URL where records that can never be published are parked whole, with
-    /// their reason. Required: without it such a record would hold its shard.
+    /// SQS queue URL where records that can never be published are parked (keys,
+    /// position and reason, never the item's data: `replay republish` re-reads it).
+    /// Required: without it such a record would hold its shard.
     #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_parser = parse_url)]
     pub failure_queue_url: String,
 
