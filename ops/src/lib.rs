@@ -9,6 +9,8 @@
 //! - [`metrics`] — PURE: counters, gauges and histograms, labelled with low-cardinality
 //!   labels, rendered in the Prometheus text exposition format.
 //! - [`server`] — the HTTP listener: `GET /metrics`, `/healthz`, `/readyz`.
+//! - [`shutdown`] — the one shutdown semantics: drain on the first SIGTERM/SIGINT, exit
+//!   130 on the second.
 //! - [`aws`] — the AWS SDK configuration every binary builds its clients from:
 //!   retries and the connect, attempt and operation timeouts (`--aws-*-timeout-ms`).
 //! - [`sqs_text`] — PURE: JSON bodies and attribute text kept to the characters SQS
@@ -19,6 +21,7 @@
 pub mod aws;
 pub mod metrics;
 pub mod server;
+pub mod shutdown;
 pub mod sqs_text;
 
 use std::net::SocketAddr;

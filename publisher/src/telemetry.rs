@@ -34,35 +34,16 @@ pub fn init(format: LogFormat) {
     }
 }
 
-/// Exit status after a second SIGTERM or Ctrl-C (128 + SIGINT, as a shell reports an
-/// interrupted program).
-pub const FORCED_EXIT_STATUS: i32 = 130;
+pub use ops::shutdown::FORCED_EXIT_STATUS;
 
 /// A token cancelled on the first SIGTERM or Ctrl-C: loops finish their in-flight batch
 /// and stop. A second signal exits the process at once with [`FORCED_EXIT_STATUS`]
 /// (what was in flight is read again by the next run: nothing was checkpointed past it).
+/// See [`ops::shutdown`].
 pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
-    use tokio::signal::unix::{SignalKind, signal};
-    let token = tokio_util::sync::CancellationToken::new();
-    let t = token.clone();
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received, finishing in-flight work."),
-            _ = int.recv() => tracing::info!("Interrupt received, finishing in-flight work."),
-        }
-        t.cancel();
-        let second = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::warn!(
-            signal = second,
-            status = FORCED_EXIT_STATUS,
-            "Second shutdown signal, exiting now."
-        );
-        std::process::exit(FORCED_EXIT_STATUS);
-    });
-    token
+    ops::shutdown::on_signals(ops::shutdown::ShutdownNotes {
+        draining: "Shutdown requested, finishing in-flight work.",
+        forced: "Second shutdown signal, exiting now.",
+    })
+    .expect("installing the SIGTERM and SIGINT handlers")
 }

@@ -52,8 +52,7 @@ pub const EMPTY_SHORT_POLL_PAUSE: Duration = Duration::from_secs(1);
 /// Messages a half-open [`StoreGate`] lets through on trial: one message's receive
 /// count is what a failed trial costs.
 pub const TRIAL_MESSAGES: u8 = 1;
-/// Exit status on a second SIGTERM or SIGINT (128 + SIGINT, as shells report Ctrl-C).
-pub const FORCED_EXIT_STATUS: i32 = 130;
+pub use ops::shutdown::FORCED_EXIT_STATUS;
 
 /// What became of each message of a batch, by message id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -173,33 +172,10 @@ pub async fn run(
 /// # Errors
 /// The SIGTERM handler could not be installed.
 pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let first = tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        };
-        info!(
-            signal = first,
-            "Shutdown requested, finishing the batches in flight."
-        );
-        cancel.cancel();
-        let second = tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        };
-        warn!(
-            signal = second,
-            status = FORCED_EXIT_STATUS,
-            "Second shutdown signal, exiting now; messages in flight come back after their visibility timeout."
-        );
-        std::process::exit(FORCED_EXIT_STATUS);
-    });
-    Ok(token)
+    ops::shutdown::on_signals(ops::shutdown::ShutdownNotes {
+        draining: "Shutdown requested, finishing the batches in flight.",
+        forced: "Second shutdown signal, exiting now; messages in flight come back after their visibility timeout.",
+    })
 }
 
 /// How a worker gathers a backlog into one transaction.
