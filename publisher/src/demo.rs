@@ -186,6 +186,66 @@ impl ProfileWriter {
         ProfileWriter { client, table }
     }
 
+    /// Waits until the table exists and is `ACTIVE`, for at most `limit`: under
+    /// docker-compose the writer may start before the table's creator has run. Returns
+    /// whether it had to wait; `Ok(false)` when the table was there at once.
+    ///
+    /// # Errors
+    /// The table is still missing (or not active) after `limit`, or `DescribeTable`
+    /// fails for another reason, or `shutdown` fires first.
+    pub async fn wait_for_table(
+        &self,
+        limit: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut waited = false;
+        loop {
+            let state = match self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+            {
+                Ok(out) => out.table().and_then(|t| t.table_status().cloned()),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_resource_not_found_exception()) =>
+                {
+                    None
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "describing table {}: {}",
+                        self.table,
+                        crate::describe_sdk_error(&e)
+                    ));
+                }
+            };
+            if state == Some(ddb::types::TableStatus::Active) {
+                return Ok(waited);
+            }
+            if !waited {
+                tracing::info!(table = %self.table, "Waiting for the table to exist and be active.");
+                waited = true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "table {} is not there and active after {} s (state: {}); create it first \
+                     (`bootstrap`), or raise DEMO_TABLE_WAIT_SECS",
+                    self.table,
+                    limit.as_secs(),
+                    state.map_or_else(|| "missing".to_owned(), |s| s.as_str().to_owned()),
+                ));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = shutdown.cancelled() => return Err("stopped while waiting for the table".to_owned()),
+            }
+        }
+    }
+
     /// Creates a profile that does not exist.
     ///
     /// # Errors

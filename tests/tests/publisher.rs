@@ -841,3 +841,94 @@ async fn a_second_signal_stops_the_publisher_and_the_demo_writer_at_once_with_13
     );
     stack.teardown().await
 }
+
+/// Under docker-compose the demo writer may start before `bootstrap` has created its
+/// table (they wait on different things): it waits for the table instead of failing
+/// its first write; with no table at all it stops after its wait with one line naming
+/// the table.
+#[tokio::test]
+async fn the_demo_writer_waits_for_a_table_created_after_it_starts() -> Result<()> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let stack = Stack::new().await?;
+    let table = format!("late-{}", stack.id);
+    let writer = tokio::process::Command::new(e2e::bin("demo-writer")?)
+        .args([
+            "--table", &table, "--count", "20", "--rate", "0", "--keys", "5",
+        ])
+        .env("TRIBUTARY_LOG_FORMAT", "text")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack
+        .clients
+        .dynamodb
+        .create_table()
+        .table_name(&table)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("user_id")
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("user_id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()?,
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await?;
+    let out = tokio::time::timeout(Duration::from_secs(60), writer.wait_with_output())
+        .await
+        .context("the writer did not finish")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the writer failed: {stderr}");
+    assert!(
+        stderr.contains("Waiting for the table"),
+        "the table existed before the writer started: no test; {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(" total=20 "), "{stdout}");
+    let items = stack
+        .clients
+        .dynamodb
+        .scan()
+        .table_name(&table)
+        .send()
+        .await?;
+    assert!(items.count() > 0, "nothing was written");
+
+    // No table at all: a clear failure after the wait, not a failed write.
+    let out = tokio::process::Command::new(e2e::bin("demo-writer")?)
+        .args([
+            "--table",
+            "never-created",
+            "--count",
+            "5",
+            "--table-wait-secs",
+            "1",
+        ])
+        .env("TRIBUTARY_LOG_FORMAT", "text")
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("table never-created is not there and active after 1 s"),
+        "{stderr}"
+    );
+    stack
+        .clients
+        .dynamodb
+        .delete_table()
+        .table_name(&table)
+        .send()
+        .await?;
+    stack.teardown().await
+}

@@ -29,6 +29,10 @@ struct Cli {
     /// against the same table never collide.
     #[arg(long, env = "DEMO_PREFIX")]
     prefix: Option<String>,
+    /// Seconds to wait for the table to exist and be active before writing (under
+    /// docker-compose the writer may start before `bootstrap` has created it).
+    #[arg(long, env = "DEMO_TABLE_WAIT_SECS", default_value = "120")]
+    table_wait_secs: u64,
     /// Log format: auto, json or text. RUST_LOG filters (default `info`).
     #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
     log_format: telemetry::LogFormat,
@@ -43,6 +47,16 @@ async fn main() -> ExitCode {
     let shutdown = telemetry::shutdown_on_signals();
     let client = aws_sdk_dynamodb::Client::new(&ops::aws::sdk_config(&cli.aws).await);
     let writer = ProfileWriter::new(client, cli.table.clone());
+    if let Err(e) = writer
+        .wait_for_table(
+            std::time::Duration::from_secs(cli.table_wait_secs),
+            &shutdown,
+        )
+        .await
+    {
+        tracing::error!(error = %e, "Demo writer failed.");
+        return ExitCode::FAILURE;
+    }
     let mut rng = rand::rng();
     let prefix = cli.prefix.clone().unwrap_or_else(|| {
         use rand::Rng;
