@@ -11,6 +11,10 @@
 
 ARG RUST_IMAGE=rust:1.94.1-slim-trixie
 ARG RUNTIME_IMAGE=debian:trixie-slim
+# The packages whose binaries the image ships (only they, and what they depend on, are
+# compiled), and the binaries. Adding one (say `bench`'s) is adding its package and name.
+ARG PACKAGES="tributary-publisher tributary-subscriber tributary-replay"
+ARG BINARIES="publisher subscriber bootstrap demo-writer replay"
 
 FROM ${RUST_IMAGE} AS manifests
 WORKDIR /src
@@ -23,22 +27,34 @@ RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock ! -name build.rs -delet
 FROM ${RUST_IMAGE} AS deps
 WORKDIR /src
 COPY --from=manifests /src ./
-# Stub library sources so `cargo build` resolves the workspace and compiles only the
-# dependencies. Binaries are auto-discovered from src/bin/, which the stubs leave out.
-RUN for manifest in */Cargo.toml; do \
-      member=$(dirname "$manifest"); mkdir -p "$member/src"; : > "$member/src/lib.rs"; \
+ARG PACKAGES
+# Stub sources so `cargo build` resolves the workspace and compiles only the
+# dependencies: a lib.rs per member and an empty main for every target a manifest names
+# by path ([[bin]] path = …). Binaries under src/bin/ are auto-discovered, so the stubs
+# leave them out. /stubs lists the stubs for the next stage to remove.
+# The registry is a cache mount: a changed lock file downloads only what is new.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    : > /stubs && for manifest in */Cargo.toml; do \
+      member=$(dirname "$manifest"); mkdir -p "$member/src"; \
+      [ -e "$member/src/lib.rs" ] || { : > "$member/src/lib.rs"; echo "$member/src/lib.rs" >> /stubs; }; \
+      for target in $(sed -n 's/^path *= *"\(.*\)"/\1/p' "$manifest"); do \
+        mkdir -p "$member/$(dirname "$target")"; \
+        [ -e "$member/$target" ] || { echo 'fn main() {}' > "$member/$target"; echo "$member/$target" >> /stubs; }; \
+      done; \
     done \
  && mkdir -p migrations \
- && cargo build --release --locked --workspace --lib
+ && cargo build --release --locked $(printf -- '-p %s ' $PACKAGES) --lib
 
 FROM deps AS build
+ARG PACKAGES
+ARG BINARIES
+RUN xargs -r rm -f < /stubs
 COPY . .
 # COPY keeps the sources' modification times, which may be older than the stubs'.
-RUN find . -path ./target -prune -o -name '*.rs' -exec touch {} + \
- && cargo build --release --locked --workspace --bins
-# The binaries the image ships. Adding one (say `replay`) is adding its name here.
-ARG BINARIES="publisher subscriber bootstrap demo-writer replay"
-RUN mkdir -p /out && for b in $BINARIES; do cp "target/release/$b" /out/; done
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    find . -path ./target -prune -o -name '*.rs' -exec touch {} + \
+ && cargo build --release --locked $(printf -- '-p %s ' $PACKAGES) $(printf -- '--bin %s ' $BINARIES) \
+ && mkdir -p /out && for b in $BINARIES; do cp "target/release/$b" /out/; done
 
 FROM ${RUNTIME_IMAGE} AS runtime
 RUN apt-get update \
