@@ -13,7 +13,11 @@
 #   4. every service running `publisher` or `subscriber run` has a stop_grace_period
 #      longer than the subscriber's drain bound (its SUBSCRIBER_WAIT_TIME_SECS long
 #      poll, default 20 s, plus DRAIN_APPLY_SECS for the batches in flight), so a
-#      `docker compose stop` never SIGKILLs a drain.
+#      `docker compose stop` never SIGKILLs a drain;
+#   5. docker-compose.standin.yml (the override scripts/compose-up.sh runs the stack
+#      with) only swaps images: each of its services is one of docker-compose.yml's
+#      third-party services, and it sets nothing but an image named as a stand-in
+#      (localhost/tributary-standin/…) and pull_policy.
 # Usage: scripts/check-compose.sh [COMPOSE_FILE]   (binaries from target/debug, or
 # TRIBUTARY_BIN_DIR). Exit 1 with one line per problem.
 set -euo pipefail
@@ -41,7 +45,8 @@ if ! COMPOSE_PROFILES=localstack,moto,demo docker-compose --project-directory "$
   exit 1
 fi
 
-"$py" - "$bins" "$tmp"/*.yml <<'PY'
+STANDIN_FILE="$(dirname "$file")/docker-compose.standin.yml" COMPOSE_FILE_CHECKED="$file" \
+  "$py" - "$bins" "$tmp"/*.yml <<'PY'
 import os, re, subprocess, sys, yaml
 
 bins, files = sys.argv[1], sys.argv[2:]
@@ -106,6 +111,21 @@ for f in files:
             if var in listed or var in SDK or (var == "RUST_LOG" and "RUST_LOG" in text):
                 continue
             problems.append(f"{name}: sets {var}, which `{runs}` does not read (not in its --help)")
+standin = os.environ.get("STANDIN_FILE")
+if standin and os.path.exists(standin):
+    base = yaml.safe_load(open(os.environ["COMPOSE_FILE_CHECKED"])).get("services", {})
+    for name, svc in (yaml.safe_load(open(standin)).get("services") or {}).items():
+        where = f"{os.path.basename(standin)}: {name}"
+        if name not in base:
+            problems.append(f"{where}: no such service in the compose file")
+            continue
+        if base[name].get("build"):
+            problems.append(f"{where}: replaces an image this repository builds")
+        extra = set(svc) - {"image", "pull_policy"}
+        if extra:
+            problems.append(f"{where}: changes {', '.join(sorted(extra))} (a stand-in may change only image and pull_policy)")
+        if not str(svc.get("image", "")).startswith("localhost/tributary-standin/"):
+            problems.append(f"{where}: image {svc.get('image')!r} is not named localhost/tributary-standin/…")
 for p in sorted(set(problems)):
     print(f"[check-compose] {p}", file=sys.stderr)
 if problems:

@@ -102,9 +102,11 @@ if [ "$emulator" = localstack ] && [ ! -f "$ls_dir/.installed" ]; then
   log "installing localstack-core[runtime]==$localstack_version into $ls_dir (about a minute)"
   rm -rf "$ls_dir"
   "$py313" -m venv "$ls_dir"
-  # The pins keep its dependencies at versions its $localstack_version code works with.
+  # The constraints pin every dependency at the version tested with this LocalStack:
+  # no resolver backtracking (it took minutes), the same set each time.
   "$ls_dir/bin/pip" install --quiet --disable-pip-version-check \
-    "localstack-core[runtime]==$localstack_version" 'cbor2<6' 'cryptography<45' 'pyopenssl<25' service_identity
+    -c "$root/deploy/compose/standin/localstack/constraints.txt" \
+    "localstack-core[runtime]==$localstack_version" service_identity
   touch "$ls_dir/.installed"
 fi
 

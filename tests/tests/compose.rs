@@ -132,3 +132,53 @@ fn a_stop_grace_period_shorter_than_the_subscribers_drain_fails_the_check() {
         "no grace period at all passed: {stderr}"
     );
 }
+
+/// The real compose file beside a stand-in override with `from` replaced by `to`.
+fn with_standin(from: &str, to: &str) -> (tempdir::Dir, PathBuf) {
+    let (dir, file) = mutated("services:\n", "services:\n");
+    let text = std::fs::read_to_string(root().join("docker-compose.standin.yml")).unwrap();
+    assert!(
+        text.contains(from),
+        "the override no longer contains {from:?}"
+    );
+    std::fs::write(
+        dir.0.join("docker-compose.standin.yml"),
+        text.replacen(from, to, 1),
+    )
+    .unwrap();
+    (dir, file)
+}
+
+#[test]
+fn the_standin_override_passes_and_may_only_swap_images() {
+    let (_dir, file) = with_standin("services:\n", "services:\n");
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+
+    // A stand-in that changes anything but the image hides a difference from upstream.
+    let (_dir, file) = with_standin(
+        "    pull_policy: never\n  dynamodb:",
+        "    pull_policy: never\n    environment:\n      POSTGRES_DB: other\n  dynamodb:",
+    );
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("docker-compose.standin.yml: postgres: changes environment"),
+        "{stderr}"
+    );
+
+    // …and its image must say that it is a stand-in.
+    let (_dir, file) = with_standin(
+        "localhost/tributary-standin/moto:latest",
+        "motoserver/moto:latest",
+    );
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("moto: image 'motoserver/moto:latest' is not named"),
+        "{stderr}"
+    );
+}
