@@ -5,7 +5,9 @@
 #   server for SNS and SQS, and PostgreSQL) including the bad-input corpus, the
 #   configuration tests and the replay tool, a small chaos run on its own, then the
 #   end-to-end suite again with LocalStack as the SNS/SQS emulator, and the
-#   docker-compose file's checks; the Lambda handlers, also under cargo-lambda's
+#   docker-compose file's checks, and the container stack itself (scripts/compose-test.sh:
+#   the image built from the Dockerfile, docker-compose.yml started on podman with
+#   stand-ins for the third-party images, the demo replicated and checked); the Lambda handlers, also under cargo-lambda's
 #   runtime emulator; and the SAM template (cfn-lint, IAM without wildcards). Before them, `scripts/audit.sh` checks Cargo.lock
 #   against the RustSec database. Emulators are started here and stopped at the end.
 # Everything is built once, in debug, into one target directory.
@@ -90,4 +92,7 @@ TRIBUTARY_RUN_DIR="$ls_run" TRIBUTARY_EMULATOR=localstack scripts/env-up.sh
     nextest "$@" # cargo test cannot filter by package without re-resolving features
   fi
 )
+step "the container stack: the Dockerfile's image and docker-compose.yml, run on podman (scripts/compose-test.sh)"
+scripts/compose-test.sh
+
 step "all checks passed in $(( $(date +%s) - started )) s"
