@@ -395,6 +395,29 @@ async fn a_publisher_killed_mid_stream_resumes_from_its_checkpoint_and_loses_not
                 &CancellationToken::new(),
             )
             .await?;
+        if round == 0 {
+            // The first kill must find a checkpoint written, or the test proves nothing
+            // about resuming from one. On a cold emulator the publisher's start (lease,
+            // shard discovery) can outlast the 1.2 s of traffic, so wait for its first
+            // checkpoint (bounded). The second kill stays immediate: its publisher may
+            // still be waiting for the killed one's lease.
+            eventually(
+                "the first publisher's first checkpoint",
+                Duration::from_secs(60),
+                || async {
+                    let (_, shards) = reader.describe().await?;
+                    for shard in &shards {
+                        if let Some(publisher::checkpoint::Checkpoint::At(_)) =
+                            checkpoints.load(&shard.shard_id).await?
+                        {
+                            return Ok(Some(()));
+                        }
+                    }
+                    Ok(None)
+                },
+            )
+            .await?;
+        }
         if round < 2 {
             publisher.start_kill()?; // SIGKILL: no checkpoint, no lease release
             publisher.wait().await?;
