@@ -78,7 +78,7 @@ else
   nextest -E 'test(a_publisher_killed_mid_stream)'
   step "chaos run (tests/tests/chaos.rs; its report follows)"
   cargo nextest run --workspace --locked --no-capture -E 'test(chaos_run)' 2>&1 \
-    | grep -E '^chaos:|PASS|FAIL|panicked|Summary|error' >&2
+    | grep -E '^chaos:|^Error|PASS|FAIL|panicked|Summary|error' >&2
 fi
 
 step "end-to-end tests again, SNS/SQS on LocalStack"
