@@ -93,12 +93,55 @@ impl RunError {
     }
 }
 
+/// The delay before the `attempt`-th (1-based) new try to bind the queue: doubling from
+/// 1 s, capped at 30 s, with up to a quarter of it added as jitter (`jitter` in 0..1).
+fn bind_delay(attempt: u32, jitter: f64) -> Duration {
+    let base =
+        Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30));
+    base + base.mul_f64(jitter.clamp(0.0, 1.0) / 4.0)
+}
+
+/// Binds the queue (and its DLQ), trying again with back-off while the failure is one
+/// that may pass (SQS unreachable, throttled, a 5xx): a subscriber started while SQS is
+/// down waits for it, as it would mid-run, instead of exiting. A configuration problem
+/// (no DLQ, an unusable RedrivePolicy, access denied) still stops it at once. `None`
+/// when `shutdown` fires first.
+async fn connect_until_bound(
+    sqs: aws_sdk_sqs::Client,
+    queue_url: &url::Url,
+    dlq_url: Option<&url::Url>,
+    receive: ReceiveSettings,
+    shutdown: &CancellationToken,
+) -> Result<Option<SqsSource>, RunError> {
+    let mut attempt = 0u32;
+    loop {
+        match SqsSource::connect(sqs.clone(), queue_url, dlq_url, receive).await {
+            Ok(source) => return Ok(Some(source)),
+            Err(e) if e.is_retryable() => {
+                attempt += 1;
+                let delay = bind_delay(attempt, rand::random::<f64>());
+                warn!(
+                    error = %crate::error_chain(&e),
+                    attempt,
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "Could not bind the queue yet; trying again."
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Ok(None),
+                }
+            }
+            Err(e) => return Err(RunError::Source(e)),
+        }
+    }
+}
+
 /// Runs `config.workers` receive loops until `shutdown` is cancelled and every batch in
 /// flight is committed and deleted.
 ///
 /// # Errors
-/// [`RunError::Source`] if the queue or its DLQ cannot be bound at start (no DLQ is a
-/// refusal to start); [`RunError::Migrate`]; [`RunError::WorkerPanicked`].
+/// [`RunError::Source`] if the queue or its DLQ cannot be bound at start for a reason
+/// that will not pass (no DLQ is a refusal to start; SQS unreachable is waited out); [`RunError::Migrate`]; [`RunError::WorkerPanicked`].
 pub async fn run(
     config: &RunConfig,
     sqs: aws_sdk_sqs::Client,
@@ -116,8 +159,18 @@ pub async fn run(
         max_messages: config.max_messages,
         wait_time_secs: config.wait_time_secs,
     };
-    let source =
-        SqsSource::connect(sqs, &config.queue_url, config.dlq_url.as_ref(), receive).await?;
+    let Some(source) = connect_until_bound(
+        sqs,
+        &config.queue_url,
+        config.dlq_url.as_ref(),
+        receive,
+        &shutdown,
+    )
+    .await?
+    else {
+        info!("Shutdown requested before the queue could be bound; nothing was received.");
+        return Ok(());
+    };
     info!(
         queue_url = source.queue_url(),
         dlq_url = source.dlq_url(),
@@ -701,6 +754,19 @@ fn millis(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_bind_back_off_doubles_from_one_second_to_thirty_with_a_quarter_of_jitter() {
+        let secs = |a, j| super::bind_delay(a, j).as_secs_f64();
+        assert_eq!(secs(1, 0.0), 1.0);
+        assert_eq!(secs(2, 0.0), 2.0);
+        assert_eq!(secs(5, 0.0), 16.0);
+        assert_eq!(secs(6, 0.0), 30.0);
+        assert_eq!(secs(60, 0.0), 30.0);
+        assert_eq!(secs(1, 1.0), 1.25);
+        assert_eq!(secs(60, 7.0), 37.5); // jitter is clamped to 0..1
+    }
+
     use super::*;
 
     #[test]

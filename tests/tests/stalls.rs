@@ -542,3 +542,42 @@ async fn replay_refuses_bad_timeout_and_wait_settings_naming_them() -> Result<()
     }
     Ok(())
 }
+
+/// A subscriber started while SQS is unreachable (a redeploy during an outage, a
+/// container restarted mid-outage) waits for it, retrying the bind with back-off,
+/// instead of exiting with "could not bind the queue": with no supervisor to restart
+/// it, nothing would ever be applied. The chaos run lost its only subscriber this way.
+#[tokio::test]
+async fn a_subscriber_started_while_sqs_is_down_waits_for_it_and_then_consumes() -> Result<()> {
+    let mut stack = Stack::new().await?;
+    let sqs = e2e::outage::CutProxy::start(&std::env::var("AWS_ENDPOINT_URL_SQS")?).await?;
+    sqs.cut();
+    stack.sns_sqs_via = Some(sqs.url.clone());
+    let mut subscriber = stack.spawn_subscriber(&[])?;
+    // Longer than the SDK's own retries of the first call (three attempts with
+    // back-off), after which the subscriber used to give up.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        subscriber.try_wait()?.is_none(),
+        "the subscriber exited while SQS was down: {:?}",
+        subscriber.try_wait()?
+    );
+    sqs.restore();
+    // Publisher direct to the emulator: only the subscriber's path was cut.
+    stack.sns_sqs_via = None;
+    let _publisher = stack.spawn_publisher(&[])?;
+    let writer = stack.writer();
+    let mut rng = StdRng::seed_from_u64(13);
+    for i in 0..5 {
+        writer
+            .create(&ProfileItem::random(
+                &mut rng,
+                &format!("late-bind-{i}"),
+                true,
+            ))
+            .await?;
+    }
+    stack.wait_converged(Duration::from_secs(90)).await?;
+    terminate(&mut subscriber, Duration::from_secs(30)).await?;
+    stack.teardown().await
+}
