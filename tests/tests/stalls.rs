@@ -331,9 +331,13 @@ async fn a_receive_from_an_sqs_endpoint_that_stops_answering_times_out_and_is_re
 async fn a_long_poll_longer_than_the_attempt_timeout_is_not_taken_for_a_dead_connection()
 -> Result<()> {
     let stack = Stack::new().await?;
-    // Each receive waits 3 s on an empty queue; an attempt may take 0.5 s.
+    // Each receive waits 3 s on an empty queue; an attempt may take 0.5 s and an
+    // operation 2.5 s, both shorter than the poll, so a client that did not extend them
+    // by the wait would cut every poll. (1.5 s of slack proved too little for moto
+    // answering four suites at once on CI: a poll came back after 4.5 s.)
     let mut cmd = subscriber(&stack, "3")?;
     short_timeouts(&mut cmd);
+    cmd.env("TRIBUTARY_AWS_OPERATION_TIMEOUT_MS", "2500");
     let mut subscriber = Logged::spawn(cmd)?;
     tokio::time::sleep(Duration::from_secs(7)).await;
     // The long polls still deliver: an unreadable body is received and parked.
