@@ -35,6 +35,6 @@ trap 'scripts/env-down.sh' EXIT
 # shellcheck disable=SC1091
 . "$TRIBUTARY_RUN_DIR/env"
 
-cargo build --workspace --all-targets --locked
+cargo build --workspace --all-targets --locked --features tributary-e2e/e2e
 export TRIBUTARY_BINARIES_BUILT=1
-cargo nextest run --workspace --locked --no-capture -E 'test(chaos_run)'
+cargo nextest run --workspace --locked --features tributary-e2e/e2e --no-capture -E 'test(chaos_run)'

@@ -19,7 +19,7 @@ db="${DEMO_DATABASE:-tributary_demo}"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 say "building (debug; the same build the tests use, so neither rebuilds the other's)"
-cargo build --workspace --all-targets --locked -q
+cargo build --workspace --all-targets --locked --features tributary-e2e/e2e -q
 
 say "starting PostgreSQL (if down), DynamoDB Local and moto"
 scripts/env-up.sh

@@ -48,10 +48,10 @@ trap 'scripts/env-down.sh; TRIBUTARY_RUN_DIR="$ls_run" scripts/env-down.sh' EXIT
 export DATABASE_URL="${DATABASE_URL:-$TRIBUTARY_TEST_DATABASE_URL}"
 
 step "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --features tributary-e2e/e2e -- -D warnings
 
 step "cargo build (binaries and tests)"
-cargo build --workspace --all-targets --locked
+cargo build --workspace --all-targets --locked --features tributary-e2e/e2e
 
 step "docker-compose.yml: schema, health waits, environment names"
 scripts/check-compose.sh
@@ -59,9 +59,9 @@ scripts/check-compose.sh
 nextest() {
   if cargo nextest --version >/dev/null 2>&1; then
     # Each test is its own process; the end-to-end tests wait on I/O, so run 4 at once.
-    cargo nextest run --workspace --locked --test-threads 4 --no-fail-fast "$@"
+    cargo nextest run --workspace --locked --features tributary-e2e/e2e --test-threads 4 --no-fail-fast "$@"
   else
-    cargo test --workspace --locked --no-fail-fast "$@"
+    cargo test --workspace --locked --features tributary-e2e/e2e --no-fail-fast "$@"
   fi
 }
 
@@ -77,7 +77,7 @@ else
   step "the publisher-kill test on its own"
   nextest -E 'test(a_publisher_killed_mid_stream)'
   step "chaos run (tests/tests/chaos.rs; its report follows)"
-  cargo nextest run --workspace --locked --no-capture -E 'test(chaos_run)' 2>&1 \
+  cargo nextest run --workspace --locked --features tributary-e2e/e2e --no-capture -E 'test(chaos_run)' 2>&1 \
     | grep -E '^chaos:|^Error|PASS|FAIL|panicked|Summary|error' >&2
 fi
 

@@ -95,19 +95,18 @@ pub(crate) fn random_id() -> String {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Bench::Apply {
-            events,
-            keys,
-            peer_events,
-            workers,
-            container_batch,
-            lambda_batch,
-            ceiling_rows,
-        } => {
-            apply_bench::run(&apply_bench::ApplyArgs {
-                admin_url: cli.database_url,
+    let cli: Cli = runtime::cli::parse_or_exit();
+    runtime::telemetry::init(runtime::telemetry::LogArgs::default());
+    // Nothing a benchmark does needs finishing: on the first signal it stops at once
+    // (its scratch database is dropped on the next run, its child processes with it);
+    // a second signal exits 130 as in every binary.
+    let shutdown = runtime::shutdown::install(runtime::shutdown::ShutdownNotes {
+        draining: "Benchmark interrupted; stopping.",
+        forced: "Second signal, exiting now.",
+    });
+    let work = async {
+        match cli.command {
+            Bench::Apply {
                 events,
                 keys,
                 peer_events,
@@ -115,39 +114,57 @@ async fn main() -> ExitCode {
                 container_batch,
                 lambda_batch,
                 ceiling_rows,
-            })
-            .await
-        }
-        Bench::Pipeline {
-            rates,
-            seconds,
-            warmup_secs,
-            keys,
-            bin_dir,
-            raw_messages,
-        } => {
-            let bin_dir = bin_dir.unwrap_or_else(|| {
-                std::env::current_exe()
-                    .ok()
-                    .and_then(|p| p.parent().map(PathBuf::from))
-                    .unwrap_or_else(|| PathBuf::from("target/release"))
-            });
-            pipeline::run(&pipeline::PipelineArgs {
-                admin_url: cli.database_url,
+            } => {
+                apply_bench::run(&apply_bench::ApplyArgs {
+                    admin_url: cli.database_url,
+                    events,
+                    keys,
+                    peer_events,
+                    workers,
+                    container_batch,
+                    lambda_batch,
+                    ceiling_rows,
+                })
+                .await
+            }
+            Bench::Pipeline {
                 rates,
                 seconds,
                 warmup_secs,
                 keys,
                 bin_dir,
                 raw_messages,
-            })
-            .await
+            } => {
+                let bin_dir = bin_dir.unwrap_or_else(|| {
+                    std::env::current_exe()
+                        .ok()
+                        .and_then(|p| p.parent().map(PathBuf::from))
+                        .unwrap_or_else(|| PathBuf::from("target/release"))
+                });
+                pipeline::run(&pipeline::PipelineArgs {
+                    admin_url: cli.database_url,
+                    rates,
+                    seconds,
+                    warmup_secs,
+                    keys,
+                    bin_dir,
+                    raw_messages,
+                })
+                .await
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = work => result,
+        () = shutdown.cancelled() => {
+            eprintln!("error: interrupted");
+            return ExitCode::from(130);
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tributary-bench: {e:#}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

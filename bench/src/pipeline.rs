@@ -15,8 +15,8 @@ use anyhow::{Context, Result, bail, ensure};
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use publisher::bootstrap::{Names, bootstrap};
 use publisher::demo::{ProfileWriter, Traffic};
-use publisher::pipeline::Clients;
 use rand::SeedableRng;
+use runtime::aws::Clients;
 use time::OffsetDateTime;
 use tokio::process::Command;
 
@@ -53,7 +53,7 @@ pub async fn run(args: &PipelineArgs) -> Result<()> {
             "{var} is not set: start the emulators (scripts/env-up.sh) and source their env"
         );
     }
-    let config = publisher::aws_config().await;
+    let config = runtime::aws::default_sdk_config().await;
     let clients = Clients::new(&config);
 
     let mut results = Vec::new();

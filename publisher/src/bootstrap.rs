@@ -14,8 +14,8 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::checkpoint::KEY_ATTRIBUTE;
-use crate::pipeline::Clients;
 use crate::record::attr;
+use runtime::aws::Clients;
 
 /// Names of the resources, each from a flag with a sensible default.
 #[derive(Debug, Clone, clap::Args)]
@@ -137,7 +137,7 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
         .name(&names.topic)
         .send()
         .await
-        .map_err(|e| fail(&names.topic, crate::describe_sdk_error(&e)))?
+        .map_err(|e| fail(&names.topic, runtime::report::describe_sdk_error(&e)))?
         .topic_arn
         .ok_or_else(|| fail(&names.topic, "CreateTopic returned no ARN"))?;
 
@@ -195,7 +195,7 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
             )
             .send()
             .await
-            .map_err(|e| fail(name, crate::describe_sdk_error(&e)))?;
+            .map_err(|e| fail(name, runtime::report::describe_sdk_error(&e)))?;
     }
 
     let subscription_arn = clients
@@ -211,7 +211,7 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
         .map_err(|e| {
             fail(
                 format!("subscription {} → {}", names.topic, names.queue),
-                crate::describe_sdk_error(&e),
+                runtime::report::describe_sdk_error(&e),
             )
         })?
         .subscription_arn
@@ -232,7 +232,7 @@ pub async fn bootstrap(clients: &Clients, names: &Names) -> Result<Resources, Bo
                     "subscription {} → {} redrive policy",
                     names.topic, names.queue
                 ),
-                crate::describe_sdk_error(&e),
+                runtime::report::describe_sdk_error(&e),
             )
         })?;
 
@@ -313,7 +313,7 @@ async fn ensure_table(
     match create.send().await {
         Ok(_) => {}
         Err(e) if e.code() == Some("ResourceInUseException") => {}
-        Err(e) => return Err(fail(name, crate::describe_sdk_error(&e))),
+        Err(e) => return Err(fail(name, runtime::report::describe_sdk_error(&e))),
     }
     for _ in 0..300 {
         let desc = clients
@@ -322,7 +322,7 @@ async fn ensure_table(
             .table_name(name)
             .send()
             .await
-            .map_err(|e| fail(name, crate::describe_sdk_error(&e)))?
+            .map_err(|e| fail(name, runtime::report::describe_sdk_error(&e)))?
             .table
             .ok_or_else(|| fail(name, "DescribeTable returned no table"))?;
         if desc.table_status == Some(TableStatus::Active) {
@@ -368,7 +368,7 @@ async fn ensure_queue(
         .queue_name(name)
         .send()
         .await
-        .map_err(|e| fail(name, crate::describe_sdk_error(&e)))?
+        .map_err(|e| fail(name, runtime::report::describe_sdk_error(&e)))?
         .queue_url
         .ok_or_else(|| fail(name, "CreateQueue returned no URL"))?;
     // Set attributes separately so a re-run with changed settings updates them instead
@@ -380,7 +380,7 @@ async fn ensure_queue(
         }
         req.send()
             .await
-            .map_err(|e| fail(name, crate::describe_sdk_error(&e)))?;
+            .map_err(|e| fail(name, runtime::report::describe_sdk_error(&e)))?;
     }
     let arn = clients
         .sqs
@@ -389,7 +389,7 @@ async fn ensure_queue(
         .attribute_names(QueueAttributeName::QueueArn)
         .send()
         .await
-        .map_err(|e| fail(name, crate::describe_sdk_error(&e)))?
+        .map_err(|e| fail(name, runtime::report::describe_sdk_error(&e)))?
         .attributes
         .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
         .ok_or_else(|| fail(name, "no QueueArn attribute"))?;

@@ -92,7 +92,7 @@ fn sdk<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug
 ) -> CheckpointError {
     CheckpointError::Sdk {
         operation,
-        message: crate::describe_sdk_error(&err),
+        message: runtime::report::describe_sdk_error(&err),
     }
 }
 

@@ -6,8 +6,6 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use contracts::SchemaVersion;
 
-use crate::telemetry::LogFormat;
-
 /// Where to start a shard that has no checkpoint yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StartPosition {
@@ -62,8 +60,8 @@ pub struct PublisherConfig {
     /// that can be neither published nor parked pauses its shard (ERROR log,
     /// `tributary_shard_paused`, `/readyz` fails; tried again after 60 s) while the
     /// other shards go on.
-    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_parser = parse_url)]
-    pub failure_queue_url: String,
+    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_parser = runtime::cli::parse_http_url)]
+    pub failure_queue_url: url::Url,
 
     /// Where a shard without a checkpoint starts. `latest` is made durable at once (a
     /// marker checkpoint with the start time): a restart or an expired iterator resumes
@@ -140,16 +138,14 @@ pub struct PublisherConfig {
     #[arg(long = "checkpoint-interval-ms", env = "PUBLISHER_CHECKPOINT_INTERVAL_MS", default_value = "1000", value_parser = parse_millis)]
     pub checkpoint_interval: Duration,
 
-    /// Log format: auto (JSON when stderr is not a terminal), json or text. Filter with
-    /// RUST_LOG (default `info`).
-    #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: runtime::telemetry::LogArgs,
 
     #[command(flatten)]
-    pub ops: ops::OpsArgs,
+    pub ops: runtime::OpsArgs,
 
     #[command(flatten)]
-    pub aws: ops::aws::AwsArgs,
+    pub aws: runtime::aws::AwsArgs,
 }
 
 impl PublisherConfig {
@@ -179,8 +175,8 @@ pub struct PublisherLambdaConfig {
     /// SQS queue URL where records that can never be published are parked (keys,
     /// position and reason, never the item's data: `replay republish` re-reads it).
     /// Required: without it such a record would hold its shard.
-    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_parser = parse_url)]
-    pub failure_queue_url: String,
+    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_parser = runtime::cli::parse_http_url)]
+    pub failure_queue_url: url::Url,
 
     /// Contract schema version to publish (2 is current).
     #[arg(
@@ -201,12 +197,11 @@ pub struct PublisherLambdaConfig {
     #[arg(long = "deadline-margin-ms", env = "TRIBUTARY_LAMBDA_DEADLINE_MARGIN_MS", default_value = "2000", value_parser = parse_millis)]
     pub deadline_margin: Duration,
 
-    /// Log format: auto (JSON when stderr is not a terminal), json or text.
-    #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: runtime::telemetry::LogArgs,
 
     #[command(flatten)]
-    pub aws: ops::aws::AwsArgs,
+    pub aws: runtime::aws::AwsArgs,
 }
 
 /// Parses a whole number of seconds (> 0).
@@ -229,18 +224,6 @@ pub fn parse_millis(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Checks that a value is an absolute http(s) URL.
-pub fn parse_url(s: &str) -> Result<String, String> {
-    match url::Url::parse(s) {
-        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(s.to_owned()),
-        Ok(u) => Err(format!(
-            "{s:?} is a {} URL; an http(s) queue URL is expected",
-            u.scheme()
-        )),
-        Err(e) => Err(format!("{s:?} is not a URL: {e}")),
-    }
-}
-
 /// Checks that a value looks like an ARN (`arn:partition:service:region:account:resource`).
 pub fn parse_arn(s: &str) -> Result<String, String> {
     let parts: Vec<&str> = s.splitn(6, ':').collect();
@@ -251,67 +234,6 @@ pub fn parse_arn(s: &str) -> Result<String, String> {
             "{s:?} is not an ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"
         ))
     }
-}
-
-/// Parses the command line and environment of a binary; on a bad or missing setting
-/// prints ONE line naming the flag and its environment variable, and exits with status 2
-/// (clap's own report spans several lines and names only the flag). `--help` and
-/// `--version` behave as usual.
-pub fn parse_or_exit<C: clap::Parser>() -> C {
-    match C::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                e.exit()
-            }
-            eprintln!("{}", one_line(&e, &C::command()));
-            std::process::exit(2);
-        }
-    }
-}
-
-/// A clap error as one line: clap's report up to its usage block, joined, then
-/// `(env NAME, …)` for the flags it names. No setting of these binaries is a secret, so clap's echo of the value stays.
-fn one_line(e: &clap::Error, command: &clap::Command) -> String {
-    let rendered = e.render().to_string();
-    let mut line = rendered
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("error: invalid command line")
-        .to_owned();
-    let detail: Vec<&str> = rendered
-        .lines()
-        .skip(1)
-        .map(str::trim)
-        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-        .collect();
-    if !detail.is_empty() {
-        line = format!("{line} {}", detail.join(" "));
-    }
-    let envs: Vec<String> = command
-        .get_arguments()
-        .filter_map(|arg| {
-            let flag = format!("--{}", arg.get_long()?);
-            let named = line.match_indices(&flag).any(|(at, _)| {
-                line[at + flag.len()..]
-                    .chars()
-                    .next()
-                    .is_none_or(|c| !(c.is_alphanumeric() || c == '-'))
-            });
-            named.then(|| arg.get_env().map(|e| e.to_string_lossy().into_owned()))?
-        })
-        .collect();
-    if !envs.is_empty() {
-        line = format!("{line} (env {})", envs.join(", "));
-    }
-    line
 }
 
 #[cfg(test)]
@@ -377,7 +299,7 @@ mod tests {
                 "{flag}: {err}"
             );
             assert!(err.to_string().contains(flag), "{flag}: {err}");
-            let line = one_line(&err, &<Cli as clap::CommandFactory>::command());
+            let line = runtime::cli::one_line(&err, &<Cli as clap::CommandFactory>::command());
             assert!(!line.contains('\n'), "{line}");
             assert!(
                 line.contains(flag) && line.contains("(env PUBLISHER_"),
@@ -396,15 +318,18 @@ mod tests {
         without.drain(at..at + 2);
         let err = Cli::try_parse_from(without).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
-        let line = one_line(&err, &<Cli as clap::CommandFactory>::command());
+        let line = runtime::cli::one_line(&err, &<Cli as clap::CommandFactory>::command());
         assert!(line.contains("PUBLISHER_FAILURE_QUEUE_URL"), "{line}");
     }
 
     #[test]
     fn a_missing_setting_is_one_line_naming_its_variable() {
         let err = Cli::try_parse_from(["publisher", "--table", "t"]).unwrap_err();
-        let line = one_line(&err, &<Cli as clap::CommandFactory>::command());
+        let line = runtime::cli::one_line(&err, &<Cli as clap::CommandFactory>::command());
         assert!(!line.contains('\n'), "{line}");
-        assert!(line.contains("(env PUBLISHER_TOPIC_ARN, "), "{line}");
+        assert!(
+            line.contains("--topic-arn <TOPIC_ARN> (env PUBLISHER_TOPIC_ARN), --checkpoint-table"),
+            "{line}"
+        );
     }
 }

@@ -219,7 +219,7 @@ impl ProfileWriter {
                     return Err(format!(
                         "describing table {}: {}",
                         self.table,
-                        crate::describe_sdk_error(&e)
+                        runtime::report::describe_sdk_error(&e)
                     ));
                 }
             };
@@ -261,7 +261,7 @@ impl ProfileWriter {
             .map(|_| ())
             .map_err(|e| WriteError {
                 user_id: item.user_id.clone(),
-                message: crate::describe_sdk_error(&e),
+                message: runtime::report::describe_sdk_error(&e),
             })
     }
 
@@ -285,7 +285,7 @@ impl ProfileWriter {
             .map(|_| ())
             .map_err(|e| WriteError {
                 user_id: item.user_id.clone(),
-                message: crate::describe_sdk_error(&e),
+                message: runtime::report::describe_sdk_error(&e),
             })
     }
 
@@ -306,7 +306,7 @@ impl ProfileWriter {
             .map(|_| ())
             .map_err(|e| WriteError {
                 user_id: item.user_id.clone(),
-                message: crate::describe_sdk_error(&e),
+                message: runtime::report::describe_sdk_error(&e),
             })
     }
 }

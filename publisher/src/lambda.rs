@@ -112,7 +112,7 @@ pub struct UserIdentity {
     pub principal_id: Option<String>,
 }
 
-pub use ops::{BatchItemFailure, BatchResponse};
+pub use runtime::lambda::{BatchItemFailure, BatchResponse};
 
 /// The invocation failed as a whole; Lambda retries the whole batch.
 #[derive(Debug, thiserror::Error)]
@@ -275,11 +275,9 @@ impl PublisherLambda {
             .collect();
 
         let work = CancellationToken::new();
-        let _timer = deadline.map(|d| {
-            let remaining = d
-                .duration_since(SystemTime::now())
-                .unwrap_or_default()
-                .saturating_sub(self.deadline_margin);
+        let budget =
+            runtime::lambda::work_budget(deadline, self.deadline_margin, SystemTime::now());
+        let _timer = budget.map(|remaining| {
             let work = work.clone();
             DropGuard(tokio::spawn(async move {
                 tokio::time::sleep(remaining).await;

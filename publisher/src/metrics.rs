@@ -1,12 +1,12 @@
 //! The publisher's metrics, one registry per process, served on
-//! `TRIBUTARY_METRICS_ADDR` (see [`ops`]).
+//! `TRIBUTARY_METRICS_ADDR` (see [`runtime`]).
 //!
 //! A process-wide registry, like the subscriber's: the counters are bumped deep in
 //! [`crate::pipeline`], and a handle in every signature buys nothing a test needs.
 
 use std::sync::{Arc, LazyLock};
 
-use ops::metrics::{BATCH_BUCKETS, Metric, Registry};
+use runtime::metrics::{BATCH_BUCKETS, Metric, Registry};
 
 /// The publisher's metric families.
 #[derive(Debug)]

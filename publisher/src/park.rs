@@ -126,7 +126,7 @@ impl FailureQueue {
         let url = self.url.as_deref().ok_or(ParkError::NotConfigured)?;
         // JSON that SQS accepts: a key may hold U+FFFE or U+FFFF, which SQS refuses raw.
         let body = sqs_json(parked);
-        let mut detail = ops::sqs_text::sanitize_text(&parked.detail).into_owned();
+        let mut detail = runtime::sqs_text::sanitize_text(&parked.detail).into_owned();
         truncate_utf8(&mut detail, MAX_DETAIL_BYTES);
         let attr = |v: &str| {
             MessageAttributeValue::builder()
@@ -147,7 +147,7 @@ impl FailureQueue {
             .message_attributes("tributary-shard", attr(&parked.shard_id))
             .send()
             .await
-            .map_err(|e| ParkError::Send(crate::describe_sdk_error(&e)))?;
+            .map_err(|e| ParkError::Send(runtime::report::describe_sdk_error(&e)))?;
         error!(
             shard_id = %parked.shard_id,
             sequence_number = parked.record.sequence_number.as_deref().unwrap_or("-"),
@@ -160,10 +160,10 @@ impl FailureQueue {
     }
 }
 
-/// The parked record as JSON that SQS accepts (`ops::sqs_text::escape_json`).
+/// The parked record as JSON that SQS accepts (`runtime::sqs_text::escape_json`).
 fn sqs_json(parked: &ParkedRecord) -> String {
     let json = serde_json::to_string(parked).expect("a parked record serialises");
-    ops::sqs_text::escape_json(&json).into_owned()
+    runtime::sqs_text::escape_json(&json).into_owned()
 }
 
 fn truncate_utf8(s: &mut String, max: usize) {
@@ -276,7 +276,7 @@ mod tests {
             record: ParkedChange::of(&r),
         };
         let body = sqs_json(&parked);
-        assert!(!body.chars().any(ops::sqs_text::needs_escape), "{body}");
+        assert!(!body.chars().any(runtime::sqs_text::needs_escape), "{body}");
         let back: serde_json::Value = serde_json::from_str(&body).unwrap();
         let original: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&parked).unwrap()).unwrap();

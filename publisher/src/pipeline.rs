@@ -16,6 +16,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use runtime::aws::Clients;
+
 use crate::batch::{BatchStep, StepError};
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 use crate::config::{PublisherConfig, StartPosition};
@@ -186,26 +188,6 @@ pub struct Pipeline {
     pub checkpoint_table: String,
 }
 
-/// The clients the publisher talks through, built once from one SDK config.
-#[derive(Debug, Clone)]
-pub struct Clients {
-    pub dynamodb: aws_sdk_dynamodb::Client,
-    pub streams: aws_sdk_dynamodbstreams::Client,
-    pub sns: aws_sdk_sns::Client,
-    pub sqs: aws_sdk_sqs::Client,
-}
-
-impl Clients {
-    pub fn new(config: &aws_config::SdkConfig) -> Self {
-        Clients {
-            dynamodb: aws_sdk_dynamodb::Client::new(config),
-            streams: aws_sdk_dynamodbstreams::Client::new(config),
-            sns: aws_sdk_sns::Client::new(config),
-            sqs: aws_sdk_sqs::Client::new(config),
-        }
-    }
-}
-
 /// The stream a table has now, as `DescribeTable` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableStream {
@@ -254,7 +236,7 @@ pub async fn describe_table_stream(
         .send()
         .await
         .map_err(|e| {
-            let message = crate::describe_sdk_error(&e);
+            let message = runtime::report::describe_sdk_error(&e);
             if e.code() == Some("ResourceNotFoundException") {
                 PipelineError::TableNotFound {
                     table: table.to_owned(),
@@ -376,7 +358,7 @@ impl Pipeline {
             ),
             failures: FailureQueue::new(
                 clients.sqs.clone(),
-                Some(config.failure_queue_url.clone()),
+                Some(config.failure_queue_url.to_string()),
             ),
             origin: Origin {
                 table: config.table.clone(),

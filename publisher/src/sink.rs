@@ -51,7 +51,7 @@ impl Encoded {
         let json = String::from_utf8(event.encode(as_version)).expect("serde_json writes UTF-8");
         // SNS takes characters SQS then refuses to deliver (the event would be lost):
         // escape them, the decoded value is the same. The size checks see the result.
-        let body = ops::sqs_text::escape_json(&json).into_owned();
+        let body = runtime::sqs_text::escape_json(&json).into_owned();
         Encoded {
             tag,
             event_id: event.event_id.clone(),
@@ -360,7 +360,7 @@ impl SnsSink {
                 Err(err) => {
                     // Retried whatever the error: skipping would lose the records. A
                     // persistent one (topic gone, permissions) stalls the shard, loudly.
-                    let error = crate::describe_sdk_error(&err);
+                    let error = runtime::report::describe_sdk_error(&err);
                     if attempt >= 5 {
                         error!(%error, entries = batch.len(), attempt, "PublishBatch keeps failing; the shard waits.");
                     } else {
@@ -416,7 +416,7 @@ mod tests {
         profile.display_name = "Zoë\u{FFFE}\u{FFFF}\u{1FFFE}".into();
         for version in [SchemaVersion::V1, SchemaVersion::V2] {
             let encoded = Encoded::new(0, &event, version);
-            assert!(!encoded.body.chars().any(ops::sqs_text::needs_escape));
+            assert!(!encoded.body.chars().any(runtime::sqs_text::needs_escape));
             assert!(encoded.body.contains(r"\uFFFE\uFFFF"), "{}", encoded.body);
             let back = contracts::decode(encoded.body.as_bytes()).unwrap();
             assert_eq!(

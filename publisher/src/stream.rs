@@ -110,7 +110,7 @@ impl StreamError {
             }
             _ => StreamError::Sdk {
                 operation,
-                message: crate::describe_sdk_error(&err),
+                message: runtime::report::describe_sdk_error(&err),
                 code,
             },
         }

@@ -24,8 +24,8 @@ use aws_sdk_sns::types::PublishBatchRequestEntry;
 use futures::StreamExt;
 use publisher::bootstrap::{Names, bootstrap};
 use publisher::demo::ProfileItem;
-use publisher::pipeline::Clients;
 use rand::SeedableRng;
+use runtime::aws::Clients;
 use sqlx::{ConnectOptions, Connection, postgres::PgPoolOptions};
 
 const SEGMENTS: u32 = 4;
@@ -180,7 +180,7 @@ async fn main() {
         sizes
     };
     let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL (an admin URL) is set");
-    let config = publisher::aws_config().await;
+    let config = runtime::aws::default_sdk_config().await;
     let clients = Clients::new(&config);
     println!(
         "| items | raw scan+publish items/s | `replay snapshot` items/s | snapshot/raw | snapshot peak RSS | `replay verify` s | verify items/s | verify peak RSS |"

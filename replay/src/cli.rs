@@ -23,28 +23,19 @@ use crate::dlq::Method;
 #[derive(Debug, Parser)]
 #[command(name = "replay", version)]
 pub struct Cli {
-    /// Log format: auto is JSON when standard error is not a terminal.
-    #[arg(
-        long,
-        env = "TRIBUTARY_LOG_FORMAT",
-        value_enum,
-        default_value = "auto",
-        global = true
-    )]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: runtime::telemetry::LogArgs,
 
     /// Print the final report as JSON on standard out (for scripts).
     #[arg(long, env = "REPLAY_JSON", global = true)]
     pub json: bool,
 
     #[command(flatten)]
-    pub aws: ops::aws::AwsArgs,
+    pub aws: runtime::aws::AwsArgs,
 
     #[command(subcommand)]
     pub command: Command,
 }
-
-pub use publisher::telemetry::LogFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -8,7 +8,6 @@
 //!   gave up on (its failure queue, S3 invocation records), re-reading items as needed.
 //! - [`verify`] compares the source table with the analytics store in bounded memory,
 //!   reports drift and, with `--repair`, re-emits events for exactly the drifted keys.
-//! - [`signals`] — the first SIGTERM/Ctrl-C stops cleanly, the second exits 130.
 //!
 //! Every event replay emits goes through the same contract and the same version guard
 //! as live traffic, so a backfill running beside live writes can never overwrite a
@@ -22,7 +21,6 @@ pub mod items;
 pub mod limiter;
 pub mod progress;
 pub mod republish;
-pub mod signals;
 pub mod snapshot;
 pub mod state;
 pub mod verify;

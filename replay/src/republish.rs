@@ -225,7 +225,7 @@ pub struct Report {
 /// # Errors
 /// [`RepublishError`] when a source cannot be read at all.
 pub async fn run(
-    clients: &publisher::pipeline::Clients,
+    clients: &runtime::aws::Clients,
     s3: Option<&aws_sdk_s3::Client>,
     options: &Options,
     shutdown: &CancellationToken,
@@ -279,7 +279,7 @@ pub async fn run(
 /// Republishes the records of one invocation record; `Ok(true)` when every one was
 /// republished or superseded (the document may go).
 async fn republish_document(
-    clients: &publisher::pipeline::Clients,
+    clients: &runtime::aws::Clients,
     dest: &Destination,
     options: &Options,
     text: &str,
@@ -317,7 +317,7 @@ async fn republish_document(
 /// records were; kept (and reported) otherwise.
 #[allow(clippy::too_many_arguments)]
 async fn drain_bucket(
-    clients: &publisher::pipeline::Clients,
+    clients: &runtime::aws::Clients,
     s3: &aws_sdk_s3::Client,
     dest: &Destination,
     options: &Options,
@@ -416,7 +416,7 @@ where
 
 /// Re-reads the parked change's item and plans from it.
 async fn resolve(
-    clients: &publisher::pipeline::Clients,
+    clients: &runtime::aws::Clients,
     options: &Options,
     parked: &ParkedChange,
 ) -> Plan {
@@ -443,7 +443,7 @@ async fn resolve(
         }
         Err(e) => Plan::Keep(format!(
             "reading the item failed: {}",
-            publisher::describe_sdk_error(&e)
+            runtime::report::describe_sdk_error(&e)
         )),
     }
 }
@@ -501,7 +501,7 @@ async fn carry_out(
 /// Receives every message of the failure queue once, republishes what it can and
 /// deletes exactly those (and the superseded); the rest is made visible again.
 async fn drain_queue(
-    clients: &publisher::pipeline::Clients,
+    clients: &runtime::aws::Clients,
     dest: &Destination,
     options: &Options,
     url: &str,
@@ -526,7 +526,7 @@ async fn drain_queue(
             .await
             .map_err(|e| RepublishError::Queue {
                 url: url.to_owned(),
-                detail: publisher::describe_sdk_error(&e),
+                detail: runtime::report::describe_sdk_error(&e),
             })?;
         let messages = out.messages.unwrap_or_default();
         if messages.is_empty() {
@@ -573,7 +573,7 @@ async fn drain_queue(
                 {
                     // Published but not deleted: a later run sends it again, which the
                     // version guard makes harmless.
-                    warn!(message_id = %id, error = %publisher::describe_sdk_error(&e), "Republished message not deleted from the failure queue.");
+                    warn!(message_id = %id, error = %runtime::report::describe_sdk_error(&e), "Republished message not deleted from the failure queue.");
                 }
             } else {
                 kept_handles.push(handle);

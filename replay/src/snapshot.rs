@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use contracts::SchemaVersion;
-use publisher::pipeline::Clients;
 use publisher::sink::PublishError;
+use runtime::aws::Clients;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -96,7 +96,7 @@ pub async fn describe_table(clients: &Clients, table: &str) -> Result<Option<u64
             table: table.to_owned(),
             detail: match e.code() {
                 Some("ResourceNotFoundException") => "no such table".to_owned(),
-                _ => publisher::describe_sdk_error(&e),
+                _ => runtime::report::describe_sdk_error(&e),
             },
         })?;
     Ok(out
@@ -358,7 +358,7 @@ impl Shared {
                     }));
                 }
                 Err(e) => {
-                    let detail = publisher::describe_sdk_error(&e);
+                    let detail = runtime::report::describe_sdk_error(&e);
                     // The SDK already retried throttling and transient errors; a few
                     // more rounds ride out a longer blip, then give up with the cause.
                     if attempt >= 5 || e.code() == Some("ResourceNotFoundException") {

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue as Ddb, KeysAndAttributes};
 use contracts::{Change, ChangeEvent, DeleteReason, Position, Profile, SchemaVersion, Source};
-use publisher::pipeline::Clients;
 use publisher::record::{self, Item, attr};
+use runtime::aws::Clients;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
@@ -318,7 +318,7 @@ async fn pass_present(
         }
         let out = request.send().await.map_err(|e| VerifyError::Dynamo {
             operation: "Scan",
-            detail: publisher::describe_sdk_error(&e),
+            detail: runtime::report::describe_sdk_error(&e),
         })?;
         let page: Vec<Item> = out
             .items
@@ -446,7 +446,7 @@ async fn batch_get(
             .await
             .map_err(|e| VerifyError::Dynamo {
                 operation: "BatchGetItem",
-                detail: publisher::describe_sdk_error(&e),
+                detail: runtime::report::describe_sdk_error(&e),
             })?;
         for item in out
             .responses

@@ -8,8 +8,7 @@ use std::fmt;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::str::FromStr;
 
-use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 /// Command line of the `subscriber` binary.
@@ -22,16 +21,8 @@ use url::Url;
                   e.g. `info,subscriber=debug`; default: info)."
 )]
 pub struct Cli {
-    /// Log format: `auto` is JSON when stderr is not a terminal and text when it is.
-    /// Default: auto. RUST_LOG filters (default `info`).
-    #[arg(
-        long,
-        env = "TRIBUTARY_LOG_FORMAT",
-        value_enum,
-        default_value_t = LogFormat::Auto,
-        global = true
-    )]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: runtime::telemetry::LogArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -57,17 +48,17 @@ pub struct StatusConfig {
     pub database: DatabaseArgs,
 
     /// URL of the SQS queue the subscriber consumes. Required.
-    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = parse_http_url)]
+    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
     pub queue_url: Url,
 
     /// URL of the dead-letter queue. Default: the queue's RedrivePolicy target.
-    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = parse_http_url)]
+    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
     pub dlq_url: Option<Url>,
 
     /// URL of the publisher's failure queue, where it parks the records it could not
     /// publish: any message there means the analytics store is not in sync. Default:
     /// not read (the status then says it did not check).
-    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_name = "URL", value_parser = parse_http_url)]
+    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
     pub failure_queue_url: Option<Url>,
 
     /// Print one JSON object (for scripts) instead of the screen.
@@ -85,18 +76,7 @@ pub struct StatusConfig {
     pub peek: u32,
 
     #[command(flatten)]
-    pub aws: ops::aws::AwsArgs,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// JSON when stderr is not a terminal (a container, a log shipper), text when it is.
-    Auto,
-    /// One JSON object per line.
-    Json,
-    /// Human-readable lines.
-    Text,
+    pub aws: runtime::aws::AwsArgs,
 }
 
 /// The database connection setting shared by every subcommand.
@@ -334,13 +314,13 @@ pub struct RunConfig {
     pub database: DatabaseArgs,
 
     /// URL of the SQS queue to consume. Required.
-    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = parse_http_url)]
+    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
     pub queue_url: Url,
 
     /// URL of the dead-letter queue that undecodable or refused messages are parked in.
     /// Default: the queue's RedrivePolicy target; the subscriber refuses to start if
     /// there is neither.
-    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = parse_http_url)]
+    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
     pub dlq_url: Option<Url>,
 
     #[command(flatten)]
@@ -438,10 +418,10 @@ pub struct RunConfig {
     pub migrate_on_start: bool,
 
     #[command(flatten)]
-    pub ops: ops::OpsArgs,
+    pub ops: runtime::OpsArgs,
 
     #[command(flatten)]
-    pub aws: ops::aws::AwsArgs,
+    pub aws: runtime::aws::AwsArgs,
 }
 
 impl RunConfig {
@@ -509,7 +489,7 @@ pub struct LambdaConfig {
 
     /// URL of the dead-letter queue that undecodable or refused messages are parked in.
     /// Required.
-    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = parse_http_url)]
+    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
     pub dlq_url: Url,
 
     #[command(flatten)]
@@ -519,7 +499,7 @@ pub struct LambdaConfig {
     /// transiently is delayed there (`ChangeMessageVisibility`, growing with its receive
     /// count) before it is reported. Default: resolved from the records'
     /// `eventSourceARN` with `GetQueueUrl`.
-    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = parse_http_url)]
+    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
     pub queue_url: Option<Url>,
 
     /// PostgreSQL connections of one execution environment (one invocation at a time).
@@ -543,27 +523,11 @@ pub struct LambdaConfig {
     )]
     pub deadline_margin_ms: u64,
 
-    /// Log format: `auto` is JSON when stderr is not a terminal. Default: auto.
-    #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: runtime::telemetry::LogArgs,
 
     #[command(flatten)]
-    pub aws: ops::aws::AwsArgs,
-}
-
-impl LambdaConfig {
-    /// As [`Cli::parse_or_exit`]: one line naming the setting, exit status 2.
-    pub fn parse_or_exit() -> LambdaConfig {
-        parse_or_exit()
-    }
-}
-
-fn parse_http_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| e.to_string())?;
-    match url.scheme() {
-        "http" | "https" => Ok(url),
-        other => Err(format!("scheme {other:?} is not http or https")),
-    }
+    pub aws: runtime::aws::AwsArgs,
 }
 
 /// A PostgreSQL connection URL: a secret. `Debug` and `Display` show it with the
@@ -705,101 +669,10 @@ impl fmt::Display for DatabaseUrl {
     }
 }
 
-impl Cli {
-    /// Parses the command line and environment; on a bad or missing setting prints one
-    /// line naming the flag and its environment variable and exits with status 2.
-    pub fn parse_or_exit() -> Cli {
-        parse_or_exit()
-    }
-}
-
-/// Parses any of the project's command lines (`C`) from the arguments and environment;
-/// on a bad or missing setting prints one line naming the flag and its environment
-/// variable (never a secret's value) and exits with status 2.
-pub fn parse_or_exit<C: Parser>() -> C {
-    match C::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => match e.kind() {
-            ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
-            _ => {
-                eprintln!("{}", one_line(&e, &<C as CommandFactory>::command()));
-                std::process::exit(2);
-            }
-        },
-    }
-}
-
-/// Renders a clap error as one line that names the environment variable too, and never
-/// echoes the value of a secret.
-fn one_line(e: &clap::Error, root: &clap::Command) -> String {
-    let args: Vec<String> = match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(s)) => vec![s.clone()],
-        Some(ContextValue::Strings(v)) => v.clone(),
-        Some(ContextValue::StyledStr(s)) => vec![s.to_string()],
-        Some(ContextValue::StyledStrs(v)) => v.iter().map(ToString::to_string).collect(),
-        _ => Vec::new(),
-    };
-    let named: Vec<String> = args
-        .iter()
-        .map(|arg| match env_of(root, arg) {
-            Some(env) => format!("{arg} (env {env})"),
-            None => arg.clone(),
-        })
-        .collect();
-    let reason = std::error::Error::source(e)
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    match e.kind() {
-        ErrorKind::MissingRequiredArgument => {
-            format!("error: missing required setting {}", named.join(", "))
-        }
-        ErrorKind::InvalidValue | ErrorKind::ValueValidation if !named.is_empty() => {
-            let secret = args.iter().any(|a| a.starts_with("--database-url"));
-            let value = match e.get(ContextKind::InvalidValue) {
-                Some(ContextValue::String(v)) if !secret => format!(" {v:?}"),
-                _ => String::new(),
-            };
-            let reason = if reason.is_empty() {
-                String::new()
-            } else {
-                format!(": {reason}")
-            };
-            format!(
-                "error: invalid value{value} for {}{reason}",
-                named.join(", ")
-            )
-        }
-        _ => {
-            // Clap's own message up to the usage block, on one line.
-            let text = e.to_string();
-            let head: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
-                .map(str::trim)
-                .collect();
-            head.join(" ")
-        }
-    }
-}
-
-/// The environment variable of the flag `arg` names (`--workers <N>`), in any subcommand.
-fn env_of(root: &clap::Command, arg: &str) -> Option<String> {
-    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
-    let mut commands = vec![root];
-    commands.extend(root.get_subcommands());
-    commands
-        .into_iter()
-        .flat_map(|c| c.get_arguments())
-        .find(|a| a.get_long() == Some(long))
-        .and_then(|a| a.get_env())
-        .map(|env| env.to_string_lossy().into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
     fn command_line_is_well_formed() {
@@ -851,7 +724,7 @@ mod tests {
             "postgres://u@h/db?pasword=s3cret",
         ])
         .unwrap_err();
-        let line = one_line(&err, &Cli::command());
+        let line = runtime::cli::one_line(&err, &Cli::command());
         assert!(
             line.contains("pasword") && line.contains("DATABASE_URL"),
             "{line}"
@@ -945,7 +818,7 @@ mod tests {
             (vec!["--queue-url", "not a url"], "SUBSCRIBER_QUEUE_URL"),
         ] {
             let err = run(&args).unwrap_err();
-            let line = one_line(&err, &Cli::command());
+            let line = runtime::cli::one_line(&err, &Cli::command());
             assert!(line.contains(env), "{line}");
             assert!(!line.contains('\n'), "{line}");
         }
@@ -960,7 +833,7 @@ mod tests {
             "mysql://u:s3cret@h/db",
         ])
         .unwrap_err();
-        let line = one_line(&err, &Cli::command());
+        let line = runtime::cli::one_line(&err, &Cli::command());
         assert!(line.contains("DATABASE_URL"), "{line}");
         assert!(!line.contains("s3cret"), "{line}");
     }
@@ -991,6 +864,7 @@ mod tls_and_pool_tests {
     use sqlx::postgres::PgSslMode;
 
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
     fn a_remote_host_without_certificate_verification_is_refused_naming_the_fix() {
@@ -1150,7 +1024,7 @@ mod tls_and_pool_tests {
         let line = both.database.validate().unwrap_err();
         assert!(line.contains("DATABASE_URL") && line.contains("SUBSCRIBER_DATABASE_SECRET_ARN"));
         let err = lambda(&["--database-secret-arn", "tributary/db"]).unwrap_err();
-        let line = one_line(&err, &LambdaConfig::command());
+        let line = runtime::cli::one_line(&err, &LambdaConfig::command());
         assert!(line.contains("SUBSCRIBER_DATABASE_SECRET_ARN"), "{line}");
     }
 }

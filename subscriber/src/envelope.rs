@@ -236,7 +236,7 @@ mod tests {
         for body in [json.to_string(), sns_wrap(&json.to_string())] {
             let err = decode_body(&body).unwrap_err();
             // What reaches the ERROR log and the DLQ's tributary-detail attribute.
-            let detail = crate::error_chain(&err);
+            let detail = runtime::report::error_chain(&err);
             assert_eq!(err.reason_code(), "schema_mismatch");
             assert!(detail.contains("data.email"), "{detail}");
             assert!(detail.contains("expected a string"), "{detail}");

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::apply::FailureKind;
-use crate::error_chain;
+use runtime::report::error_chain;
 
 /// First pause before probing an open gate; doubles with each failed probe or trial.
 pub const PROBE_BACKOFF_BASE: Duration = Duration::from_secs(1);

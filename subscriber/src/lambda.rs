@@ -34,13 +34,13 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tracing::{debug, error, info, warn};
 
-use crate::error_chain;
 use crate::secret::DatabaseSecret;
 use crate::source::{
     DeadLetterQueue, MAX_BATCH_ENTRIES, MAX_VISIBILITY_TIMEOUT_SECS, Parker, ReceivedMessage,
     max_receive_count_from_redrive_policy,
 };
 use crate::worker::{process_batch, redrive_imminent};
+use runtime::report::error_chain;
 
 /// First visibility delay of a message that failed transiently; doubles per receive.
 pub const STORE_RETRY_VISIBILITY_BASE: Duration = Duration::from_secs(30);
@@ -106,7 +106,7 @@ pub struct SqsMessageAttribute {
     pub data_type: Option<String>,
 }
 
-pub use ops::{BatchItemFailure, BatchResponse};
+pub use runtime::lambda::{BatchItemFailure, BatchResponse};
 
 /// The invocation failed as a whole; the service retries every message.
 #[derive(Debug, thiserror::Error)]
@@ -483,11 +483,8 @@ impl SubscriberLambda {
                 })
                 .collect(),
         };
-        let budget = deadline.map(|d| {
-            d.duration_since(SystemTime::now())
-                .unwrap_or_default()
-                .saturating_sub(self.deadline_margin)
-        });
+        let budget =
+            runtime::lambda::work_budget(deadline, self.deadline_margin, SystemTime::now());
         if budget == Some(Duration::ZERO) {
             warn!(
                 messages = messages.len(),

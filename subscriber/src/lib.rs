@@ -28,7 +28,6 @@
 //! - [`lambda`] — the `subscriber-lambda` handler: SQS event → [`worker::process_batch`]
 //!   → partial batch response, with its own lenient event types and a lazily created
 //!   pool per execution environment.
-//! - [`telemetry`] — the tracing subscriber the binaries install.
 //! - [`MIGRATOR`] — the analytics store's migrations (`migrations/` at the workspace root).
 
 pub mod apply;
@@ -43,7 +42,6 @@ pub mod readiness;
 pub mod secret;
 pub mod source;
 pub mod status;
-pub mod telemetry;
 pub mod worker;
 
 /// The analytics store's schema migrations, embedded at compile time.
@@ -51,32 +49,3 @@ pub mod worker;
 /// Forward-only; applied by `subscriber migrate`, or on start with
 /// `SUBSCRIBER_MIGRATE_ON_START=true`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// An error and its sources, joined by `: `: the whole story on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors (the SDK's) repeat their source in their own message.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn error_chain_joins_the_sources() {
-        let err = crate::envelope::decode_body("{").unwrap_err();
-        let chain = crate::error_chain(&err);
-        assert!(
-            chain.starts_with("event does not decode: malformed json"),
-            "{chain}"
-        );
-    }
-}

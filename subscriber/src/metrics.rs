@@ -1,5 +1,5 @@
 //! The subscriber's metrics, one registry per process, served by `subscriber run` on
-//! `TRIBUTARY_METRICS_ADDR` (see [`ops`]).
+//! `TRIBUTARY_METRICS_ADDR` (see [`runtime`]).
 //!
 //! A process-wide registry rather than a parameter: the counters are bumped deep in
 //! [`crate::worker`] (and a Lambda handler reusing [`crate::worker::process_batch`]),
@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use ops::metrics::{BATCH_BUCKETS, LAG_BUCKETS_SECS, Metric, Registry};
+use runtime::metrics::{BATCH_BUCKETS, LAG_BUCKETS_SECS, Metric, Registry};
 use time::OffsetDateTime;
 
 /// The reason codes a message can be parked with, declared at 0 so that a dashboard

@@ -4,8 +4,8 @@
 //! ([`probe_pool`]: one connection, named [`READINESS_APPLICATION_NAME`] in
 //! `pg_stat_activity`), never on the workers': a flood of requests cannot take the
 //! connections the workers apply with (which would fail their batches and open the
-//! store gate). The server ([`ops::server`]) also caches the verdict, so a flood runs
-//! the checks at most once per [`ops::server::READINESS_CACHE_TTL`].
+//! store gate). The server ([`runtime::server`]) also caches the verdict, so a flood runs
+//! the checks at most once per [`runtime::server::READINESS_CACHE_TTL`].
 
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ pub const READINESS_APPLICATION_NAME: &str = "tributary-subscriber-readyz";
 pub fn probe_pool(options: PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(ops::server::CHECK_TIMEOUT)
+        .acquire_timeout(runtime::server::CHECK_TIMEOUT)
         .connect_lazy_with(options.application_name(READINESS_APPLICATION_NAME))
 }
 
@@ -30,21 +30,21 @@ pub fn endpoints(
     probe_pool: PgPool,
     sqs: &aws_sdk_sqs::Client,
     queue_url: &str,
-) -> ops::server::Endpoints {
+) -> runtime::server::Endpoints {
     let sqs = sqs.clone();
     let queue_url = queue_url.to_owned();
-    ops::server::Endpoints {
+    runtime::server::Endpoints {
         registry: Arc::clone(&crate::metrics::metrics().registry),
         checks: vec![
-            ops::server::Check::new("database", move || {
+            runtime::server::Check::new("database", move || {
                 let pool = probe_pool.clone();
                 Box::pin(async move {
                     crate::apply::probe(&pool)
                         .await
-                        .map_err(|e| crate::error_chain(&e))
+                        .map_err(|e| runtime::report::error_chain(&e))
                 })
             }),
-            ops::server::Check::new("queue", move || {
+            runtime::server::Check::new("queue", move || {
                 let sqs = sqs.clone();
                 let queue_url = queue_url.clone();
                 Box::pin(async move {
@@ -54,7 +54,7 @@ pub fn endpoints(
                         .send()
                         .await
                         .map(|_| ())
-                        .map_err(|e| crate::error_chain(&e))
+                        .map_err(|e| runtime::report::error_chain(&e))
                 })
             }),
         ],

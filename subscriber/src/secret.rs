@@ -8,7 +8,7 @@
 //! <https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_GetSecretValue.html>
 
 use crate::config::DatabaseUrl;
-use crate::error_chain;
+use runtime::report::error_chain;
 
 /// SQLSTATEs of a refused login: `invalid_password` and
 /// `invalid_authorization_specification` (no such role, no pg_hba entry).

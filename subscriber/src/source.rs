@@ -18,7 +18,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tracing::{debug, error, instrument, warn};
 use url::Url;
 
-use crate::error_chain;
+use runtime::report::error_chain;
 
 // SQS limits.
 // <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html>
@@ -387,7 +387,7 @@ impl SqsSource {
         let max_messages = max_messages.clamp(1, self.receive.max_messages);
         // The answer to a long poll of an idle queue comes after the whole wait: the
         // client's attempt and operation bounds are widened by it for this call.
-        let timeouts = ops::aws::long_poll_timeouts(
+        let timeouts = runtime::aws::long_poll_timeouts(
             self.client.config().timeout_config(),
             Duration::from_secs(u64::from(wait_time_secs)),
         );
@@ -566,7 +566,7 @@ impl DeadLetterQueue {
         detail: &str,
     ) -> Result<(), SourceError> {
         // A decode error's text may quote a character SQS refuses in an attribute.
-        let detail = ops::sqs_text::sanitize_text(detail);
+        let detail = runtime::sqs_text::sanitize_text(detail);
         let attributes = dlq_attributes(message, reason_code, &detail, self.max_message_bytes);
         match self.send_copy(&message.body, attributes).await {
             Err(e) if !e.is_retryable() => {
@@ -590,7 +590,7 @@ impl DeadLetterQueue {
     ) -> Result<(), SourceError> {
         // The body came from SQS, so this is a no-op unless a caller parks text that
         // did not: then it keeps SQS from refusing the parked copy.
-        let body = ops::sqs_text::escape_json(body);
+        let body = runtime::sqs_text::escape_json(body);
         self.client
             .send_message()
             .queue_url(&self.url)

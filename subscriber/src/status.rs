@@ -192,7 +192,7 @@ async fn depth(sqs: &Client, url: &str) -> Result<QueueDepth, StatusError> {
         .await
         .map_err(|e| StatusError::Attributes {
             queue_url: url.to_owned(),
-            message: crate::error_chain(&e),
+            message: runtime::report::error_chain(&e),
         })?;
     let get = |name: QueueAttributeName| {
         out.attributes()
@@ -221,7 +221,7 @@ pub struct Peeked {
 async fn peek(sqs: &Client, url: &str, limit: usize) -> Result<Vec<Peeked>, StatusError> {
     let err = |e: &dyn std::error::Error| StatusError::Peek {
         queue_url: url.to_owned(),
-        message: crate::error_chain(e),
+        message: runtime::report::error_chain(e),
     };
     let mut seen: BTreeMap<String, (Peeked, String)> = BTreeMap::new();
     let mut empty_receives = 0;

@@ -26,11 +26,11 @@ use tracing::{Instrument, debug, error, info, info_span, instrument, warn};
 use crate::apply::{ApplyError, ApplyReport, FailureKind, apply_atomically, probe_with_good_event};
 use crate::config::RunConfig;
 use crate::envelope::decode_body;
-use crate::error_chain;
 use crate::gate::{Admission, StoreGate};
 use crate::isolation::{KeepStep, keep_step};
 use crate::pace::{ArrivalMeter, behind, fill_wait, lag_threshold};
 use crate::source::{Parker, ReceiveSettings, ReceivedMessage, SourceError, SqsSource};
+use runtime::report::error_chain;
 
 /// Reason code of a message whose event the database refuses on its own (a data
 /// exception or a constraint violation).
@@ -52,7 +52,7 @@ pub const EMPTY_SHORT_POLL_PAUSE: Duration = Duration::from_secs(1);
 /// Messages a half-open [`StoreGate`] lets through on trial: one message's receive
 /// count is what a failed trial costs.
 pub const TRIAL_MESSAGES: u8 = 1;
-pub use ops::shutdown::FORCED_EXIT_STATUS;
+pub use runtime::shutdown::FORCED_EXIT_STATUS;
 
 /// What became of each message of a batch, by message id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,7 +121,7 @@ async fn connect_until_bound(
                 attempt += 1;
                 let delay = bind_delay(attempt, rand::random::<f64>());
                 warn!(
-                    error = %crate::error_chain(&e),
+                    error = %runtime::report::error_chain(&e),
                     attempt,
                     retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     "Could not bind the queue yet; trying again."
@@ -216,19 +216,6 @@ pub async fn run(
         0 => Ok(()),
         count => Err(RunError::WorkerPanicked { count }),
     }
-}
-
-/// A token cancelled on the first SIGTERM (container stop, Lambda/ECS shutdown) or
-/// SIGINT (Ctrl-C): [`run`] then stops receiving and drains the batches in flight. A
-/// second signal exits the process at once with [`FORCED_EXIT_STATUS`].
-///
-/// # Errors
-/// The SIGTERM handler could not be installed.
-pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
-    ops::shutdown::on_signals(ops::shutdown::ShutdownNotes {
-        draining: "Shutdown requested, finishing the batches in flight.",
-        forced: "Second shutdown signal, exiting now; messages in flight come back after their visibility timeout.",
-    })
 }
 
 /// How a worker gathers a backlog into one transaction.

@@ -18,9 +18,9 @@ use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName
 use contracts::{Position, Profile};
 use publisher::bootstrap::{Names, Resources, bootstrap};
 use publisher::demo::ProfileWriter;
-use publisher::pipeline::Clients;
 use publisher::record::{Item, project};
 use publisher::stream::convert_item;
+use runtime::aws::Clients;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Row};
 use tokio::process::{Child, Command};
@@ -65,7 +65,14 @@ pub fn bin(name: &str) -> Result<PathBuf> {
         let mut cmd = std::process::Command::new(cargo);
         // The same selection as scripts/test.sh's build step: another selection unifies
         // dependency features differently and would rebuild half the dependency tree.
-        cmd.args(["build", "--quiet", "--workspace", "--all-targets"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--all-targets",
+            "--features",
+            "tributary-e2e/e2e",
+        ]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
@@ -136,7 +143,7 @@ impl Stack {
     pub async fn on_server(admin_url: String) -> Result<Stack> {
         require_env()?;
         let id = random_id();
-        let config = publisher::aws_config().await;
+        let config = runtime::aws::default_sdk_config().await;
         let clients = Clients::new(&config);
         let names = Names {
             table: format!("profiles-{id}"),

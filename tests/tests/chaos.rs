@@ -27,7 +27,7 @@
 //! `TRIBUTARY_CHAOS_LATE_PERCENT` (5), `TRIBUTARY_CHAOS_VISIBILITY_SECS` (6),
 //! `TRIBUTARY_CHAOS_SEED` (random, printed).
 //! `scripts/chaos.sh` runs it at a chosen scale.
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::collections::{BTreeMap, HashMap, HashSet};

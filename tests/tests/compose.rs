@@ -2,7 +2,7 @@
 //! (Debian's docker-compose parses and validates it; every environment variable set
 //! for a tributary binary must be one its `--help` lists). These tests make sure the
 //! check passes on the real file and fails on a typo or a bare-start dependency.
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //!   run prints (stdout or stderr, at `RUST_LOG=debug`);
 //! - TLS to PostgreSQL with `sslmode=verify-full` and a CA file, against a private
 //!   cluster with a certificate from a CA made here with openssl.
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::path::Path;
@@ -436,6 +436,74 @@ async fn a_bad_setting_stops_each_binary_at_start_with_one_line_naming_it() -> R
             &subscriber,
             ("TRIBUTARY_AWS_OPERATION_TIMEOUT_MS", "0"),
             "TRIBUTARY_AWS_OPERATION_TIMEOUT_MS",
+        ),
+        // Every other binary reads its command line the same way.
+        (
+            "publisher-lambda",
+            &[],
+            &publisher,
+            ("PUBLISHER_TOPIC_ARN", "profile-changes"),
+            "PUBLISHER_TOPIC_ARN",
+        ),
+        (
+            "publisher-lambda",
+            &[],
+            &publisher,
+            ("TRIBUTARY_LAMBDA_DEADLINE_MARGIN_MS", "soon"),
+            "TRIBUTARY_LAMBDA_DEADLINE_MARGIN_MS",
+        ),
+        (
+            "subscriber-lambda",
+            &[],
+            &lambda,
+            ("SUBSCRIBER_DLQ_URL", "dlq"),
+            "SUBSCRIBER_DLQ_URL",
+        ),
+        (
+            "bootstrap",
+            &[],
+            &[("AWS_REGION", "us-east-1")],
+            ("BOOTSTRAP_MAX_RECEIVE_COUNT", "many"),
+            "BOOTSTRAP_MAX_RECEIVE_COUNT",
+        ),
+        (
+            "bootstrap",
+            &[],
+            &[("AWS_REGION", "us-east-1")],
+            ("TRIBUTARY_LOG_FORMAT", "loud"),
+            "TRIBUTARY_LOG_FORMAT",
+        ),
+        (
+            "demo-writer",
+            &[],
+            &[("AWS_REGION", "us-east-1")],
+            ("DEMO_COUNT", "many"),
+            "DEMO_COUNT",
+        ),
+        (
+            "demo-writer",
+            &[],
+            &[("AWS_REGION", "us-east-1")],
+            ("TRIBUTARY_AWS_CONNECT_TIMEOUT_MS", "0"),
+            "TRIBUTARY_AWS_CONNECT_TIMEOUT_MS",
+        ),
+        (
+            "replay",
+            &["snapshot"],
+            &[
+                ("REPLAY_TABLE", "profiles"),
+                ("REPLAY_TO", "arn:aws:sns:us-east-1:000000000000:t"),
+                ("AWS_REGION", "us-east-1"),
+            ],
+            ("REPLAY_SEGMENTS", "0"),
+            "REPLAY_SEGMENTS",
+        ),
+        (
+            "tributary-bench",
+            &["apply", "--events", "many"],
+            &[],
+            ("RUST_LOG", "warn"),
+            "--events",
         ),
     ];
     let mut wrong = Vec::new();

@@ -9,7 +9,7 @@
 //!   valid items that must be published).
 //! - `publisher/record/<reason>/*.json`: stream records DynamoDB cannot produce, fed to
 //!   the record decoder directly (`published/`: good records of every kind).
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,7 +1,7 @@
 //! End-to-end: what the infrastructure around the binaries must guarantee — bodies SQS
 //! accepts whatever a profile holds, a dead-letter queue for what SNS cannot deliver
 //! (and its redrive), and who may put messages on the queue.
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::time::{Duration, Instant};
@@ -91,7 +91,7 @@ async fn an_item_holding_characters_sqs_refuses_replicates_exactly() -> Result<(
         let body = m.body.as_deref().unwrap_or_default();
         let refused: Vec<String> = body
             .chars()
-            .filter(|&c| ops::sqs_text::needs_escape(c))
+            .filter(|&c| runtime::sqs_text::needs_escape(c))
             .map(|c| format!("U+{:04X}", u32::from(c)))
             .collect();
         assert!(refused.is_empty(), "raw {refused:?} in a published body");
@@ -190,8 +190,8 @@ async fn an_event_sns_could_not_deliver_waits_in_the_delivery_dlq_and_replay_ret
     .await?;
 
     // The queue comes back (bootstrap is idempotent: same name, same URL).
-    let config = publisher::aws_config().await;
-    let clients = publisher::pipeline::Clients::new(&config);
+    let config = runtime::aws::default_sdk_config().await;
+    let clients = runtime::aws::Clients::new(&config);
     let again = publisher::bootstrap::bootstrap(&clients, &names(&stack)).await?;
     assert_eq!(again.queue_url, r.queue_url);
     let out = tokio::process::Command::new(e2e::bin("replay")?)

@@ -4,7 +4,7 @@
 //! with events built from what the real DynamoDB Local stream produced; then both
 //! binaries under cargo-lambda's local Lambda runtime emulator.
 //! Run with `scripts/test.sh`, which starts the emulators and installs cargo-lambda.
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -304,7 +304,7 @@ async fn subscriber_lambda_backs_off_through_a_database_outage_and_dead_letters_
 /// A Secrets Manager client on the emulator (moto and LocalStack both serve it on the
 /// endpoint they serve SQS on).
 async fn secrets_client() -> aws_sdk_secretsmanager::Client {
-    let config = publisher::aws_config().await;
+    let config = runtime::aws::default_sdk_config().await;
     let endpoint = std::env::var("AWS_ENDPOINT_URL_SECRETS_MANAGER")
         .or_else(|_| std::env::var("AWS_ENDPOINT_URL_SQS"))
         .expect("the emulator's endpoint is set");
@@ -954,7 +954,7 @@ async fn publisher_binary_answers_under_cargo_lambdas_runtime_emulator() -> Resu
 }
 
 /// Under `cargo lambda watch --only-lambda-apis` (1.9.2) the deadline header carries
-/// the function's timeout, not an epoch time; `ops::invocation_deadline` reads it so,
+/// the function's timeout, not an epoch time; `runtime::invocation_deadline` reads it so,
 /// and the subscriber binary applies the batch instead of reporting it all for retry.
 #[tokio::test]
 async fn subscriber_binary_answers_under_cargo_lambdas_runtime_emulator() -> Result<()> {

@@ -2,7 +2,7 @@
 //! `publisher` and `subscriber run` while events flow; readiness when PostgreSQL goes
 //! away (a proxy between the subscriber and the shared server is cut — the server
 //! itself is never touched); `subscriber status` against a state set up on purpose.
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! End-to-end: DynamoDB Local stream → `publisher` → moto SNS → moto SQS → `subscriber`
 //! → PostgreSQL, with the real binaries. Each test owns its resources (random names)
 //! and its database. Run with `scripts/test.sh`, which starts the emulators.
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::collections::{HashMap, HashSet};

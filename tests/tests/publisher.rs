@@ -4,7 +4,7 @@
 //! DynamoDB Local gives a stream one shard and never splits it, so what needs several
 //! shards (the other shards going on while one is paused, more shards ready than
 //! `--max-shards`) is tested as a unit in `publisher::pipeline`.
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::collections::{HashMap, HashSet};

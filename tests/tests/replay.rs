@@ -1,7 +1,7 @@
 //! End-to-end tests of `replay` (snapshot, dlq, verify/repair): the real binary against
 //! DynamoDB Local, moto (SNS, SQS) and PostgreSQL, beside the real `publisher` and
 //! `subscriber`. Run with `scripts/test.sh`, which starts the emulators.
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::path::Path;

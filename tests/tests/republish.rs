@@ -2,7 +2,7 @@
 //! `publisher` and `replay` binaries (and the Lambda handler) against DynamoDB Local,
 //! moto (SNS, SQS) and PostgreSQL. Run with `scripts/test.sh`, which starts the
 //! emulators.
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::collections::HashMap;
@@ -336,7 +336,7 @@ async fn a_batch_the_stream_mapping_gave_up_on_is_republished_whole_from_its_s3_
     });
     // The bucket is on the same emulator (AWS_ENDPOINT_URL_S3), addressed by path.
     let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&publisher::aws_config().await)
+        aws_sdk_s3::config::Builder::from(&runtime::aws::default_sdk_config().await)
             .force_path_style(true)
             .build(),
     );

@@ -9,7 +9,7 @@
 //!   while messages are in flight elsewhere, and splits its sends by total size.
 //!
 //! The real binaries against moto, DynamoDB Local and PostgreSQL.
-
+#![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::process::Stdio;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use publisher::demo::{ProfileWriter, Traffic, TrafficPlan};
-use publisher::telemetry;
+use runtime::shutdown::ShutdownNotes;
 
 /// Writes profile traffic to the table as the User Profile service would: sign-ups,
 /// edits (optimistic concurrency on `version`), deletions and re-creations of deleted
@@ -33,19 +33,21 @@ struct Cli {
     /// docker-compose the writer may start before `bootstrap` has created it).
     #[arg(long, env = "DEMO_TABLE_WAIT_SECS", default_value = "120")]
     table_wait_secs: u64,
-    /// Log format: auto, json or text. RUST_LOG filters (default `info`).
-    #[arg(long, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value = "auto")]
-    log_format: telemetry::LogFormat,
     #[command(flatten)]
-    aws: ops::aws::AwsArgs,
+    log: runtime::telemetry::LogArgs,
+    #[command(flatten)]
+    aws: runtime::aws::AwsArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    let shutdown = telemetry::shutdown_on_signals();
-    let client = aws_sdk_dynamodb::Client::new(&ops::aws::sdk_config(&cli.aws).await);
+    let cli: Cli = runtime::cli::parse_or_exit();
+    runtime::telemetry::init(cli.log);
+    let shutdown = runtime::shutdown::install(ShutdownNotes {
+        draining: "Shutdown requested, stopping after the write in flight.",
+        forced: "Second shutdown signal, exiting now.",
+    });
+    let client = aws_sdk_dynamodb::Client::new(&runtime::aws::sdk_config(&cli.aws).await);
     let writer = ProfileWriter::new(client, cli.table.clone());
     if let Err(e) = writer
         .wait_for_table(

@@ -6,12 +6,13 @@ use publisher::config::PublisherLambdaConfig;
 use publisher::lambda::{PublisherLambda, StreamEvent};
 use publisher::park::FailureQueue;
 use publisher::sink::SnsSink;
-use publisher::telemetry;
+use runtime::shutdown::ShutdownNotes;
 
 /// Publishes each record of a DynamoDB-stream batch as a versioned change event to SNS
 /// and answers with a partial batch response naming the first unfinished record.
-/// Records that can never be published are parked (keys, position, reason) in the
-/// failure queue.
+/// Records that can never be published are parked (keys, position and reason) in the
+/// failure queue. SIGTERM answers the invocation in flight, then exits 0; a second
+/// SIGTERM or Ctrl-C exits at once with 130.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -21,29 +22,26 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let config = Cli::parse().config;
-    telemetry::init(config.log_format);
-    let aws = ops::aws::sdk_config(&config.aws).await;
+    let config = runtime::cli::parse_or_exit::<Cli>().config;
+    runtime::telemetry::init(config.log);
+    let shutdown = runtime::shutdown::install(ShutdownNotes {
+        draining: "Shutdown requested, answering the invocation in flight.",
+        forced: "Second shutdown signal, exiting now; Lambda retries the unanswered batch.",
+    });
+    let aws = runtime::aws::sdk_config(&config.aws).await;
     let handler = PublisherLambda {
         sink: SnsSink::new(aws_sdk_sns::Client::new(&aws), config.topic_arn),
         failures: FailureQueue::new(
             aws_sdk_sqs::Client::new(&aws),
-            Some(config.failure_queue_url),
+            Some(config.failure_queue_url.to_string()),
         ),
         emit: config.schema_version.into(),
         table: config.table,
         deadline_margin: config.deadline_margin,
     };
-    let handler = &handler;
-    lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: lambda_runtime::LambdaEvent<StreamEvent>| async move {
-            let deadline =
-                ops::invocation_deadline(event.context.deadline, std::time::SystemTime::now());
-            handler
-                .handle(event.payload, Some(deadline))
-                .await
-                .map_err(lambda_runtime::Error::from)
-        },
-    ))
+    runtime::lambda::serve(
+        |event: StreamEvent, deadline| handler.handle(event, Some(deadline)),
+        shutdown,
+    )
     .await
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use publisher::config::PublisherConfig;
-use publisher::pipeline::{Clients, Health, Pipeline, PipelineError};
-use publisher::telemetry;
+use publisher::pipeline::{Health, Pipeline, PipelineError};
+use runtime::aws::Clients;
+use runtime::shutdown::ShutdownNotes;
 
 /// Publishes every change of a DynamoDB table (from its NEW_AND_OLD_IMAGES stream) as
 /// a versioned change event to an SNS topic, at least once, checkpointing per shard.
@@ -22,10 +23,13 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli: Cli = publisher::config::parse_or_exit();
-    telemetry::init(cli.config.log_format);
-    let shutdown = telemetry::shutdown_on_signals();
-    let clients = Clients::new(&ops::aws::sdk_config(&cli.config.aws).await);
+    let cli: Cli = runtime::cli::parse_or_exit();
+    runtime::telemetry::init(cli.config.log);
+    let shutdown = runtime::shutdown::install(ShutdownNotes {
+        draining: "Shutdown requested, finishing in-flight work.",
+        forced: "Second shutdown signal, exiting now; what was in flight is read again on restart.",
+    });
+    let clients = Clients::new(&runtime::aws::sdk_config(&cli.config.aws).await);
     let pipeline = match Pipeline::build(&cli.config, &clients, &shutdown).await {
         Ok(p) => Arc::new(p),
         Err(PipelineError::Interrupted) => {
@@ -34,7 +38,7 @@ async fn main() -> ExitCode {
         }
         Err(e) if e.is_bad_setting() => {
             tracing::error!(error = %e, "Cannot start.");
-            return ExitCode::from(2);
+            return ExitCode::from(runtime::cli::BAD_SETTING);
         }
         Err(e) => {
             tracing::error!(error = %e, "Cannot start.");
@@ -43,9 +47,9 @@ async fn main() -> ExitCode {
     };
     if let Some(addr) = cli.config.ops.metrics_addr {
         let endpoints = operator_endpoints(&clients, &cli.config, &pipeline.health);
-        if let Err(e) = ops::server::serve(addr, endpoints, shutdown.clone()).await {
+        if let Err(e) = runtime::server::serve(addr, endpoints, shutdown.clone()).await {
             tracing::error!(%addr, error = %e, "Cannot serve TRIBUTARY_METRICS_ADDR.");
-            return ExitCode::from(2);
+            return ExitCode::from(runtime::cli::BAD_SETTING);
         }
     }
     tracing::info!(table = %cli.config.table, topic_arn = %cli.config.topic_arn, stream_arn = %pipeline.origin.stream_arn, schema_version = %pipeline.emit, "Publisher starting.");
@@ -64,16 +68,16 @@ fn operator_endpoints(
     clients: &Clients,
     config: &PublisherConfig,
     health: &Arc<Health>,
-) -> ops::server::Endpoints {
+) -> runtime::server::Endpoints {
     let health = Arc::clone(health);
     let dynamodb = clients.dynamodb.clone();
     let sns = clients.sns.clone();
     let table = config.checkpoint_table.clone();
     let topic_arn = config.topic_arn.clone();
-    ops::server::Endpoints {
+    runtime::server::Endpoints {
         registry: Arc::clone(&publisher::metrics::metrics().registry),
         checks: vec![
-            ops::server::Check::new("pipeline", move || {
+            runtime::server::Check::new("pipeline", move || {
                 let problems = health.problems();
                 Box::pin(async move {
                     if problems.is_empty() {
@@ -83,7 +87,7 @@ fn operator_endpoints(
                     }
                 })
             }),
-            ops::server::Check::new("checkpoint_table", move || {
+            runtime::server::Check::new("checkpoint_table", move || {
                 let dynamodb = dynamodb.clone();
                 let table = table.clone();
                 Box::pin(async move {
@@ -93,10 +97,10 @@ fn operator_endpoints(
                         .send()
                         .await
                         .map(|_| ())
-                        .map_err(|e| publisher::describe_sdk_error(&e))
+                        .map_err(|e| runtime::report::describe_sdk_error(&e))
                 })
             }),
-            ops::server::Check::new("topic", move || {
+            runtime::server::Check::new("topic", move || {
                 let sns = sns.clone();
                 let topic_arn = topic_arn.clone();
                 Box::pin(async move {
@@ -105,7 +109,7 @@ fn operator_endpoints(
                         .send()
                         .await
                         .map(|_| ())
-                        .map_err(|e| aws_sdk_sns::error::DisplayErrorContext(e).to_string())
+                        .map_err(|e| runtime::report::describe_sdk_error(&e))
                 })
             }),
         ],

@@ -4,30 +4,35 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use contracts::SchemaVersion;
-use publisher::pipeline::Clients;
 use replay::cli::{Cli, Command, DlqArgs, RepublishArgs, SnapshotArgs, VerifyArgs};
 use replay::{dlq, republish, snapshot, verify};
+use runtime::aws::Clients;
+use runtime::shutdown::ShutdownNotes;
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
 
 /// A setting that is wrong (a table or queue that does not exist, an unusable state
 /// file): reported like a bad flag, with status 2.
-const BAD_SETTING: u8 = 2;
+const BAD_SETTING: u8 = runtime::cli::BAD_SETTING;
 const FAILED: u8 = 1;
-const INTERRUPTED: u8 = replay::signals::INTERRUPTED;
+/// Exit status of a command stopped by a signal (128 + SIGINT), whether it drained (the
+/// first signal) or not (the second).
+const INTERRUPTED: u8 = 130;
+const _: () = assert!(INTERRUPTED as i32 == runtime::shutdown::FORCED_EXIT_STATUS);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli: Cli = subscriber::config::parse_or_exit();
-    publisher::telemetry::init(cli.log_format);
-    let shutdown = match replay::signals::shutdown_on_signals() {
-        Ok(token) => token,
-        Err(e) => {
-            eprintln!("error: cannot install the signal handlers: {e}");
-            return ExitCode::from(FAILED);
-        }
-    };
-    let aws = ops::aws::sdk_config(&cli.aws).await;
+    let cli: Cli = runtime::cli::parse_or_exit();
+    runtime::telemetry::init(cli.log);
+    // The first signal: a snapshot finishes its pages in flight and saves its state, a
+    // redrive stops after its batch in flight and releases what it holds, and the
+    // command exits 130. A second signal exits 130 at once (the state file then holds
+    // the last page saved; what was in flight is sent again on resume).
+    let shutdown = runtime::shutdown::install(ShutdownNotes {
+        draining: "Stopping after the work in flight; a second signal exits at once.",
+        forced: "Second signal, exiting now; the work in flight is redone by the next run.",
+    });
+    let aws = runtime::aws::sdk_config(&cli.aws).await;
     let clients = Clients::new(&aws);
     let code = match cli.command {
         Command::Snapshot(args) => run_snapshot(&clients, args, cli.json, &shutdown).await,

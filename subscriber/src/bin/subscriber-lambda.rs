@@ -1,10 +1,9 @@
 //! `subscriber-lambda` — the subscriber as an AWS Lambda function behind an SQS
 //! event-source mapping. Wiring only: the handler is [`subscriber::lambda`].
 
-#![recursion_limit = "256"]
-
 use std::time::Duration;
 
+use runtime::shutdown::ShutdownNotes;
 use subscriber::config::{LambdaConfig, check_database_tls};
 use subscriber::lambda::{SqsEvent, SubscriberLambda};
 use subscriber::secret::DatabaseSecret;
@@ -12,13 +11,16 @@ use subscriber::source::{DeadLetterQueue, MAX_MESSAGE_BYTES};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let config = LambdaConfig::parse_or_exit();
-    subscriber::telemetry::init(config.log_format);
-    let aws = ops::aws::sdk_config(&config.aws).await;
+    let config: LambdaConfig = runtime::cli::parse_or_exit();
+    runtime::telemetry::init(config.log);
+    let shutdown = runtime::shutdown::install(ShutdownNotes {
+        draining: "Shutdown requested, answering the invocation in flight.",
+        forced: "Second shutdown signal, exiting now; the unanswered batch comes back after its visibility timeout.",
+    });
+    let aws = runtime::aws::sdk_config(&config.aws).await;
     let db = &config.database;
     if let Err(line) = db.validate() {
-        eprintln!("{line}");
-        std::process::exit(2);
+        runtime::cli::exit_bad_setting(&line);
     }
     let secret = db
         .database_secret_arn
@@ -37,16 +39,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         (None, None) => unreachable!("clap requires one of the two"),
     };
     if let Err(line) = check_database_tls(&url, db.allow_insecure_database_tls) {
-        eprintln!("{line}");
-        std::process::exit(2);
+        runtime::cli::exit_bad_setting(&line);
     }
-    let connect = match url.consumer_connect_options() {
-        Ok(options) => options,
-        Err(e) => {
-            eprintln!("error: invalid value for --database-url (env DATABASE_URL): {e}");
-            std::process::exit(2);
-        }
-    };
+    let connect = url.consumer_connect_options().unwrap_or_else(|e| {
+        runtime::cli::exit_bad_setting(&format!(
+            "error: invalid value for --database-url (env DATABASE_URL): {e}"
+        ))
+    });
     // After every check that can refuse the settings: it may warn, and a refusal must
     // stay the one line on stderr.
     config.topic.install();
@@ -66,16 +65,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         Some(secret) => handler.with_secret(secret, db.allow_insecure_database_tls),
         None => handler,
     };
-    let handler = &handler;
-    lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
-            let deadline =
-                ops::invocation_deadline(event.context.deadline, std::time::SystemTime::now());
-            handler
-                .handle(event.payload, Some(deadline))
-                .await
-                .map_err(lambda_runtime::Error::from)
-        },
-    ))
+    runtime::lambda::serve(
+        |event: SqsEvent, deadline| handler.handle(event, Some(deadline)),
+        shutdown,
+    )
     .await
 }

@@ -1,22 +1,34 @@
 //! `subscriber run` (consume until SIGTERM/SIGINT, drain, exit 0; a second signal exits
 //! 130 at once) and `subscriber migrate`.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use runtime::shutdown::ShutdownNotes;
 use sqlx::postgres::PgPoolOptions;
 use subscriber::config::{Cli, Command};
 use tracing::info;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse_or_exit();
-    subscriber::telemetry::init(cli.log_format);
+async fn main() -> ExitCode {
+    let cli: Cli = runtime::cli::parse_or_exit();
+    runtime::telemetry::init(cli.log);
     if let Err(line) = check_settings(&cli.command) {
-        eprintln!("{line}");
-        std::process::exit(2);
+        runtime::cli::exit_bad_setting(&line);
     }
-    match cli.command {
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the error and its causes on one line.
+            tracing::error!(error = format!("{e:#}"), "Subscriber failed.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Migrate(config) => {
             let url = &config.database.database_url;
             info!(database_url = %url, "Applying migrations.");
@@ -33,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(config) => {
             config.log_settings();
             config.topic.install();
-            let aws = ops::aws::sdk_config(&config.aws).await;
+            let aws = runtime::aws::sdk_config(&config.aws).await;
             let options = config
                 .database
                 .database_url
@@ -44,14 +56,16 @@ async fn main() -> anyhow::Result<()> {
                 .max_connections(config.db_max_connections())
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_lazy_with(options.clone());
-            let shutdown =
-                subscriber::worker::shutdown_on_signals().context("installing signal handlers")?;
+            let shutdown = runtime::shutdown::install(ShutdownNotes {
+                draining: "Shutdown requested, finishing the batches in flight.",
+                forced: "Second shutdown signal, exiting now; messages in flight come back after their visibility timeout.",
+            });
             let sqs = aws_sdk_sqs::Client::new(&aws);
             if let Some(addr) = config.ops.metrics_addr {
                 let probe = subscriber::readiness::probe_pool(options.clone());
                 let endpoints =
                     subscriber::readiness::endpoints(probe, &sqs, config.queue_url.as_str());
-                ops::server::serve(addr, endpoints, shutdown.clone())
+                runtime::server::serve(addr, endpoints, shutdown.clone())
                     .await
                     .with_context(|| format!("serving TRIBUTARY_METRICS_ADDR {addr}"))?;
             }
@@ -59,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
             info!("Subscriber stopped.");
         }
         Command::Status(config) => {
-            let aws = ops::aws::sdk_config(&config.aws).await;
+            let aws = runtime::aws::sdk_config(&config.aws).await;
             let pool = PgPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
@@ -73,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
             .context("status took too long")?
-            .map_err(|e| anyhow::anyhow!(subscriber::error_chain(&e)))?;
+            .map_err(|e| anyhow::anyhow!(runtime::report::error_chain(&e)))?;
             if config.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

@@ -107,6 +107,34 @@ pub async fn sdk_config(args: &AwsArgs) -> aws_config::SdkConfig {
         .await
 }
 
+/// [`sdk_config`] with the documented default timeouts, for tools without the
+/// `--aws-*-timeout-ms` flags (tests, benchmarks).
+pub async fn default_sdk_config() -> aws_config::SdkConfig {
+    sdk_config(&AwsArgs::default()).await
+}
+
+/// The AWS clients a process talks through, built once from one SDK configuration and
+/// cloned (cheaply: each is a handle) into whatever needs them.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub streams: aws_sdk_dynamodbstreams::Client,
+    pub sns: aws_sdk_sns::Client,
+    pub sqs: aws_sdk_sqs::Client,
+}
+
+impl Clients {
+    /// Every client from `config`.
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Clients {
+            dynamodb: aws_sdk_dynamodb::Client::new(config),
+            streams: aws_sdk_dynamodbstreams::Client::new(config),
+            sns: aws_sdk_sns::Client::new(config),
+            sqs: aws_sdk_sqs::Client::new(config),
+        }
+    }
+}
+
 /// The timeouts for one long poll that may wait `wait` for a message: the client's
 /// attempt and operation bounds, each widened by the wait, so an idle queue's answer
 /// (which comes after the whole wait) is not taken for a dead connection. Every field

@@ -50,3 +50,12 @@ pub fn on_signals(notes: ShutdownNotes) -> std::io::Result<CancellationToken> {
     });
     Ok(token)
 }
+
+/// [`on_signals`] for a binary's `main`: a handler that cannot be installed stops the
+/// program at start with one line and exit status 1.
+pub fn install(notes: ShutdownNotes) -> CancellationToken {
+    on_signals(notes).unwrap_or_else(|e| {
+        eprintln!("error: cannot install the SIGTERM and SIGINT handlers: {e}");
+        std::process::exit(1)
+    })
+}

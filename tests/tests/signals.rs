@@ -1,0 +1,314 @@
+//! Every binary has the same signal semantics (`runtime::shutdown`): the first SIGTERM
+//! or SIGINT drains what is in flight and the process exits with its documented status
+//! (0 for a service, 130 for a command it interrupted); a second signal exits 130 at
+//! once, whatever the drain is waiting for.
+//!
+//! Each binary is started against peers that accept connections and never answer (AWS,
+//! PostgreSQL), so that its work hangs the way it does behind a half-open connection.
+//! The Lambda binaries get a runtime API that hands out one invocation and then waits,
+//! so that the first signal finds an invocation in flight.
+#![cfg(feature = "e2e")]
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+/// A peer that accepts every connection and never says a word.
+async fn black_hole() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    Ok(addr)
+}
+
+/// A Lambda runtime API that answers the first `GET …/invocation/next` with `event`
+/// and every later request with silence: the one invocation stays in flight.
+async fn runtime_api(event: String) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut served = false;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 4096];
+            let n = socket.read(&mut request).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&request[..n]);
+            if !served && head.starts_with("GET /2018-06-01/runtime/invocation/next") {
+                served = true;
+                let deadline = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    + Duration::from_secs(600);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                     Lambda-Runtime-Aws-Request-Id: 8476a536-e9f4-11e8-9739-2dfe598c3fcd\r\n\
+                     Lambda-Runtime-Deadline-Ms: {}\r\n\
+                     Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:000000000000:function:f\r\n\
+                     Content-Length: {}\r\n\r\n{event}",
+                    deadline.as_millis(),
+                    event.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+            held.push(socket);
+        }
+    });
+    Ok(addr)
+}
+
+/// (binary, arguments, environment, what the first signal leads to, which signal)
+type Case<'a> = (
+    &'a str,
+    Vec<&'a str>,
+    Vec<(&'a str, String)>,
+    First,
+    &'a str,
+);
+
+/// What the first signal must lead to.
+#[derive(Debug, Clone, Copy)]
+enum First {
+    /// The drain ends by itself and the process exits with this status.
+    Exits(i32),
+    /// The drain waits on a peer that never answers: only the second signal ends it.
+    Hangs,
+}
+
+async fn exit_within(child: &mut Child, limit: Duration) -> Result<Option<Option<i32>>> {
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => Ok(Some(status?.code())),
+        Err(_) => Ok(None),
+    }
+}
+
+fn kill(child: &Child, sig: &str) -> Result<()> {
+    let pid = child.id().context("already exited")?;
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "kill -{sig} {pid}");
+    Ok(())
+}
+
+/// Starts `binary`, lets it reach its hanging call, signals it once, and (if it is
+/// still draining) twice; checks each step against `first`.
+async fn check(
+    binary: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    first: First,
+    signal: &str,
+) -> Result<()> {
+    let mut child = Command::new(e2e::bin(binary)?)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        // Every AWS call hangs for the whole test instead of timing out.
+        .env("TRIBUTARY_AWS_ATTEMPT_TIMEOUT_MS", "120000")
+        .env("TRIBUTARY_AWS_OPERATION_TIMEOUT_MS", "240000")
+        .env("TRIBUTARY_LOG_FORMAT", "text")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    if let Some(status) = child.try_wait()? {
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .await?;
+        bail!("{binary} exited ({status}) before any signal; stderr:\n{err}");
+    }
+    kill(&child, signal)?;
+    let after_first = exit_within(&mut child, Duration::from_secs(5)).await?;
+    match (first, after_first) {
+        (First::Exits(want), Some(code)) if code == Some(want) => return Ok(()),
+        (First::Exits(want), Some(code)) => {
+            bail!("{binary}: exit {code:?} after the first SIG{signal}, expected {want}")
+        }
+        (First::Exits(want), None) => {
+            bail!("{binary}: still running 5 s after the first SIG{signal}, expected exit {want}")
+        }
+        (First::Hangs, Some(code)) => {
+            bail!(
+                "{binary}: exited {code:?} on the first SIG{signal}: its drain did not hang, no test"
+            )
+        }
+        (First::Hangs, None) => {}
+    }
+    kill(&child, "TERM")?;
+    match exit_within(&mut child, Duration::from_secs(5)).await? {
+        Some(Some(130)) => Ok(()),
+        other => bail!("{binary}: {other:?} after the second signal, expected exit 130"),
+    }
+}
+
+#[tokio::test]
+async fn every_binary_drains_on_the_first_signal_and_exits_130_on_the_second() -> Result<()> {
+    let aws = format!("http://{}", black_hole().await?);
+    let pg = black_hole().await?;
+    let hung_db = format!("postgres://postgres@{pg}/analytics");
+    let queue = format!("{aws}/000000000000/analytics");
+    let topic = "arn:aws:sns:us-east-1:000000000000:profile-changes".to_owned();
+    let endpoint = ("AWS_ENDPOINT_URL", aws.clone());
+
+    let stream_event = serde_json::json!({"Records": [{
+        "eventID": "1", "eventName": "INSERT", "eventSourceARN":
+        "arn:aws:dynamodb:us-east-1:000000000000:table/profiles/stream/2026-01-01T00:00:00.000",
+        "dynamodb": {"Keys": {"user_id": {"S": "u1"}}, "SequenceNumber": "100",
+            "NewImage": {"user_id": {"S": "u1"}, "version": {"N": "1"},
+                "email": {"S": "a@example.com"}, "display_name": {"S": "A"},
+                "created_at": {"S": "2026-01-01T00:00:00Z"},
+                "updated_at": {"S": "2026-01-01T00:00:00Z"}}}}]})
+    .to_string();
+    let sqs_event = serde_json::json!({"Records": [{
+        "messageId": "m1", "receiptHandle": "r1", "body": "{}",
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:analytics"}]})
+    .to_string();
+    let publisher_api = runtime_api(stream_event).await?;
+    let subscriber_api = runtime_api(sqs_event).await?;
+
+    let publisher_env = vec![
+        endpoint.clone(),
+        ("PUBLISHER_TABLE", "profiles".to_owned()),
+        ("PUBLISHER_TOPIC_ARN", topic.clone()),
+        ("PUBLISHER_CHECKPOINT_TABLE", "checkpoints".to_owned()),
+        (
+            "PUBLISHER_FAILURE_QUEUE_URL",
+            format!("{aws}/000000000000/f"),
+        ),
+    ];
+    let cases: Vec<Case> = vec![
+        // Services at start, their first call (DescribeTable, GetQueueAttributes) in
+        // flight: the drain waits for it (up to the AWS operation timeout).
+        (
+            "publisher",
+            vec![],
+            publisher_env.clone(),
+            First::Hangs,
+            "TERM",
+        ),
+        (
+            "subscriber",
+            vec!["run"],
+            vec![
+                endpoint.clone(),
+                ("DATABASE_URL", hung_db.clone()),
+                ("SUBSCRIBER_QUEUE_URL", queue.clone()),
+            ],
+            First::Hangs,
+            "INT",
+        ),
+        // The Lambda binaries: the invocation in flight (publishing to a silent SNS,
+        // or applying against a silent PostgreSQL) holds the drain.
+        (
+            "publisher-lambda",
+            vec![],
+            vec![
+                endpoint.clone(),
+                ("AWS_LAMBDA_RUNTIME_API", publisher_api.to_string()),
+                ("AWS_LAMBDA_FUNCTION_NAME", "publisher".into()),
+                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
+                ("AWS_LAMBDA_FUNCTION_VERSION", "1".into()),
+                ("PUBLISHER_TOPIC_ARN", topic.clone()),
+                (
+                    "PUBLISHER_FAILURE_QUEUE_URL",
+                    format!("{aws}/000000000000/f"),
+                ),
+            ],
+            First::Hangs,
+            "TERM",
+        ),
+        (
+            "subscriber-lambda",
+            vec![],
+            vec![
+                endpoint.clone(),
+                ("AWS_LAMBDA_RUNTIME_API", subscriber_api.to_string()),
+                ("AWS_LAMBDA_FUNCTION_NAME", "subscriber".into()),
+                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
+                ("AWS_LAMBDA_FUNCTION_VERSION", "1".into()),
+                ("DATABASE_URL", hung_db.clone()),
+                ("SUBSCRIBER_DLQ_URL", format!("{aws}/000000000000/dlq")),
+            ],
+            First::Hangs,
+            "TERM",
+        ),
+        // Commands: interrupted, they say so with 130.
+        (
+            "bootstrap",
+            vec![],
+            vec![endpoint.clone()],
+            First::Exits(130),
+            "TERM",
+        ),
+        (
+            "replay",
+            vec!["snapshot", "--table", "profiles", "--to", &topic],
+            vec![endpoint.clone()],
+            First::Hangs,
+            "INT",
+        ),
+        (
+            "tributary-bench",
+            vec![
+                "apply",
+                "--events",
+                "10",
+                "--keys",
+                "2",
+                "--peer-events",
+                "2",
+            ],
+            vec![("DATABASE_URL", format!("postgres://postgres@{pg}/postgres"))],
+            First::Exits(130),
+            "TERM",
+        ),
+        // The demo writer's PutItem hangs: only the second signal ends it.
+        (
+            "demo-writer",
+            vec!["--table", "profiles", "--table-wait-secs", "1"],
+            vec![endpoint.clone()],
+            First::Hangs,
+            "INT",
+        ),
+    ];
+    let checks = cases
+        .iter()
+        .map(|(binary, args, env, first, signal)| async move {
+            check(binary, args, env, *first, signal)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        });
+    // At once: each check waits on its own child.
+    let wrong: Vec<String> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .filter_map(std::result::Result::err)
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    Ok(())
+}
