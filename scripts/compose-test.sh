@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The container stack, end to end: what README.md ("docker-compose") tells a user to
+# The container stack, end to end: what docs/containers.md tells a user to
 # look at, checked on the real stack that scripts/compose-up.sh starts (the project's
 # image from the Dockerfile, docker-compose.yml with the stand-in override, podman).
 #

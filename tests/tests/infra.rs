@@ -277,7 +277,7 @@ async fn an_sns_envelope_from_another_topic_is_parked_and_one_from_the_topic_app
     stack.teardown().await
 }
 
-/// The README's repair path for a key frozen by a forged far-ahead version: the SQL it
+/// The repair path docs/operating.md gives for a key frozen by a forged far-ahead version: the SQL it
 /// gives, then `replay verify --repair`, bring the key back to the source.
 #[tokio::test]
 async fn a_key_frozen_by_a_forged_version_is_reset_by_the_documented_repair() -> Result<()> {
