@@ -381,6 +381,9 @@ async fn verify(db: &ScratchDb, events: &[ChangeEvent]) -> Result<()> {
     Ok(())
 }
 
+/// PostgreSQL's own ceiling: the workload in one statement per chunk. `DISTINCT ON
+/// (key)` keeps each key's greatest-ranked row, ordered by [`ceiling_sql`]'s
+/// `{rank_order}`, which is [`contracts::Rank::sql_order_greatest_first`].
 const CEILING: &str = r#"
 WITH e AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bool[],
@@ -408,7 +411,7 @@ SELECT DISTINCT ON (key) key, email, display_name, country, plan, marketing_emai
        marketing_sms, locale, time_zone, ltv::numeric, created_at, updated_at, deleted,
        reason, generation, version, schema_version, event_id, occurred_at
 FROM e
-ORDER BY key, generation DESC, version DESC, deleted DESC, schema_version DESC
+ORDER BY key, {rank_order}
 ON CONFLICT (user_id) DO UPDATE SET
     email = excluded.email, display_name = excluded.display_name,
     country = excluded.country, plan = excluded.plan,
@@ -424,6 +427,11 @@ ON CONFLICT (user_id) DO UPDATE SET
 WHERE (stored.generation, stored.version, stored.deleted::int, stored.schema_version)
     < (excluded.generation, excluded.version, excluded.deleted::int, excluded.schema_version)
 "#;
+
+/// [`CEILING`] with the rank order filled in.
+fn ceiling_sql() -> String {
+    CEILING.replace("{rank_order}", &contracts::Rank::sql_order_greatest_first())
+}
 
 /// The columns of a chunk of events, built before the clock starts: the ceiling is what
 /// the server does, not what a client spends preparing it.
@@ -501,10 +509,11 @@ async fn ceiling(db: &ScratchDb, events: &[ChangeEvent], rows: usize) -> Result<
         .chunks(rows)
         .map(Columns::of)
         .collect::<Result<Vec<_>>>()?;
+    let sql = ceiling_sql();
     let mut conn = db.pool.acquire().await?;
     let start = Instant::now();
     for c in chunks {
-        sqlx::query(CEILING)
+        sqlx::query(&sql)
             .bind(c.event_id)
             .bind(c.key)
             .bind(c.generation)

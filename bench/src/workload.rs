@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use contracts::{
-    Change, ChangeEvent, Consents, DeleteReason, Position, Profile, SchemaVersion, Source,
+    Change, ChangeEvent, Consents, DeleteReason, Position, Profile, Rank, SchemaVersion, Source,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -87,7 +87,11 @@ pub fn expected_state(events: &[ChangeEvent]) -> (BTreeMap<String, Expected>, us
     for e in events {
         let deleted = matches!(e.change, Change::Deleted(_));
         match expected.get(&e.key) {
-            Some(kept) if (kept.position, kept.deleted) >= (e.position, deleted) => {
+            Some(kept)
+                if Rank::of_change(kept.position, kept.deleted)
+                    .cmp_change(&e.rank())
+                    .is_ge() =>
+            {
                 not_newer += 1;
             }
             _ => {

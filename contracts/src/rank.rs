@@ -33,7 +33,36 @@ impl Rank {
 
     /// The same change (position and kind), whatever the schema version it was published as.
     pub fn same_change(&self, other: &Rank) -> bool {
-        self.position == other.position && self.deleted == other.deleted
+        self.cmp_change(other).is_eq()
+    }
+
+    /// The order of the changes themselves (position, then a delete above an upsert),
+    /// leaving out the schema version: for comparing a stored row with its source item,
+    /// where the question is which change is newer, not which copy of one is richer.
+    pub fn cmp_change(&self, other: &Rank) -> std::cmp::Ordering {
+        (self.position, self.deleted).cmp(&(other.position, other.deleted))
+    }
+
+    /// The rank of an upsert, or of a delete when `deleted`, at `position`, as written by
+    /// the current schema (for a rank compared with [`Rank::cmp_change`], where the
+    /// schema does not count).
+    pub fn of_change(position: Position, deleted: bool) -> Rank {
+        Rank {
+            position,
+            deleted,
+            schema: crate::CURRENT_SCHEMA_VERSION,
+        }
+    }
+
+    /// An SQL `ORDER BY` list that sorts rows of one key greatest rank first, derived
+    /// from [`Rank::SQL_GUARD_COLUMNS`] (for `DISTINCT ON (key)`: the row kept is the one
+    /// the guard would keep).
+    pub fn sql_order_greatest_first() -> String {
+        Self::SQL_GUARD_COLUMNS
+            .iter()
+            .map(|c| format!("{c} DESC"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -60,6 +89,30 @@ mod tests {
     #[test]
     fn a_delete_ranks_above_an_upsert_of_its_own_position_whatever_the_schema() {
         assert!(rank(1, 3, true, SchemaVersion::V1) > rank(1, 3, false, SchemaVersion::V2));
+    }
+
+    #[test]
+    fn the_change_order_leaves_the_schema_out_and_keeps_the_rest() {
+        use std::cmp::Ordering;
+        let v1 = rank(1, 3, false, SchemaVersion::V1);
+        let v2 = rank(1, 3, false, SchemaVersion::V2);
+        assert_eq!(v1.cmp_change(&v2), Ordering::Equal);
+        assert_eq!(
+            rank(1, 3, true, SchemaVersion::V1).cmp_change(&v2),
+            Ordering::Greater
+        );
+        assert_eq!(
+            rank(1, 2, true, SchemaVersion::V2).cmp_change(&v1),
+            Ordering::Less
+        );
+    }
+
+    #[test]
+    fn the_sql_order_sorts_by_the_guard_s_columns_greatest_first() {
+        assert_eq!(
+            Rank::sql_order_greatest_first(),
+            "generation DESC, version DESC, deleted::int DESC, schema_version DESC"
+        );
     }
 
     #[test]

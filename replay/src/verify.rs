@@ -26,7 +26,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue as Ddb, KeysAndAttributes};
-use contracts::{Change, ChangeEvent, DeleteReason, Position, Profile, SchemaVersion, Source};
+use contracts::{
+    Change, ChangeEvent, DeleteReason, Position, Profile, Rank, SchemaVersion, Source,
+};
 use publisher::record::{self, Item, attr};
 use runtime::aws::Clients;
 use serde::Serialize;
@@ -100,17 +102,13 @@ pub fn classify_present(source: Position, stored: Option<Stored>, differs: bool)
     let Some(stored) = stored else {
         return Some(Kind::Missing);
     };
-    // A tombstone ranks above an upsert of its own position.
-    let stored_rank = (stored.position, stored.deleted);
-    let source_rank = (source, false);
-    if stored_rank < source_rank {
-        Some(Kind::Stale)
-    } else if stored_rank > source_rank {
-        Some(Kind::Ahead)
-    } else if differs {
-        Some(Kind::Differs)
-    } else {
-        None
+    // A tombstone ranks above an upsert of its own position (contracts::Rank).
+    let stored = Rank::of_change(stored.position, stored.deleted);
+    match stored.cmp_change(&Rank::of_change(source, false)) {
+        std::cmp::Ordering::Less => Some(Kind::Stale),
+        std::cmp::Ordering::Greater => Some(Kind::Ahead),
+        std::cmp::Ordering::Equal if differs => Some(Kind::Differs),
+        std::cmp::Ordering::Equal => None,
     }
 }
 
