@@ -838,7 +838,8 @@ impl Pipeline {
             let batch = match batch {
                 Ok(b) => {
                     failures = 0;
-                    backlog = b.records.len() >= crate::stream::MAX_RECORDS_PER_CALL as usize;
+                    backlog = b.records.len()
+                        >= runtime::limits::dynamodb_streams::MAX_RECORDS_PER_CALL as usize;
                     observe_read(shard_id, &b.records);
                     b
                 }
@@ -1172,13 +1173,14 @@ enum Published {
 /// Consecutive GetRecords failures after which a shard is reported as stuck (ERROR).
 const STUCK_AFTER: u32 = 5;
 
-/// Exponential back-off with full jitter: 100 ms doubling to 20 s.
+/// The back-off of a failing read, checkpoint or lease call: from 200 ms, doubling up to
+/// 20 s, with jitter.
+const RETRY_BACKOFF: runtime::backoff::Backoff =
+    runtime::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(20));
+
+/// The pause before retry number `attempt` (1-based) of a failing call.
 pub fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(100)
-        .saturating_mul(1u32 << attempt.min(8))
-        .min(Duration::from_secs(20));
-    let millis = rand::random_range(0..=cap.as_millis() as u64);
-    Duration::from_millis(millis.max(10))
+    RETRY_BACKOFF.delay_random(attempt)
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 
 use contracts::{
-    Change, ChangeEvent, Consents, DdbNumber, DeleteReason, Position, Profile, SchemaVersion,
-    Source,
+    Change, ChangeEvent, Consents, DdbNumber, DeleteReason, Position, Profile, Source,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -277,12 +276,6 @@ pub fn derived_event_id(key: &str, position: Position, change: &Change) -> Strin
         )
     };
     format!("{kind}:{key}:{}:{}", position.generation, position.version)
-}
-
-/// The schema version a publisher emits; older ones act as a publisher that predates
-/// the newer version (see `--schema-version`).
-pub fn encode(event: &ChangeEvent, as_version: SchemaVersion) -> Vec<u8> {
-    event.encode(as_version)
 }
 
 /// The profile and position an item projects to.
@@ -584,7 +577,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let json: serde_json::Value =
-            serde_json::from_slice(&event.encode(SchemaVersion::V2)).unwrap();
+            serde_json::from_slice(&event.encode(contracts::SchemaVersion::V2)).unwrap();
         assert_eq!(json["data"]["lifetime_value_cents"], big);
     }
 

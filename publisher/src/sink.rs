@@ -14,20 +14,10 @@ use sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-/// Most entries in one `PublishBatch` call.
-///
-/// <https://docs.aws.amazon.com/sns/latest/api/API_PublishBatch.html>
-pub const MAX_BATCH_ENTRIES: usize = 10;
-/// Largest message, and largest sum of messages in one batch, SNS accepts (256 KiB).
-///
-/// <https://docs.aws.amazon.com/sns/latest/api/API_PublishBatch.html>
-pub const MAX_PAYLOAD_BYTES: usize = 262_144;
+pub use runtime::limits::sns::{MAX_BATCH_ENTRIES, MAX_DEDUPLICATION_ID, MAX_PAYLOAD_BYTES};
+
 /// Room kept per entry for message attributes, which count towards the payload size.
 const ATTRIBUTE_ALLOWANCE: usize = 128;
-/// Longest `MessageDeduplicationId` SNS accepts on a FIFO topic.
-///
-/// <https://docs.aws.amazon.com/sns/latest/api/API_PublishBatchRequestEntry.html>
-pub const MAX_DEDUPLICATION_ID: usize = 128;
 
 /// How long a `PublishBatch` in flight at shutdown may still take when the client has
 /// no attempt timeout of its own.

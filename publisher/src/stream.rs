@@ -12,10 +12,7 @@ use time::OffsetDateTime;
 
 use crate::record::{AttributeValue, EventName, Item, StreamRecord};
 
-/// Most records one `GetRecords` call returns.
-///
-/// <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_streams_GetRecords.html>
-pub const MAX_RECORDS_PER_CALL: i32 = 1000;
+use runtime::limits::dynamodb_streams::MAX_RECORDS_PER_CALL;
 
 /// A shard as `DescribeStream` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,10 +9,8 @@ use publisher::sink::{Encoded, PublishError, Rejected, SnsSink};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-/// SQS accepts at most this many entries per `SendMessageBatch`, and
-const MAX_BATCH_ENTRIES: usize = 10;
-/// at most this many bytes in one (all bodies and attributes together).
-const MAX_BATCH_BYTES: usize = 262_144;
+use runtime::limits::sqs::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
+
 /// Allowance per entry for its message attributes.
 const ATTRIBUTE_ALLOWANCE: usize = 64;
 

@@ -27,19 +27,11 @@ use tracing::{info, warn};
 
 use crate::limiter::RateLimiter;
 
+use runtime::limits::sqs::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
+
 /// Reason shown for a message SQS moved by itself (its redrive policy's
 /// `maxReceiveCount`), which carries no reason attribute.
 pub const NO_REASON: &str = "none";
-
-/// Most entries in one `SendMessageBatch`.
-///
-/// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html>
-pub const MAX_BATCH_ENTRIES: usize = 10;
-/// Most bytes in one `SendMessageBatch`, all entries' bodies and message attributes
-/// (name, type and value) together: 256 KiB.
-///
-/// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html>
-pub const MAX_BATCH_BYTES: usize = 262_144;
 
 /// How the move is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

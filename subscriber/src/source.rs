@@ -20,22 +20,10 @@ use url::Url;
 
 use runtime::report::error_chain;
 
-// SQS limits.
-// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html>
-// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-message-metadata.html>
-
-/// Most entries in one batch call, and most messages one ReceiveMessage returns.
-pub const MAX_BATCH_ENTRIES: usize = 10;
-/// Largest message: body plus message attributes (names, types and values). The
-/// default of a queue's `MaximumMessageSize`, and what a parked copy is kept within
-/// when the DLQ does not say.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-/// Most message attributes on one message.
-pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
-/// Longest long-poll wait of one ReceiveMessage call, in seconds.
-pub const MAX_WAIT_TIME_SECS: u8 = 20;
-/// Longest visibility timeout, in seconds (12 hours).
-pub const MAX_VISIBILITY_TIMEOUT_SECS: u64 = 43_200;
+pub use runtime::limits::sqs::{
+    MAX_BATCH_ENTRIES, MAX_MESSAGE_ATTRIBUTES, MAX_MESSAGE_BYTES, MAX_VISIBILITY_TIMEOUT_SECS,
+    MAX_WAIT_TIME_SECS,
+};
 
 /// Attribute on a parked message: the stable reason code (`malformed_json`,
 /// `apply_rejected`, …).

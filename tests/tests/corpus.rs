@@ -28,8 +28,7 @@ use serde_json::Value;
 use sqlx::Row;
 
 const CONVERGE: Duration = Duration::from_secs(120);
-/// Largest SNS message (256 KiB).
-const SNS_MAX_BYTES: usize = 262_144;
+use runtime::limits::sns::MAX_PAYLOAD_BYTES as SNS_MAX_BYTES;
 
 /// One corpus file: the reason it must be refused with (its directory), its name, path.
 #[derive(Debug, Clone)]
