@@ -194,12 +194,7 @@ impl StoreGate {
     }
 
     fn backoff(&self, attempt: u32, jitter: f64) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(20);
-        let full = self
-            .backoff_base
-            .saturating_mul(1 << doublings)
-            .min(self.backoff_max);
-        full.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+        runtime::backoff::Backoff::new(self.backoff_base, self.backoff_max).delay(attempt, jitter)
     }
 }
 

@@ -156,11 +156,8 @@ impl SqsEventRecord {
 /// [`STORE_RETRY_VISIBILITY_MAX`], scaled by a jitter in `[0.5, 1]` (from `jitter` in
 /// `[0, 1)`) so that the messages of one outage do not all come back at once.
 pub fn store_retry_visibility(receive_count: u32, jitter: f64) -> Duration {
-    let doublings = receive_count.saturating_sub(1).min(20);
-    let full = STORE_RETRY_VISIBILITY_BASE
-        .saturating_mul(1 << doublings)
-        .min(STORE_RETRY_VISIBILITY_MAX);
-    full.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+    runtime::backoff::Backoff::new(STORE_RETRY_VISIBILITY_BASE, STORE_RETRY_VISIBILITY_MAX)
+        .delay(receive_count, jitter)
 }
 
 /// What to do with a message that failed transiently.

@@ -30,6 +30,7 @@ use crate::gate::{Admission, StoreGate};
 use crate::isolation::{KeepStep, keep_step};
 use crate::pace::{ArrivalMeter, behind, fill_wait, lag_threshold};
 use crate::source::{Parker, ReceiveSettings, ReceivedMessage, SourceError, SqsSource};
+use runtime::backoff::Backoff;
 use runtime::report::error_chain;
 
 /// Reason code of a message whose event the database refuses on its own (a data
@@ -93,13 +94,8 @@ impl RunError {
     }
 }
 
-/// The delay before the `attempt`-th (1-based) new try to bind the queue: doubling from
-/// 1 s, capped at 30 s, with up to a quarter of it added as jitter (`jitter` in 0..1).
-fn bind_delay(attempt: u32, jitter: f64) -> Duration {
-    let base =
-        Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30));
-    base + base.mul_f64(jitter.clamp(0.0, 1.0) / 4.0)
-}
+/// The back-off between tries to bind the queue: from 1 s, doubling, capped at 30 s.
+const BIND_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 /// Binds the queue (and its DLQ), trying again with back-off while the failure is one
 /// that may pass (SQS unreachable, throttled, a 5xx): a subscriber started while SQS is
@@ -119,7 +115,7 @@ async fn connect_until_bound(
             Ok(source) => return Ok(Some(source)),
             Err(e) if e.is_retryable() => {
                 attempt += 1;
-                let delay = bind_delay(attempt, rand::random::<f64>());
+                let delay = BIND_BACKOFF.delay_random(attempt);
                 warn!(
                     error = %runtime::report::error_chain(&e),
                     attempt,
@@ -693,30 +689,14 @@ fn log_retryable(e: &ApplyError, messages: usize) {
 /// doubled per earlier receive, capped at [`RETRY_VISIBILITY_MAX`], scaled by a jitter
 /// in `[0.5, 1]` (from `jitter` in `[0, 1)`) so retries of one outage spread out.
 pub fn visibility_delay(receive_count: u32, jitter: f64) -> Duration {
-    exponential(
-        RETRY_VISIBILITY_BASE,
-        RETRY_VISIBILITY_MAX,
-        receive_count,
-        jitter,
-    )
+    Backoff::new(RETRY_VISIBILITY_BASE, RETRY_VISIBILITY_MAX).delay(receive_count, jitter)
 }
 
 /// A worker's pause after `consecutive_failures` failed batches or receives: from
 /// [`WORKER_BACKOFF_BASE`], doubling, capped at [`WORKER_BACKOFF_MAX`], with jitter as in
 /// [`visibility_delay`].
 pub fn worker_backoff(consecutive_failures: u32, jitter: f64) -> Duration {
-    exponential(
-        WORKER_BACKOFF_BASE,
-        WORKER_BACKOFF_MAX,
-        consecutive_failures,
-        jitter,
-    )
-}
-
-fn exponential(base: Duration, max: Duration, attempt: u32, jitter: f64) -> Duration {
-    let doublings = attempt.saturating_sub(1).min(20);
-    let full = base.saturating_mul(1 << doublings).min(max);
-    full.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+    Backoff::new(WORKER_BACKOFF_BASE, WORKER_BACKOFF_MAX).delay(consecutive_failures, jitter)
 }
 
 /// Sleeps `delay`; `false` if shutdown came first.
@@ -744,14 +724,13 @@ mod tests {
 
     #[test]
     fn the_bind_back_off_doubles_from_one_second_to_thirty_with_a_quarter_of_jitter() {
-        let secs = |a, j| super::bind_delay(a, j).as_secs_f64();
-        assert_eq!(secs(1, 0.0), 1.0);
-        assert_eq!(secs(2, 0.0), 2.0);
-        assert_eq!(secs(5, 0.0), 16.0);
-        assert_eq!(secs(6, 0.0), 30.0);
-        assert_eq!(secs(60, 0.0), 30.0);
-        assert_eq!(secs(1, 1.0), 1.25);
-        assert_eq!(secs(60, 7.0), 37.5); // jitter is clamped to 0..1
+        let secs = |a, j| super::BIND_BACKOFF.delay(a, j).as_secs_f64();
+        assert_eq!(secs(1, 1.0), 1.0);
+        assert_eq!(secs(2, 1.0), 2.0);
+        assert_eq!(secs(5, 1.0), 16.0);
+        assert_eq!(secs(6, 1.0), 30.0);
+        assert_eq!(secs(60, 1.0), 30.0);
+        assert_eq!(secs(1, 0.0), 0.5);
     }
 
     use super::*;
