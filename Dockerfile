@@ -13,7 +13,7 @@ ARG RUST_IMAGE=rust:1.94.1-slim-trixie
 ARG RUNTIME_IMAGE=debian:trixie-slim
 # The packages whose binaries the image ships (only they, and what they depend on, are
 # compiled), and the binaries. Adding one (say `bench`'s) is adding its package and name.
-ARG PACKAGES="tributary-publisher tributary-subscriber tributary-replay"
+ARG PACKAGES="tributary-publisher tributary-subscriber tributary-replay tributary-stack"
 ARG BINARIES="publisher subscriber bootstrap demo-writer replay"
 
 FROM ${RUST_IMAGE} AS manifests

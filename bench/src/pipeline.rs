@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
-use publisher::bootstrap::{Names, bootstrap};
-use publisher::demo::{ProfileWriter, Traffic};
 use rand::SeedableRng;
 use runtime::aws::Clients;
+use stack::bootstrap::{Names, bootstrap};
+use stack::demo::{ProfileWriter, Traffic};
 use time::OffsetDateTime;
 use tokio::process::Command;
 
@@ -279,7 +279,7 @@ async fn measure(
     args: &PipelineArgs,
     clients: &Clients,
     rate: u32,
-    r: &publisher::bootstrap::Resources,
+    r: &stack::bootstrap::Resources,
     db: &ScratchDb,
 ) -> Result<Ours> {
     let pub_ddb = Proxy::start(&env("AWS_ENDPOINT_URL_DYNAMODB")?).await?;

@@ -12,17 +12,14 @@
 //! - [`pipeline`] — the container-mode loop tying them together.
 //! - [`lambda`] — the `publisher-lambda` handler: stream event → batch step → partial
 //!   batch response, with its own lenient event types.
-//! - [`bootstrap`] — creates every AWS resource the pipeline needs, idempotently.
-//! - [`demo`] — a stand-in profile service writing realistic traffic.
 //! - [`metrics`] — the process's Prometheus metrics (served by `publisher`).
 //!
-//! Binaries: `publisher` (run the pipeline), `publisher-lambda`, `bootstrap`, `demo-writer`.
+//! Binaries: `publisher` (run the pipeline), `publisher-lambda`. The deployment and demo
+//! tools (`bootstrap`, `demo-writer`) are the `stack` crate's.
 
 pub mod batch;
-pub mod bootstrap;
 pub mod checkpoint;
 pub mod config;
-pub mod demo;
 pub mod lambda;
 pub mod metrics;
 pub mod park;

@@ -22,11 +22,11 @@ use std::time::Instant;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use aws_sdk_sns::types::PublishBatchRequestEntry;
 use futures::StreamExt;
-use publisher::bootstrap::{Names, bootstrap};
-use publisher::demo::ProfileItem;
 use rand::SeedableRng;
 use runtime::aws::Clients;
 use sqlx::{ConnectOptions, Connection, postgres::PgPoolOptions};
+use stack::bootstrap::{Names, bootstrap};
+use stack::demo::ProfileItem;
 
 const SEGMENTS: u32 = 4;
 

@@ -16,13 +16,13 @@ use anyhow::{Context, Result, bail};
 use aws_sdk_dynamodb::types::AttributeValue as DdbValue;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
 use contracts::{Position, Profile};
-use publisher::bootstrap::{Names, Resources, bootstrap};
-use publisher::demo::ProfileWriter;
 use publisher::record::{Item, project};
 use publisher::stream::convert_item;
 use runtime::aws::Clients;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Row};
+use stack::bootstrap::{Names, Resources, bootstrap};
+use stack::demo::ProfileWriter;
 use tokio::process::{Child, Command};
 
 pub mod operator;

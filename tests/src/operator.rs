@@ -12,12 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// A free loopback port (bound and released: good enough for a test).
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 /// A TCP proxy on 127.0.0.1 to `upstream`. [`TcpProxy::cut`] closes every connection
 /// through it and refuses new ones (accepted, then closed at once, as a dead server's
 /// port would behave behind a load balancer); [`TcpProxy::restore`] lets them through

@@ -38,12 +38,12 @@ use anyhow::{Context, Result};
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use e2e::outage::CutProxy;
 use e2e::{PrivatePostgres, Stack, signal, terminate};
-use publisher::demo::{Traffic, TrafficPlan};
 use publisher::record::{Origin, to_event};
 use publisher::stream::{StartAt, StreamReader};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::Row;
+use stack::demo::{Traffic, TrafficPlan};
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 

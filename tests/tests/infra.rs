@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aws_sdk_sqs::types::QueueAttributeName;
 use e2e::{Stack, eventually};
-use publisher::demo::ProfileItem;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use stack::demo::ProfileItem;
 
 const CONVERGE: Duration = Duration::from_secs(90);
 
@@ -192,7 +192,7 @@ async fn an_event_sns_could_not_deliver_waits_in_the_delivery_dlq_and_replay_ret
     // The queue comes back (bootstrap is idempotent: same name, same URL).
     let config = runtime::aws::default_sdk_config().await;
     let clients = runtime::aws::Clients::new(&config);
-    let again = publisher::bootstrap::bootstrap(&clients, &names(&stack)).await?;
+    let again = stack::bootstrap::bootstrap(&clients, &names(&stack)).await?;
     assert_eq!(again.queue_url, r.queue_url);
     let out = tokio::process::Command::new(e2e::bin("replay")?)
         .args([
@@ -219,9 +219,9 @@ async fn an_event_sns_could_not_deliver_waits_in_the_delivery_dlq_and_replay_ret
 }
 
 /// The names the stack was bootstrapped with (see `Stack::on_server`).
-fn names(stack: &Stack) -> publisher::bootstrap::Names {
+fn names(stack: &Stack) -> stack::bootstrap::Names {
     let id = &stack.id;
-    publisher::bootstrap::Names {
+    stack::bootstrap::Names {
         table: format!("profiles-{id}"),
         checkpoint_table: format!("checkpoints-{id}"),
         topic: format!("profile-changes-{id}"),

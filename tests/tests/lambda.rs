@@ -16,7 +16,6 @@ use anyhow::{Context, Result};
 use aws_sdk_dynamodbstreams::types as st;
 use base64::Engine as _;
 use e2e::{Stack, eventually};
-use publisher::demo::{Traffic, TrafficPlan};
 use publisher::lambda::{PublisherLambda, StreamEvent};
 use publisher::park::{FailureQueue, ParkedRecord};
 use publisher::sink::SnsSink;
@@ -24,6 +23,7 @@ use rand::SeedableRng;
 use serde_json::{Value, json};
 use sqlx::ConnectOptions as _;
 use sqlx::Row;
+use stack::demo::{Traffic, TrafficPlan};
 use subscriber::lambda::{SqsEvent, SubscriberLambda};
 use subscriber::source::{DeadLetterQueue, MAX_MESSAGE_BYTES};
 use tokio_util::sync::CancellationToken;
@@ -807,14 +807,6 @@ fn dirs_home() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A child process killed when the test ends, pass or fail.
 struct Guard(tokio::process::Child);
 
@@ -833,7 +825,7 @@ async fn emulator() -> Result<(Guard, u16)> {
         "{} not found: run scripts/lambda-tools.sh (scripts/test.sh does)",
         exe.display()
     );
-    let port = free_port();
+    let port = e2e::free_port()?;
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let child = tokio::process::Command::new(exe)
         .args([

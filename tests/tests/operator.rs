@@ -10,13 +10,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use e2e::operator::{TcpProxy, free_port, http_get, sample};
+use e2e::free_port;
+use e2e::operator::{TcpProxy, http_get, sample};
 use e2e::{Stack, eventually, terminate};
-use publisher::demo::{Traffic, TrafficPlan};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
+use stack::demo::{Traffic, TrafficPlan};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use e2e::{Stack, eventually, terminate};
-use publisher::demo::{ProfileItem, Traffic, TrafficPlan};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use stack::demo::{ProfileItem, Traffic, TrafficPlan};
 use tokio_util::sync::CancellationToken;
 
 const CONVERGE: Duration = Duration::from_secs(90);

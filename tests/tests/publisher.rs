@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::{AttributeValue, StreamSpecification, StreamViewType};
-use e2e::operator::{free_port, http_get, sample};
+use e2e::free_port;
+use e2e::operator::{http_get, sample};
 use e2e::{Stack, eventually, signal, terminate};
 use publisher::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
-use publisher::demo::{Traffic, TrafficPlan};
 use publisher::stream::{StartAt, StreamReader};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use stack::demo::{Traffic, TrafficPlan};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;

@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::AttributeValue as Ddb;
 use e2e::{Stack, bin, eventually, terminate};
-use publisher::demo::{ProfileItem, Traffic, TrafficPlan};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::Value;
+use stack::demo::{ProfileItem, Traffic, TrafficPlan};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use e2e::{Stack, bin, eventually, terminate};
-use publisher::demo::ProfileItem;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::Value;
+use stack::demo::ProfileItem;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 

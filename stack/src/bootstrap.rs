@@ -13,8 +13,8 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 
-use crate::checkpoint::KEY_ATTRIBUTE;
-use crate::record::attr;
+use publisher::checkpoint::KEY_ATTRIBUTE;
+use publisher::record::attr;
 use runtime::aws::Clients;
 
 /// Names of the resources, each from a flag with a sensible default.

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use publisher::bootstrap::{Names, bootstrap};
 use runtime::aws::Clients;
+use stack::bootstrap::{Names, bootstrap};
 
 /// Creates (or finds) the profile table with its stream, the checkpoint table, the SNS
 /// topic, the subscriber queue with its DLQ and redrive policy, a queue policy that

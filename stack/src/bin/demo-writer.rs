@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use publisher::demo::{ProfileWriter, Traffic, TrafficPlan};
 use runtime::shutdown::ShutdownNotes;
+use stack::demo::{ProfileWriter, Traffic, TrafficPlan};
 
 /// Writes profile traffic to the table as the User Profile service would: sign-ups,
 /// edits (optimistic concurrency on `version`), deletions and re-creations of deleted

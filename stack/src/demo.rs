@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::attr;
+use publisher::record::attr;
 
 /// One profile as the profile service stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
