@@ -8,16 +8,26 @@
 use std::time::Duration;
 
 use aws_sdk_sns as sns;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use contracts::{ChangeEvent, SchemaVersion};
+use runtime::backoff::Backoff;
+use runtime::batch::{FailedEntry, RetryPolicy};
 use sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
 
 pub use runtime::limits::sns::{MAX_BATCH_ENTRIES, MAX_DEDUPLICATION_ID, MAX_PAYLOAD_BYTES};
 
 /// Room kept per entry for message attributes, which count towards the payload size.
 const ATTRIBUTE_ALLOWANCE: usize = 128;
+
+/// Retries of a `PublishBatch`: until SNS takes every entry or shutdown, from 50 ms
+/// doubling to 20 s; the calls of one batch one at a time.
+const RETRY: RetryPolicy = RetryPolicy {
+    backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(20)),
+    max_retries: None,
+    concurrency: 1,
+    retry_call_errors: true,
+    in_flight_grace: None,
+};
 
 /// How long a `PublishBatch` in flight at shutdown may still take when the client has
 /// no attempt timeout of its own.
@@ -180,7 +190,6 @@ pub struct SnsSink {
     client: sns::Client,
     topic_arn: String,
     fifo: bool,
-    backoff: ExponentialBuilder,
 }
 
 impl SnsSink {
@@ -190,11 +199,6 @@ impl SnsSink {
             client,
             topic_arn,
             fifo,
-            backoff: ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(50))
-                .with_max_delay(Duration::from_secs(20))
-                .with_jitter()
-                .without_max_times(),
         }
     }
 
@@ -263,120 +267,80 @@ impl SnsSink {
         Ok(report)
     }
 
+    /// Publishes one batch, retrying only its failed entries until SNS takes them or
+    /// shutdown. Retried whatever the error: skipping would lose the records; a
+    /// persistent one (topic gone, permissions) stalls the shard, loudly (ERROR after
+    /// [`runtime::batch::ESCALATE_AFTER`] rounds). A call in flight when shutdown comes
+    /// may finish (usually a matter of milliseconds, and it saves re-publishing it), but
+    /// only for one attempt's bound: a call that hangs must not hold the drain.
+    /// Abandoned, it counts as unpublished, so nothing after it is checkpointed.
     async fn publish_batch(
         &self,
-        mut batch: Vec<Encoded>,
+        batch: Vec<Encoded>,
         shutdown: &CancellationToken,
     ) -> Result<PublishReport, PublishError> {
-        let mut report = PublishReport::default();
-        let mut delays = self.backoff.build();
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            let entries: Vec<_> = batch
-                .iter()
-                .enumerate()
-                .map(|(i, e)| entry_for(i, e, self.fifo))
-                .collect();
-            let send = self
-                .client
-                .publish_batch()
-                .topic_arn(&self.topic_arn)
-                .set_publish_batch_request_entries(Some(entries))
-                .send();
-            // A call in flight when shutdown comes may finish (it is usually a matter
-            // of milliseconds, and saves re-publishing it), but only for one attempt's
-            // bound: a call that hangs must not hold the drain. Abandoned, it counts
-            // as unpublished, so nothing after it is checkpointed.
-            let grace = self.drain_grace();
-            let result = tokio::select! {
-                result = send => result,
-                () = async {
-                    shutdown.cancelled().await;
-                    tokio::time::sleep(grace).await;
-                } => {
-                    warn!(entries = batch.len(), grace_ms = grace.as_millis() as u64, "PublishBatch still unanswered after shutdown; abandoned, it is published again on restart.");
-                    let unfinished = batch
-                        .iter()
-                        .map(|e| e.tag)
-                        .chain(report.rejected.iter().map(|(e, _)| e.tag))
-                        .collect();
-                    return Err(PublishError::Interrupted { pending: batch.len(), unfinished });
+        let policy = RetryPolicy {
+            in_flight_grace: Some(self.drain_grace()),
+            ..RETRY
+        };
+        let batch_ref = &batch;
+        let answer = runtime::batch::send(
+            "PublishBatch",
+            batch.len(),
+            MAX_BATCH_ENTRIES,
+            policy,
+            Some(shutdown),
+            |ids: Vec<usize>| {
+                let entries: Vec<_> = ids
+                    .iter()
+                    .map(|&i| entry_for(i, &batch_ref[i], self.fifo))
+                    .collect();
+                async move {
+                    let out = self
+                        .client
+                        .publish_batch()
+                        .topic_arn(&self.topic_arn)
+                        .set_publish_batch_request_entries(Some(entries))
+                        .send()
+                        .await
+                        .map_err(|e| runtime::report::describe_sdk_error(&e))?;
+                    let failed: Vec<FailedEntry> =
+                        out.failed().iter().map(FailedEntry::from).collect();
+                    let successful = out.successful().iter().filter_map(|s| s.id());
+                    Ok::<_, String>(runtime::batch::entry_results(&ids, successful, &failed))
                 }
-            };
-            let mut retry: Vec<Encoded> = Vec::new();
-            match result {
-                Ok(out) => {
-                    let mut taken: Vec<Option<Encoded>> = batch.into_iter().map(Some).collect();
-                    report.published += out.successful().len();
-                    for failed in out.failed() {
-                        let Some(event) = failed
-                            .id()
-                            .parse::<usize>()
-                            .ok()
-                            .and_then(|i| taken.get_mut(i)?.take())
-                        else {
-                            continue;
-                        };
-                        if failed.sender_fault() {
-                            let r = Rejected {
-                                event_id: event.event_id.clone(),
-                                reason_code: "rejected_by_sns",
-                                detail: format!(
-                                    "{}: {}",
-                                    failed.code(),
-                                    failed.message().unwrap_or_default()
-                                ),
-                            };
-                            report.rejected.push((event, r));
-                        } else {
-                            warn!(event_id = %event.event_id, key = %event.key, code = failed.code(), "Publish entry failed, will retry.");
-                            retry.push(event);
-                        }
-                    }
-                    // An entry SNS neither accepted nor failed would be lost silently:
-                    // send it again.
-                    for (i, event) in taken.into_iter().enumerate() {
-                        let Some(event) = event else { continue };
-                        if !out
-                            .successful()
-                            .iter()
-                            .any(|s| s.id() == Some(i.to_string().as_str()))
-                        {
-                            retry.push(event);
-                        }
-                    }
-                }
-                Err(err) => {
-                    // Retried whatever the error: skipping would lose the records. A
-                    // persistent one (topic gone, permissions) stalls the shard, loudly.
-                    let error = runtime::report::describe_sdk_error(&err);
-                    if attempt >= 5 {
-                        error!(%error, entries = batch.len(), attempt, "PublishBatch keeps failing; the shard waits.");
-                    } else {
-                        warn!(%error, entries = batch.len(), attempt, "PublishBatch failed, will retry.");
-                    }
-                    retry = batch;
-                }
+            },
+        )
+        .await;
+        let mut report = PublishReport {
+            published: answer.accepted.len(),
+            retries: answer.retried,
+            rejected: Vec::new(),
+        };
+        let mut events: Vec<Option<Encoded>> = batch.into_iter().map(Some).collect();
+        for (i, code, message) in answer.refused {
+            if let Some(event) = events[i].take() {
+                let r = Rejected {
+                    event_id: event.event_id.clone(),
+                    reason_code: "rejected_by_sns",
+                    detail: format!("{code}: {message}"),
+                };
+                report.rejected.push((event, r));
             }
-            if retry.is_empty() {
-                return Ok(report);
-            }
-            report.retries += retry.len();
-            let delay = delays.next().unwrap_or(Duration::from_secs(20));
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => {
-                    let unfinished = retry
-                        .iter()
-                        .map(|e| e.tag)
-                        .chain(report.rejected.iter().map(|(e, _)| e.tag))
-                        .collect();
-                    return Err(PublishError::Interrupted { pending: retry.len(), unfinished });
-                }
-            }
-            batch = retry;
         }
+        if answer.interrupted {
+            let unfinished = answer
+                .unsent
+                .iter()
+                .filter_map(|(i, _)| events[*i].as_ref().map(|e| e.tag))
+                .chain(report.rejected.iter().map(|(e, _)| e.tag))
+                .collect();
+            return Err(PublishError::Interrupted {
+                pending: answer.unsent.len(),
+                unfinished,
+            });
+        }
+        Ok(report)
     }
 }
 

@@ -4,13 +4,22 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use publisher::sink::{Encoded, PublishError, Rejected, SnsSink};
+use runtime::backoff::Backoff;
+use runtime::batch::{FailedEntry, RetryPolicy};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
 
 use runtime::limits::sqs::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 
+/// Retries of a send to a queue: until it passes or shutdown, from 50 ms doubling to
+/// 20 s, one call at a time (a FIFO queue keeps each key's order).
+const RETRY: RetryPolicy = RetryPolicy {
+    backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(20)),
+    max_retries: None,
+    concurrency: 1,
+    retry_call_errors: true,
+    in_flight_grace: None,
+};
 /// Allowance per entry for its message attributes.
 const ATTRIBUTE_ALLOWANCE: usize = 64;
 
@@ -152,83 +161,64 @@ impl QueueSink {
         Ok(sent)
     }
 
+    /// Sends one batch (within SQS's limits), retrying the failed entries until they
+    /// pass or shutdown: a replayed event must not be dropped for a throttle.
     async fn send_batch(
         &self,
-        mut batch: Vec<Encoded>,
+        batch: Vec<Encoded>,
         sent: &mut Sent,
         shutdown: &CancellationToken,
     ) -> Result<(), PublishError> {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(20))
-            .with_jitter()
-            .without_max_times()
-            .build();
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let entries: Vec<_> = batch
-                .iter()
-                .enumerate()
-                .map(|(i, e)| self.entry(i, e))
-                .collect();
-            let result = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await;
-            let mut retry = Vec::new();
-            match result {
-                Ok(out) => {
-                    let ok: std::collections::HashSet<&str> =
-                        out.successful().iter().map(|s| s.id()).collect();
-                    let failed: std::collections::HashMap<&str, _> =
-                        out.failed().iter().map(|f| (f.id(), f)).collect();
-                    for (i, event) in batch.into_iter().enumerate() {
-                        let id = i.to_string();
-                        if ok.contains(id.as_str()) {
-                            sent.accepted += 1;
-                        } else if let Some(f) = failed.get(id.as_str()).filter(|f| f.sender_fault())
-                        {
-                            let r = Rejected {
-                                event_id: event.event_id.clone(),
-                                reason_code: "rejected_by_sqs",
-                                detail: format!(
-                                    "{}: {}",
-                                    f.code(),
-                                    f.message().unwrap_or_default()
-                                ),
-                            };
-                            sent.rejected.push((event, r));
-                        } else {
-                            // Failed on the service's side, or neither accepted nor
-                            // failed: send it again rather than lose it.
-                            retry.push(event);
-                        }
-                    }
+        let batch_ref = &batch;
+        let answer = runtime::batch::send(
+            "SendMessageBatch",
+            batch.len(),
+            MAX_BATCH_ENTRIES,
+            RETRY,
+            Some(shutdown),
+            |ids: Vec<usize>| {
+                let entries: Vec<_> = ids.iter().map(|&i| self.entry(i, &batch_ref[i])).collect();
+                async move {
+                    let out = self
+                        .client
+                        .send_message_batch()
+                        .queue_url(&self.queue_url)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .map_err(|e| runtime::report::describe_sdk_error(&e))?;
+                    let failed: Vec<FailedEntry> =
+                        out.failed().iter().map(FailedEntry::from).collect();
+                    let successful = out.successful().iter().map(|s| s.id());
+                    Ok::<_, String>(runtime::batch::entry_results(&ids, successful, &failed))
                 }
-                Err(err) => {
-                    let error = aws_sdk_sqs::error::DisplayErrorContext(&err).to_string();
-                    if attempt >= 5 {
-                        error!(%error, entries = batch.len(), attempt, "SendMessageBatch keeps failing.");
-                    } else {
-                        warn!(%error, entries = batch.len(), attempt, "SendMessageBatch failed, will retry.");
-                    }
-                    retry = batch;
-                }
+            },
+        )
+        .await;
+        sent.accepted += answer.accepted.len();
+        let mut events: Vec<Option<Encoded>> = batch.into_iter().map(Some).collect();
+        for (i, code, message) in answer.refused {
+            if let Some(event) = events[i].take() {
+                let r = Rejected {
+                    event_id: event.event_id.clone(),
+                    reason_code: "rejected_by_sqs",
+                    detail: format!("{code}: {message}"),
+                };
+                sent.rejected.push((event, r));
             }
-            if retry.is_empty() {
-                return Ok(());
-            }
-            let delay = delays.next().unwrap_or(Duration::from_secs(20));
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return Err(PublishError::Interrupted { pending: retry.len(), unfinished: retry.iter().map(|e| e.tag).collect() }),
-            }
-            batch = retry;
         }
+        if answer.interrupted {
+            let unfinished: Vec<usize> = answer
+                .unsent
+                .iter()
+                .filter_map(|(i, _)| events[*i].as_ref().map(|e| e.tag))
+                .collect();
+            return Err(PublishError::Interrupted {
+                pending: unfinished.len(),
+                unfinished,
+            });
+        }
+        Ok(())
     }
 
     fn entry(&self, id: usize, event: &Encoded) -> SendMessageBatchRequestEntry {

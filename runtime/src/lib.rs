@@ -20,6 +20,8 @@
 //!   timeouts) and the [`aws::Clients`] built from it.
 //! - [`report`] — errors as one line: an error chain, an AWS error without its body.
 //! - [`backoff`] — the one exponential back-off with jitter.
+//! - [`batch`] — "send a batch, retry only the entries that failed", for every SNS and
+//!   SQS batch call.
 //! - [`limits`] — the AWS service limits, with the pages that state them.
 //! - [`sqs_text`] — PURE: JSON bodies and attribute text kept to the characters SQS
 //!   accepts (every sender to SNS or SQS uses it).
@@ -31,6 +33,7 @@
 
 pub mod aws;
 pub mod backoff;
+pub mod batch;
 pub mod cli;
 pub mod lambda;
 pub mod limits;

@@ -14,7 +14,8 @@ use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
 };
-use backon::{BackoffBuilder, ExponentialBuilder};
+use runtime::backoff::Backoff;
+use runtime::batch::{EntryResult, FailedEntry, RetryPolicy};
 use tracing::{debug, error, instrument, warn};
 use url::Url;
 
@@ -441,7 +442,8 @@ impl SqsSource {
                     .send()
                     .await
                     .map_err(|e| sdk_error(Operation::Delete, queue_url, e))?;
-                Ok(failed_entries(output.failed()))
+                let successful = output.successful().iter().map(|s| s.id());
+                Ok(results_of(&indexes, successful, output.failed()))
             }
         })
         .await
@@ -486,7 +488,8 @@ impl SqsSource {
                         .send()
                         .await
                         .map_err(|e| sdk_error(Operation::ChangeVisibility, queue_url, e))?;
-                    Ok(failed_entries(output.failed()))
+                    let successful = output.successful().iter().map(|s| s.id());
+                    Ok(results_of(&indexes, successful, output.failed()))
                 }
             },
         )
@@ -657,96 +660,71 @@ impl Parker for SqsSource {
     }
 }
 
-/// Runs a batch call over `total` entries, at most [`MAX_BATCH_ENTRIES`] per call, and
-/// calls again with only the entries that failed through no fault of ours, with
-/// exponential back-off and jitter. `send` gets entry indexes (also the entry ids) and
-/// returns the failed ones.
+/// How deletes and visibility changes retry their failed entries: five rounds, from
+/// 100 ms doubling to 5 s. A call that fails as a whole ends the send (the SDK has
+/// already spent its attempts), so a drain at shutdown is never held by several
+/// operation timeouts. The calls of one round go out together: a coalesced batch of 100
+/// messages is ten calls, and their round trips should not add up.
+const ENTRY_RETRY: RetryPolicy = RetryPolicy {
+    backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+    max_retries: Some(5),
+    concurrency: usize::MAX,
+    retry_call_errors: false,
+    in_flight_grace: None,
+};
+
+/// Runs a batch call over `total` entries (their request ids are their indexes), at most
+/// [`MAX_BATCH_ENTRIES`] per call, retrying only the entries that failed through no
+/// fault of ours ([`runtime::batch::send`]).
 async fn retry_failed_entries<F, Fut>(
     operation: Operation,
     queue_url: &str,
     total: usize,
-    mut send: F,
+    send: F,
 ) -> Result<(), SourceError>
 where
     F: FnMut(Vec<usize>) -> Fut,
-    Fut: Future<Output = Result<Vec<FailedEntry>, SourceError>>,
+    Fut: Future<Output = Result<Vec<EntryResult>, SourceError>>,
 {
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_max_times(5)
-        .with_jitter()
-        .build();
-    let mut pending: Vec<usize> = (0..total).collect();
-    let mut given_up: Vec<FailedEntry> = Vec::new();
-    while !pending.is_empty() {
-        let mut again = Vec::new();
-        // The calls of one round go out together: a coalesced batch of 100 messages is
-        // ten calls, and their round trips should not add up.
-        let calls = pending
-            .chunks(MAX_BATCH_ENTRIES)
-            .map(|chunk| send(chunk.to_vec()))
-            .collect::<Vec<_>>();
-        for answer in futures::future::join_all(calls).await {
-            for failed in answer? {
-                if failed.sender_fault {
-                    // Our request was wrong for this entry (an expired receipt handle):
-                    // sending it again cannot help.
-                    given_up.push(failed);
-                } else {
-                    again.push(failed);
-                }
-            }
-        }
-        if again.is_empty() {
-            break;
-        }
-        let Some(delay) = backoff.next() else {
-            given_up.extend(again);
-            break;
-        };
-        warn!(%operation, entries = again.len(), delay_ms = delay.as_millis() as u64, code = %again[0].code, "Batch entries failed, retrying them.");
-        tokio::time::sleep(delay).await;
-        pending = again.into_iter().map(|f| f.index).collect();
+    let sent = runtime::batch::send(
+        operation.as_str(),
+        total,
+        MAX_BATCH_ENTRIES,
+        ENTRY_RETRY,
+        None,
+        send,
+    )
+    .await;
+    if let Some(e) = sent.call_error {
+        return Err(e);
     }
-    match given_up.first() {
+    // Refused (an expired receipt handle: sending it again cannot help) or still
+    // failing after the retries.
+    let codes = sent
+        .refused
+        .iter()
+        .map(|(_, code, _)| code)
+        .chain(sent.unsent.iter().map(|(_, code)| code));
+    let failed = sent.refused.len() + sent.unsent.len();
+    match codes.into_iter().next() {
         None => Ok(()),
-        Some(first) => Err(SourceError::EntriesFailed {
+        Some(code) => Err(SourceError::EntriesFailed {
             operation,
             queue_url: queue_url.to_owned(),
-            failed: given_up.len(),
-            code: first.code.clone(),
+            failed,
+            code: code.clone(),
         }),
     }
 }
 
-/// A batch entry SQS refused.
-#[derive(Debug)]
-struct FailedEntry {
-    index: usize,
-    sender_fault: bool,
-    code: String,
-}
-
-fn failed_entries(failed: &[aws_sdk_sqs::types::BatchResultErrorEntry]) -> Vec<FailedEntry> {
-    failed
-        .iter()
-        .filter_map(|f| match f.id().parse() {
-            Ok(index) => Some(FailedEntry {
-                index,
-                sender_fault: f.sender_fault(),
-                code: f.code().to_owned(),
-            }),
-            Err(_) => {
-                warn!(
-                    id = f.id(),
-                    code = f.code(),
-                    "SQS reported a failed entry we did not send."
-                );
-                None
-            }
-        })
-        .collect()
+/// What one answer said of the entries `ids`.
+fn results_of<'a>(
+    ids: &[usize],
+    successful: impl IntoIterator<Item = &'a str>,
+    failed: &[aws_sdk_sqs::types::BatchResultErrorEntry],
+) -> Vec<EntryResult> {
+    let failed: Vec<FailedEntry> = failed.iter().map(FailedEntry::from).collect();
+    runtime::batch::entry_results(ids, successful, &failed)
 }
 
 /// The message attributes of a parked copy: ours (reason, detail, source message id)
