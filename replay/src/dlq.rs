@@ -88,7 +88,7 @@ pub struct Report {
     pub messages: Vec<Seen>,
 }
 
-/// Splits messages of these sizes (bytes, as [`entry_size`] counts them) into
+/// Splits messages of these sizes (bytes, as `entry_size` counts them) into
 /// `SendMessageBatch` calls within [`MAX_BATCH_ENTRIES`] and [`MAX_BATCH_BYTES`],
 /// keeping their order. Returns the batches (indexes into `sizes`) and the indexes of
 /// messages too large for any batch, which are never sent.

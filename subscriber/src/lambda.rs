@@ -10,11 +10,11 @@
 //!
 //! A message that fails for a transient reason (the database is down, the DLQ cannot
 //! be reached) is first delayed with `ChangeMessageVisibility`, by
-//! [`store_retry_visibility`] of its receive count, then reported: a store outage of
+//! [`crate::retry::store_retry_visibility`] of its receive count, then reported: a store outage of
 //! hours costs each message a receive every so often, not one per visibility timeout,
 //! so the queue's `maxReceiveCount` is not burnt in minutes. One that failed at the
 //! last receive SQS allows before its redrive policy moves it is parked by us
-//! instead, with the reason [`STORE_UNAVAILABLE`] ([`retry_step`]), so no healthy
+//! instead, with the reason [`STORE_UNAVAILABLE`] ([`crate::retry::retry_step`]), so no healthy
 //! message reaches the DLQ without a reason.
 //!
 //! The event types are our own and lenient: only `messageId` is needed (a message
@@ -34,21 +34,15 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tracing::{debug, error, info, warn};
 
+use crate::retry::{RetryStep, STORE_RETRY_VISIBILITY_MAX, retry_step};
 use crate::secret::DatabaseSecret;
 use crate::source::{
     DeadLetterQueue, MAX_BATCH_ENTRIES, MAX_VISIBILITY_TIMEOUT_SECS, Parker, ReceivedMessage,
     max_receive_count_from_redrive_policy,
 };
-use crate::worker::{process_batch, redrive_imminent};
+use crate::worker::process_batch;
 use runtime::report::error_chain;
 
-/// First visibility delay of a message that failed transiently; doubles per receive.
-pub const STORE_RETRY_VISIBILITY_BASE: Duration = Duration::from_secs(30);
-/// Longest visibility delay of a message that failed transiently: an hour, well under
-/// SQS's 12-hour limit on a message's visibility timeout
-/// ([`MAX_VISIBILITY_TIMEOUT_SECS`]).
-/// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibility.html>
-pub const STORE_RETRY_VISIBILITY_MAX: Duration = Duration::from_secs(60 * 60);
 /// `tributary-reason` of a message parked because the store kept failing until the
 /// queue's `maxReceiveCount` was about to move it. The message itself is healthy:
 /// redrive it (`replay dlq`) once the store is back.
@@ -148,35 +142,6 @@ impl SqsEventRecord {
             sent_at_ms: number("SentTimestamp"),
             message_attributes,
         })
-    }
-}
-
-/// The visibility delay of a message that failed transiently at `receive_count`:
-/// [`STORE_RETRY_VISIBILITY_BASE`] doubled per earlier receive, capped at
-/// [`STORE_RETRY_VISIBILITY_MAX`], scaled by a jitter in `[0.5, 1]` (from `jitter` in
-/// `[0, 1)`) so that the messages of one outage do not all come back at once.
-pub fn store_retry_visibility(receive_count: u32, jitter: f64) -> Duration {
-    runtime::backoff::Backoff::new(STORE_RETRY_VISIBILITY_BASE, STORE_RETRY_VISIBILITY_MAX)
-        .delay(receive_count, jitter)
-}
-
-/// What to do with a message that failed transiently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryStep {
-    /// Hide it this long, then report it for retry.
-    Delay(Duration),
-    /// Its next receive would let the redrive policy move it to the DLQ without a
-    /// reason: park it with [`STORE_UNAVAILABLE`] instead.
-    Park,
-}
-
-/// PURE: the step for a message that failed transiently at `receive_count`, on a queue
-/// whose redrive policy allows `max_receive_count` receives (`None`: unknown or none).
-pub fn retry_step(receive_count: u32, max_receive_count: Option<u32>, jitter: f64) -> RetryStep {
-    if redrive_imminent(receive_count, max_receive_count) {
-        RetryStep::Park
-    } else {
-        RetryStep::Delay(store_retry_visibility(receive_count, jitter))
     }
 }
 
@@ -557,66 +522,6 @@ fn queue_of_arn(arn: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_retry_delay_doubles_per_receive_with_jitter_and_stays_under_twelve_hours() {
-        assert_eq!(store_retry_visibility(1, 1.0), Duration::from_secs(30));
-        assert_eq!(store_retry_visibility(1, 0.0), Duration::from_secs(15));
-        assert_eq!(store_retry_visibility(2, 1.0), Duration::from_secs(60));
-        assert_eq!(store_retry_visibility(4, 1.0), Duration::from_secs(240));
-        assert_eq!(store_retry_visibility(8, 1.0), STORE_RETRY_VISIBILITY_MAX);
-        assert_eq!(
-            store_retry_visibility(u32::MAX, 1.0),
-            STORE_RETRY_VISIBILITY_MAX
-        );
-        assert!(STORE_RETRY_VISIBILITY_MAX.as_secs() < MAX_VISIBILITY_TIMEOUT_SECS);
-        let a = store_retry_visibility(3, 0.1);
-        let b = store_retry_visibility(3, 0.9);
-        assert!(a < b, "jitter spreads the delays: {a:?} {b:?}");
-    }
-
-    #[test]
-    fn a_message_at_its_last_allowed_receive_is_parked_not_left_to_the_redrive_policy() {
-        assert_eq!(
-            retry_step(1, Some(20), 1.0),
-            RetryStep::Delay(Duration::from_secs(30))
-        );
-        assert!(matches!(retry_step(18, Some(20), 1.0), RetryStep::Delay(_)));
-        assert_eq!(retry_step(19, Some(20), 0.5), RetryStep::Park);
-        assert_eq!(retry_step(25, Some(20), 0.5), RetryStep::Park);
-        // Without a known redrive policy, only delays.
-        assert!(matches!(retry_step(500, None, 0.5), RetryStep::Delay(_)));
-    }
-
-    /// The template's `maxReceiveCount` of the analytics queue.
-    fn template_max_receive_count() -> u32 {
-        let template = include_str!("../../deploy/template.yaml");
-        let at = template
-            .find("AnalyticsQueue:\n")
-            .expect("the queue is in the template");
-        let line = template[at..]
-            .lines()
-            .find(|l| l.trim_start().starts_with("maxReceiveCount:"))
-            .expect("the queue has a redrive policy");
-        line.split(':').nth(1).unwrap().trim().parse().unwrap()
-    }
-
-    #[test]
-    fn with_the_templates_max_receive_count_a_six_hour_outage_redrives_nothing() {
-        let max = template_max_receive_count();
-        // The shortest time a message survives: every delay at its smallest jitter,
-        // until the receive at which it would be parked.
-        let mut survived = Duration::ZERO;
-        let mut receive = 1;
-        while retry_step(receive, Some(max), 0.0) != RetryStep::Park {
-            survived += store_retry_visibility(receive, 0.0);
-            receive += 1;
-        }
-        assert!(
-            survived >= Duration::from_secs(6 * 3600),
-            "maxReceiveCount {max} survives only {survived:?} of store outage"
-        );
-    }
 
     #[test]
     fn a_queue_arn_gives_its_account_and_name() {

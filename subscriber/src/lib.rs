@@ -16,6 +16,8 @@
 //!   the DLQ.
 //! - [`gate`] — the circuit breaker that stops every receive loop while the database
 //!   fails, and probes it.
+//! - [`retry`] — PURE: the visibility delay of a message that failed transiently, a
+//!   worker's pause, and when to park rather than let the redrive policy move a message.
 //! - [`isolation`] — PURE: when a batch applied event by event extends its messages'
 //!   visibility, or gives them back.
 //! - [`worker`] — the receive loops, [`worker::process_batch`] (reusable by a Lambda
@@ -39,6 +41,7 @@ pub mod lambda;
 pub mod metrics;
 pub mod pace;
 pub mod readiness;
+pub mod retry;
 pub mod secret;
 pub mod source;
 pub mod status;

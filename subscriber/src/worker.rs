@@ -29,6 +29,7 @@ use crate::envelope::decode_body;
 use crate::gate::{Admission, StoreGate};
 use crate::isolation::{KeepStep, keep_step};
 use crate::pace::{ArrivalMeter, behind, fill_wait, lag_threshold};
+use crate::retry::{pause_after_empty_receive, redrive_imminent, visibility_delay, worker_backoff};
 use crate::source::{Parker, ReceiveSettings, ReceivedMessage, SourceError, SqsSource};
 use runtime::backoff::Backoff;
 use runtime::report::error_chain;
@@ -37,19 +38,6 @@ use runtime::report::error_chain;
 /// exception or a constraint violation).
 pub const APPLY_REJECTED: &str = "apply_rejected";
 
-/// First visibility delay of a message that failed transiently; doubles with each
-/// receive.
-pub const RETRY_VISIBILITY_BASE: Duration = Duration::from_secs(5);
-/// Longest visibility delay of a message that failed transiently.
-pub const RETRY_VISIBILITY_MAX: Duration = Duration::from_secs(15 * 60);
-/// First pause of a worker after a failed batch or receive; doubles with each
-/// consecutive failure.
-pub const WORKER_BACKOFF_BASE: Duration = Duration::from_secs(1);
-/// Longest pause of a worker between failures.
-pub const WORKER_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Pause after an empty short poll (`SUBSCRIBER_WAIT_TIME_SECS=0`), so an idle queue is
-/// not polled in a tight loop.
-pub const EMPTY_SHORT_POLL_PAUSE: Duration = Duration::from_secs(1);
 /// Messages a half-open [`StoreGate`] lets through on trial: one message's receive
 /// count is what a failed trial costs.
 pub const TRIAL_MESSAGES: u8 = 1;
@@ -387,18 +375,6 @@ async fn receive_loop(
     debug!("Worker stopped.");
 }
 
-/// The pause after a receive that returned nothing: none after a long poll (it already
-/// waited), [`EMPTY_SHORT_POLL_PAUSE`] after a short poll.
-pub fn pause_after_empty_receive(wait_time_secs: u8) -> Option<Duration> {
-    (wait_time_secs == 0).then_some(EMPTY_SHORT_POLL_PAUSE)
-}
-
-/// Whether a message that failed retryably at `receive_count` is within one receive of
-/// the queue's `maxReceiveCount`, after which SQS moves it to the DLQ without a reason.
-pub fn redrive_imminent(receive_count: u32, max_receive_count: Option<u32>) -> bool {
-    max_receive_count.is_some_and(|max| receive_count >= max.saturating_sub(1))
-}
-
 /// Deletes what succeeded, and delays what must be retried by its receive count.
 async fn settle(source: &SqsSource, messages: &[ReceivedMessage], outcome: &BatchOutcome) {
     let succeeded: HashSet<&str> = outcome.succeeded.iter().map(String::as_str).collect();
@@ -685,20 +661,6 @@ fn log_retryable(e: &ApplyError, messages: usize) {
     }
 }
 
-/// The visibility delay of a message that failed transiently: [`RETRY_VISIBILITY_BASE`]
-/// doubled per earlier receive, capped at [`RETRY_VISIBILITY_MAX`], scaled by a jitter
-/// in `[0.5, 1]` (from `jitter` in `[0, 1)`) so retries of one outage spread out.
-pub fn visibility_delay(receive_count: u32, jitter: f64) -> Duration {
-    Backoff::new(RETRY_VISIBILITY_BASE, RETRY_VISIBILITY_MAX).delay(receive_count, jitter)
-}
-
-/// A worker's pause after `consecutive_failures` failed batches or receives: from
-/// [`WORKER_BACKOFF_BASE`], doubling, capped at [`WORKER_BACKOFF_MAX`], with jitter as in
-/// [`visibility_delay`].
-pub fn worker_backoff(consecutive_failures: u32, jitter: f64) -> Duration {
-    Backoff::new(WORKER_BACKOFF_BASE, WORKER_BACKOFF_MAX).delay(consecutive_failures, jitter)
-}
-
 /// Sleeps `delay`; `false` if shutdown came first.
 async fn sleep_unless_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -721,9 +683,8 @@ fn millis(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-
     #[test]
-    fn the_bind_back_off_doubles_from_one_second_to_thirty_with_a_quarter_of_jitter() {
+    fn the_bind_back_off_doubles_from_one_second_to_thirty() {
         let secs = |a, j| super::BIND_BACKOFF.delay(a, j).as_secs_f64();
         assert_eq!(secs(1, 1.0), 1.0);
         assert_eq!(secs(2, 1.0), 2.0);
@@ -731,51 +692,6 @@ mod tests {
         assert_eq!(secs(6, 1.0), 30.0);
         assert_eq!(secs(60, 1.0), 30.0);
         assert_eq!(secs(1, 0.0), 0.5);
-    }
-
-    use super::*;
-
-    #[test]
-    fn visibility_delay_doubles_per_receive_and_is_capped() {
-        assert_eq!(visibility_delay(1, 1.0), Duration::from_secs(5));
-        assert_eq!(visibility_delay(2, 1.0), Duration::from_secs(10));
-        assert_eq!(visibility_delay(4, 1.0), Duration::from_secs(40));
-        assert_eq!(visibility_delay(1000, 1.0), RETRY_VISIBILITY_MAX);
-    }
-
-    #[test]
-    fn jitter_keeps_delays_between_half_and_full() {
-        assert_eq!(visibility_delay(2, 0.0), Duration::from_secs(5));
-        for _ in 0..100 {
-            let d = worker_backoff(3, rand::random());
-            assert!(
-                d >= Duration::from_secs(2) && d <= Duration::from_secs(4),
-                "{d:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn an_empty_short_poll_pauses_and_an_empty_long_poll_does_not() {
-        assert_eq!(pause_after_empty_receive(0), Some(EMPTY_SHORT_POLL_PAUSE));
-        assert_eq!(pause_after_empty_receive(1), None);
-        assert_eq!(pause_after_empty_receive(20), None);
-    }
-
-    #[test]
-    fn a_retry_within_one_receive_of_max_receive_count_is_reported() {
-        assert!(!redrive_imminent(3, Some(5)));
-        assert!(redrive_imminent(4, Some(5)));
-        assert!(redrive_imminent(5, Some(5)));
-        assert!(redrive_imminent(9, Some(5)));
-        assert!(redrive_imminent(1, Some(1)));
-        assert!(!redrive_imminent(100, None));
-    }
-
-    #[test]
-    fn a_zero_receive_count_is_treated_as_the_first() {
-        assert_eq!(visibility_delay(0, 1.0), RETRY_VISIBILITY_BASE);
-        assert_eq!(worker_backoff(u32::MAX, 1.0), WORKER_BACKOFF_MAX);
     }
 }
 
