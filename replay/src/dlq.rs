@@ -21,7 +21,7 @@ use aws_sdk_sqs::types::{
     SendMessageBatchRequestEntry,
 };
 use serde::Serialize;
-use subscriber::source::{DETAIL_ATTRIBUTE, REASON_ATTRIBUTE, SOURCE_MESSAGE_ID_ATTRIBUTE};
+use subscriber::parking::{DETAIL_ATTRIBUTE, REASON_ATTRIBUTE, SOURCE_MESSAGE_ID_ATTRIBUTE};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

@@ -7,7 +7,9 @@
 //! - [`republish`] sends again what the publisher parked or the Lambda stream mapping
 //!   gave up on (its failure queue, S3 invocation records), re-reading items as needed.
 //! - [`verify`] compares the source table with the analytics store in bounded memory,
-//!   reports drift and, with `--repair`, re-emits events for exactly the drifted keys.
+//!   reports drift and, with `--repair`, re-emits events for exactly the drifted keys;
+//!   [`drift`] is its PURE part (how a stored row compares with its source item, and
+//!   the event that repairs it).
 //!
 //! Every event replay emits goes through the same contract and the same version guard
 //! as live traffic, so a backfill running beside live writes can never overwrite a
@@ -17,6 +19,7 @@
 pub mod cli;
 pub mod dest;
 pub mod dlq;
+pub mod drift;
 pub mod items;
 pub mod limiter;
 pub mod progress;

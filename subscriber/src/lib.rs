@@ -14,6 +14,9 @@
 //!   [`apply::ApplyError`] and its retry classification.
 //! - [`source`] — the SQS adapter: receive, batch delete, visibility changes, parking in
 //!   the DLQ.
+//! - [`parking`] — PURE: the attributes of a parked copy (reason, detail, source message
+//!   id), fitted within the DLQ's message size.
+//! - [`redrive`] — PURE: a queue's RedrivePolicy (its DLQ, its `maxReceiveCount`).
 //! - [`gate`] — the circuit breaker that stops every receive loop while the database
 //!   fails, and probes it.
 //! - [`retry`] — PURE: the visibility delay of a message that failed transiently, a
@@ -40,7 +43,9 @@ pub mod isolation;
 pub mod lambda;
 pub mod metrics;
 pub mod pace;
+pub mod parking;
 pub mod readiness;
+pub mod redrive;
 pub mod retry;
 pub mod secret;
 pub mod source;

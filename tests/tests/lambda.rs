@@ -282,7 +282,7 @@ async fn subscriber_lambda_backs_off_through_a_database_outage_and_dead_letters_
     let reason = parked[0]
         .message_attributes
         .as_ref()
-        .and_then(|a| a.get(subscriber::source::REASON_ATTRIBUTE))
+        .and_then(|a| a.get(subscriber::parking::REASON_ATTRIBUTE))
         .and_then(|v| v.string_value.clone());
     assert_eq!(
         reason.as_deref(),
