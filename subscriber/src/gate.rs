@@ -20,7 +20,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::apply::FailureKind;
+use crate::failure::FailureKind;
 use runtime::report::error_chain;
 
 /// First pause before probing an open gate; doubles with each failed probe or trial.

@@ -10,6 +10,7 @@
 //! - [`config`] — typed settings from flags and environment variables (`subscriber run`,
 //!   `subscriber migrate`), the redacting [`config::DatabaseUrl`].
 //! - [`envelope`] — PURE: an SQS body (raw delivery or SNS-wrapped) → [`contracts::ChangeEvent`].
+//! - [`failure`] — PURE: a failed apply's [`failure::FailureKind`] from its SQLSTATE.
 //! - [`apply`] — SQL: a batch of events → one history insert and one guarded state upsert,
 //!   [`apply::ApplyError`] and its retry classification.
 //! - [`source`] — the SQS adapter: receive, batch delete, visibility changes, parking in
@@ -38,6 +39,7 @@
 pub mod apply;
 pub mod config;
 pub mod envelope;
+pub mod failure;
 pub mod gate;
 pub mod isolation;
 pub mod lambda;

@@ -23,9 +23,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, instrument, warn};
 
-use crate::apply::{ApplyError, ApplyReport, FailureKind, apply_atomically, probe_with_good_event};
+use crate::apply::{ApplyError, ApplyReport, apply_atomically, probe_with_good_event};
 use crate::config::RunConfig;
 use crate::envelope::decode_body;
+use crate::failure::FailureKind;
 use crate::gate::{Admission, StoreGate};
 use crate::isolation::{KeepStep, keep_step};
 use crate::pace::{ArrivalMeter, behind, fill_wait, lag_threshold};
