@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_sdk_sns as sns;
 use contracts::{ChangeEvent, SchemaVersion};
 use runtime::backoff::Backoff;
-use runtime::batch::{FailedEntry, RetryPolicy};
+use runtime::batch::{RetryPolicy, Sent, entry_results_of};
 use sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use tokio_util::sync::CancellationToken;
 
@@ -184,6 +184,49 @@ pub struct PublishReport {
     pub rejected: Vec<(Encoded, Rejected)>,
 }
 
+/// What one batch of `events` came to, from what [`runtime::batch::send`] did with it:
+/// the accepted ones counted, the refused ones handed back as [`Rejected`] with
+/// `reason_code`, and, when shutdown ended the retries, [`PublishError::Interrupted`]
+/// naming every event not accepted (the rejected ones too: nobody parked them yet).
+///
+/// # Errors
+/// [`PublishError::Interrupted`].
+pub fn settle(
+    events: Vec<Encoded>,
+    answer: Sent<String>,
+    reason_code: &'static str,
+) -> Result<PublishReport, PublishError> {
+    let mut report = PublishReport {
+        published: answer.accepted.len(),
+        retries: answer.retried,
+        rejected: Vec::new(),
+    };
+    let mut events: Vec<Option<Encoded>> = events.into_iter().map(Some).collect();
+    for (i, code, message) in answer.refused {
+        if let Some(event) = events[i].take() {
+            let r = Rejected {
+                event_id: event.event_id.clone(),
+                reason_code,
+                detail: format!("{code}: {message}"),
+            };
+            report.rejected.push((event, r));
+        }
+    }
+    if answer.interrupted {
+        let unfinished = answer
+            .unsent
+            .iter()
+            .filter_map(|(i, _)| events[*i].as_ref().map(|e| e.tag))
+            .chain(report.rejected.iter().map(|(e, _)| e.tag))
+            .collect();
+        return Err(PublishError::Interrupted {
+            pending: answer.unsent.len(),
+            unfinished,
+        });
+    }
+    Ok(report)
+}
+
 /// The SNS topic events are published to.
 #[derive(Debug, Clone)]
 pub struct SnsSink {
@@ -304,43 +347,13 @@ impl SnsSink {
                         .send()
                         .await
                         .map_err(|e| runtime::report::describe_sdk_error(&e))?;
-                    let failed: Vec<FailedEntry> =
-                        out.failed().iter().map(FailedEntry::from).collect();
                     let successful = out.successful().iter().filter_map(|s| s.id());
-                    Ok::<_, String>(runtime::batch::entry_results(&ids, successful, &failed))
+                    Ok::<_, String>(entry_results_of(&ids, successful, out.failed()))
                 }
             },
         )
         .await;
-        let mut report = PublishReport {
-            published: answer.accepted.len(),
-            retries: answer.retried,
-            rejected: Vec::new(),
-        };
-        let mut events: Vec<Option<Encoded>> = batch.into_iter().map(Some).collect();
-        for (i, code, message) in answer.refused {
-            if let Some(event) = events[i].take() {
-                let r = Rejected {
-                    event_id: event.event_id.clone(),
-                    reason_code: "rejected_by_sns",
-                    detail: format!("{code}: {message}"),
-                };
-                report.rejected.push((event, r));
-            }
-        }
-        if answer.interrupted {
-            let unfinished = answer
-                .unsent
-                .iter()
-                .filter_map(|(i, _)| events[*i].as_ref().map(|e| e.tag))
-                .chain(report.rejected.iter().map(|(e, _)| e.tag))
-                .collect();
-            return Err(PublishError::Interrupted {
-                pending: answer.unsent.len(),
-                unfinished,
-            });
-        }
-        Ok(report)
+        settle(batch, answer, "rejected_by_sns")
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use publisher::sink::{Encoded, PublishError, Rejected, SnsSink};
 use runtime::backoff::Backoff;
-use runtime::batch::{FailedEntry, RetryPolicy};
+use runtime::batch::{RetryPolicy, entry_results_of};
 use tokio_util::sync::CancellationToken;
 
 use runtime::limits::sqs::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
@@ -187,37 +187,15 @@ impl QueueSink {
                         .send()
                         .await
                         .map_err(|e| runtime::report::describe_sdk_error(&e))?;
-                    let failed: Vec<FailedEntry> =
-                        out.failed().iter().map(FailedEntry::from).collect();
                     let successful = out.successful().iter().map(|s| s.id());
-                    Ok::<_, String>(runtime::batch::entry_results(&ids, successful, &failed))
+                    Ok::<_, String>(entry_results_of(&ids, successful, out.failed()))
                 }
             },
         )
         .await;
-        sent.accepted += answer.accepted.len();
-        let mut events: Vec<Option<Encoded>> = batch.into_iter().map(Some).collect();
-        for (i, code, message) in answer.refused {
-            if let Some(event) = events[i].take() {
-                let r = Rejected {
-                    event_id: event.event_id.clone(),
-                    reason_code: "rejected_by_sqs",
-                    detail: format!("{code}: {message}"),
-                };
-                sent.rejected.push((event, r));
-            }
-        }
-        if answer.interrupted {
-            let unfinished: Vec<usize> = answer
-                .unsent
-                .iter()
-                .filter_map(|(i, _)| events[*i].as_ref().map(|e| e.tag))
-                .collect();
-            return Err(PublishError::Interrupted {
-                pending: unfinished.len(),
-                unfinished,
-            });
-        }
+        let report = publisher::sink::settle(batch, answer, "rejected_by_sqs")?;
+        sent.accepted += report.published;
+        sent.rejected.extend(report.rejected);
         Ok(())
     }
 

@@ -99,6 +99,20 @@ pub fn entry_results<'a>(
 /// Rounds of failures after which each further one is logged at ERROR.
 pub const ESCALATE_AFTER: u32 = 5;
 
+/// [`entry_results`] from an SDK answer's own `Failed` list (SNS's or SQS's
+/// `BatchResultErrorEntry`).
+pub fn entry_results_of<'a, F>(
+    ids: &[usize],
+    successful: impl IntoIterator<Item = &'a str>,
+    failed: &[F],
+) -> Vec<EntryResult>
+where
+    for<'f> FailedEntry: From<&'f F>,
+{
+    let failed: Vec<FailedEntry> = failed.iter().map(FailedEntry::from).collect();
+    entry_results(ids, successful, &failed)
+}
+
 /// How [`send`] retries.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {

@@ -15,7 +15,7 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
 };
 use runtime::backoff::Backoff;
-use runtime::batch::{EntryResult, FailedEntry, RetryPolicy};
+use runtime::batch::{EntryResult, RetryPolicy, entry_results_of};
 use tracing::{debug, error, instrument, warn};
 use url::Url;
 
@@ -435,7 +435,7 @@ impl SqsSource {
                     .await
                     .map_err(|e| sdk_error(Operation::Delete, queue_url, e))?;
                 let successful = output.successful().iter().map(|s| s.id());
-                Ok(results_of(&indexes, successful, output.failed()))
+                Ok(entry_results_of(&indexes, successful, output.failed()))
             }
         })
         .await
@@ -481,7 +481,7 @@ impl SqsSource {
                         .await
                         .map_err(|e| sdk_error(Operation::ChangeVisibility, queue_url, e))?;
                     let successful = output.successful().iter().map(|s| s.id());
-                    Ok(results_of(&indexes, successful, output.failed()))
+                    Ok(entry_results_of(&indexes, successful, output.failed()))
                 }
             },
         )
@@ -707,16 +707,6 @@ where
             code: code.clone(),
         }),
     }
-}
-
-/// What one answer said of the entries `ids`.
-fn results_of<'a>(
-    ids: &[usize],
-    successful: impl IntoIterator<Item = &'a str>,
-    failed: &[aws_sdk_sqs::types::BatchResultErrorEntry],
-) -> Vec<EntryResult> {
-    let failed: Vec<FailedEntry> = failed.iter().map(FailedEntry::from).collect();
-    runtime::batch::entry_results(ids, successful, &failed)
 }
 
 /// SQS's default `VisibilityTimeout` of a queue.
