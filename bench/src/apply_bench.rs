@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use contracts::{Change, ChangeEvent, SchemaVersion};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
-use subscriber::source::{Parker, ReceivedMessage, SourceError};
+use subscriber::queue::{Parker, QueueError, ReceivedMessage};
 use tokio::sync::Mutex;
 
 use crate::workload::{self, Mix, Workload};
@@ -220,10 +220,10 @@ async fn lambda(
         let handler = SubscriberLambda::new(
             db.options.clone(),
             1,
-            subscriber::source::DeadLetterQueue::new(
+            subscriber::queue::DeadLetterQueue::new(
                 sqs.clone(),
                 "http://127.0.0.1:1/unused-dlq".into(),
-                subscriber::source::MAX_MESSAGE_BYTES,
+                subscriber::queue::MAX_MESSAGE_BYTES,
             ),
             Duration::from_secs(3),
         );
@@ -677,7 +677,7 @@ impl Parker for CountingParker {
         _message: &ReceivedMessage,
         _reason_code: &'static str,
         _detail: &str,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), QueueError> {
         self.parked.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -34,12 +34,12 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tracing::{debug, error, info, warn};
 
+use crate::queue::{
+    DeadLetterQueue, MAX_BATCH_ENTRIES, MAX_VISIBILITY_TIMEOUT_SECS, Parker, ReceivedMessage,
+};
 use crate::redrive::max_receive_count_from_redrive_policy;
 use crate::retry::{RetryStep, STORE_RETRY_VISIBILITY_MAX, retry_step};
 use crate::secret::DatabaseSecret;
-use crate::source::{
-    DeadLetterQueue, MAX_BATCH_ENTRIES, MAX_VISIBILITY_TIMEOUT_SECS, Parker, ReceivedMessage,
-};
 use crate::worker::process_batch;
 use runtime::report::error_chain;
 

@@ -13,7 +13,7 @@
 //! - [`failure`] — PURE: a failed apply's [`failure::FailureKind`] from its SQLSTATE.
 //! - [`apply`] — SQL: a batch of events → one history insert and one guarded state upsert,
 //!   [`apply::ApplyError`] and its retry classification.
-//! - [`source`] — the SQS adapter: receive, batch delete, visibility changes, parking in
+//! - [`queue`] — the SQS adapter: receive, batch delete, visibility changes, parking in
 //!   the DLQ.
 //! - [`parking`] — PURE: the attributes of a parked copy (reason, detail, source message
 //!   id), fitted within the DLQ's message size.
@@ -46,11 +46,11 @@ pub mod lambda;
 pub mod metrics;
 pub mod pace;
 pub mod parking;
+pub mod queue;
 pub mod readiness;
 pub mod redrive;
 pub mod retry;
 pub mod secret;
-pub mod source;
 pub mod status;
 pub mod worker;
 

@@ -2,7 +2,7 @@
 //! as many of its attributes as fit, plus ours: the stable reason code, the error
 //! (truncated), and the message's id in the main queue; body and attributes together
 //! are fitted within the DLQ's maximum message size. No I/O: the SQS adapter
-//! ([`crate::source::DeadLetterQueue`]) sends what this builds.
+//! ([`crate::queue::DeadLetterQueue`]) sends what this builds.
 
 use std::collections::HashMap;
 
@@ -11,7 +11,7 @@ use runtime::limits::sqs::MAX_MESSAGE_ATTRIBUTES;
 
 use tracing::debug;
 
-use crate::source::ReceivedMessage;
+use crate::queue::ReceivedMessage;
 
 /// Attribute on a parked message: the stable reason code (`malformed_json`,
 /// `apply_rejected`, …).

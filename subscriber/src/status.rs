@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::StatusConfig;
-use crate::source::{ReceiveSettings, SqsSource};
+use crate::queue::{ReceiveSettings, SqsQueue};
 
 /// Visibility timeout of a peeked DLQ message, in seconds: long enough for the peek to
 /// finish, after which each is made visible again explicitly.
@@ -35,7 +35,7 @@ pub const NO_REASON: &str = "(none: moved by the redrive policy)";
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error("binding the queue")]
-    Source(#[from] crate::source::SourceError),
+    Queue(#[from] crate::queue::QueueError),
     #[error("reading the attributes of {queue_url}: {message}")]
     Attributes { queue_url: String, message: String },
     #[error("peeking into the DLQ {queue_url}: {message}")]
@@ -150,7 +150,7 @@ pub async fn gather(
         max_messages: 10,
         wait_time_secs: 0,
     };
-    let source = SqsSource::connect(
+    let source = SqsQueue::connect(
         sqs.clone(),
         &config.queue_url,
         config.dlq_url.as_ref(),

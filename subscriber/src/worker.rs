@@ -30,8 +30,8 @@ use crate::failure::FailureKind;
 use crate::gate::{Admission, StoreGate};
 use crate::isolation::{KeepStep, keep_step};
 use crate::pace::{ArrivalMeter, behind, fill_wait, lag_threshold};
+use crate::queue::{Parker, QueueError, ReceiveSettings, ReceivedMessage, SqsQueue};
 use crate::retry::{pause_after_empty_receive, redrive_imminent, visibility_delay, worker_backoff};
-use crate::source::{Parker, ReceiveSettings, ReceivedMessage, SourceError, SqsSource};
 use runtime::backoff::Backoff;
 use runtime::report::error_chain;
 
@@ -66,7 +66,7 @@ pub enum RunError {
     Migrate(#[source] sqlx::migrate::MigrateError),
     /// The queue or its DLQ could not be bound.
     #[error("could not bind the queue")]
-    Source(#[from] SourceError),
+    Queue(#[from] QueueError),
     /// A receive loop panicked (a bug); the others were stopped.
     #[error("{count} workers panicked")]
     WorkerPanicked { count: usize },
@@ -78,7 +78,7 @@ impl RunError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RunError::Migrate(_) | RunError::WorkerPanicked { .. } => true,
-            RunError::Source(e) => e.is_retryable(),
+            RunError::Queue(e) => e.is_retryable(),
         }
     }
 }
@@ -97,11 +97,11 @@ async fn connect_until_bound(
     dlq_url: Option<&url::Url>,
     receive: ReceiveSettings,
     shutdown: &CancellationToken,
-) -> Result<Option<SqsSource>, RunError> {
+) -> Result<Option<SqsQueue>, RunError> {
     let mut attempt = 0u32;
     loop {
-        match SqsSource::connect(sqs.clone(), queue_url, dlq_url, receive).await {
-            Ok(source) => return Ok(Some(source)),
+        match SqsQueue::connect(sqs.clone(), queue_url, dlq_url, receive).await {
+            Ok(queue) => return Ok(Some(queue)),
             Err(e) if e.is_retryable() => {
                 attempt += 1;
                 let delay = BIND_BACKOFF.delay_random(attempt);
@@ -116,7 +116,7 @@ async fn connect_until_bound(
                     () = shutdown.cancelled() => return Ok(None),
                 }
             }
-            Err(e) => return Err(RunError::Source(e)),
+            Err(e) => return Err(RunError::Queue(e)),
         }
     }
 }
@@ -125,7 +125,7 @@ async fn connect_until_bound(
 /// flight is committed and deleted.
 ///
 /// # Errors
-/// [`RunError::Source`] if the queue or its DLQ cannot be bound at start for a reason
+/// [`RunError::Queue`] if the queue or its DLQ cannot be bound at start for a reason
 /// that will not pass (no DLQ is a refusal to start; SQS unreachable is waited out); [`RunError::Migrate`]; [`RunError::WorkerPanicked`].
 pub async fn run(
     config: &RunConfig,
@@ -144,7 +144,7 @@ pub async fn run(
         max_messages: config.max_messages,
         wait_time_secs: config.wait_time_secs,
     };
-    let Some(source) = connect_until_bound(
+    let Some(queue) = connect_until_bound(
         sqs,
         &config.queue_url,
         config.dlq_url.as_ref(),
@@ -157,13 +157,13 @@ pub async fn run(
         return Ok(());
     };
     info!(
-        queue_url = source.queue_url(),
-        dlq_url = source.dlq_url(),
-        max_receive_count = source.max_receive_count(),
+        queue_url = queue.queue_url(),
+        dlq_url = queue.dlq_url(),
+        max_receive_count = queue.max_receive_count(),
         workers = config.workers.get(),
         "Subscriber consuming."
     );
-    let source = Arc::new(source);
+    let queue = Arc::new(queue);
     let gate = Arc::new(StoreGate::default());
     let batching = Batching {
         max_messages: usize::from(config.batch_max_messages),
@@ -178,7 +178,7 @@ pub async fn run(
         let span = info_span!("worker", worker);
         workers.spawn(
             receive_loop(
-                Arc::clone(&source),
+                Arc::clone(&queue),
                 pool.clone(),
                 Arc::clone(&gate),
                 batching,
@@ -221,15 +221,15 @@ pub struct Batching {
 /// A message received twice (its visibility ran out, or the emulator handed it out
 /// twice) is kept once, with its newest receipt handle. A failed receive only ends
 /// the gathering: what is in hand is processed.
-async fn gather(source: &SqsSource, messages: &mut Vec<ReceivedMessage>, batching: Batching) {
-    let per_call = usize::from(source.max_messages());
+async fn gather(queue: &SqsQueue, messages: &mut Vec<ReceivedMessage>, batching: Batching) {
+    let per_call = usize::from(queue.max_messages());
     if messages.len() < per_call {
         return;
     }
     let deadline = tokio::time::Instant::now() + batching.window;
     while messages.len() < batching.max_messages && tokio::time::Instant::now() < deadline {
         let want = (batching.max_messages - messages.len()).min(per_call);
-        let more = match source
+        let more = match queue
             .receive_now(u8::try_from(want).unwrap_or(u8::MAX))
             .await
         {
@@ -257,7 +257,7 @@ async fn gather(source: &SqsSource, messages: &mut Vec<ReceivedMessage>, batchin
 
 /// One worker: at most one batch in flight, and no receive while the gate is open.
 async fn receive_loop(
-    source: Arc<SqsSource>,
+    queue: Arc<SqsQueue>,
     pool: PgPool,
     gate: Arc<StoreGate>,
     batching: Batching,
@@ -275,15 +275,15 @@ async fn receive_loop(
         // its way would leave its messages invisible, unprocessed, until their
         // visibility timeout. It ends within the long-poll wait.
         let received = match trial {
-            Some(_) => source.receive_at_most(TRIAL_MESSAGES).await,
-            None => source.receive().await,
+            Some(_) => queue.receive_at_most(TRIAL_MESSAGES).await,
+            None => queue.receive().await,
         };
         let received_at = tokio::time::Instant::now();
         let mut fill_pause = Duration::ZERO;
         let messages = match received {
             Ok(mut messages) => {
                 if trial.is_none() {
-                    let per_call = usize::from(source.max_messages());
+                    let per_call = usize::from(queue.max_messages());
                     let lagging = behind(
                         messages.iter().map(|m| m.sent_at_ms),
                         now_ms(),
@@ -291,7 +291,7 @@ async fn receive_loop(
                     )
                     .unwrap_or(messages.len() >= per_call);
                     if lagging {
-                        gather(&source, &mut messages, batching).await;
+                        gather(&queue, &mut messages, batching).await;
                     } else {
                         fill_pause = fill_wait(
                             messages.len(),
@@ -327,7 +327,7 @@ async fn receive_loop(
         if messages.is_empty() {
             // A trial without a message is no verdict: dropping it leaves the gate
             // half-open for the next probe.
-            if let Some(pause) = pause_after_empty_receive(source.wait_time_secs())
+            if let Some(pause) = pause_after_empty_receive(queue.wait_time_secs())
                 && !sleep_unless_shutdown(pause, &shutdown).await
             {
                 break;
@@ -337,8 +337,8 @@ async fn receive_loop(
 
         // From here to the end of `settle`, shutdown is not looked at: the batch is
         // finished (committed and deleted) before the worker stops.
-        let (outcome, store_failure) = process_batch_inner(&pool, source.as_ref(), &messages).await;
-        settle(&source, &messages, &outcome).await;
+        let (outcome, store_failure) = process_batch_inner(&pool, queue.as_ref(), &messages).await;
+        settle(&queue, &messages, &outcome).await;
 
         match (trial, &store_failure) {
             // Only an applied message tells the database is back; a parked one is no
@@ -377,7 +377,7 @@ async fn receive_loop(
 }
 
 /// Deletes what succeeded, and delays what must be retried by its receive count.
-async fn settle(source: &SqsSource, messages: &[ReceivedMessage], outcome: &BatchOutcome) {
+async fn settle(queue: &SqsQueue, messages: &[ReceivedMessage], outcome: &BatchOutcome) {
     let succeeded: HashSet<&str> = outcome.succeeded.iter().map(String::as_str).collect();
     let retry: HashSet<&str> = outcome.retry.iter().map(String::as_str).collect();
 
@@ -386,13 +386,13 @@ async fn settle(source: &SqsSource, messages: &[ReceivedMessage], outcome: &Batc
         .filter(|m| succeeded.contains(m.message_id.as_str()))
         .collect();
     if !to_delete.is_empty()
-        && let Err(e) = source.delete_batch(&to_delete).await
+        && let Err(e) = queue.delete_batch(&to_delete).await
     {
         // They come back after their visibility timeout and apply as no-ops.
         warn!(error = %error_chain(&e), "Applied messages not deleted; they will be redelivered.");
     }
 
-    let max_receive_count = source.max_receive_count();
+    let max_receive_count = queue.max_receive_count();
     let to_delay: Vec<(&ReceivedMessage, Duration)> = messages
         .iter()
         .filter(|m| retry.contains(m.message_id.as_str()))
@@ -402,7 +402,7 @@ async fn settle(source: &SqsSource, messages: &[ReceivedMessage], outcome: &Batc
                     message_id = %m.message_id,
                     receive_count = m.receive_count,
                     max_receive_count,
-                    dlq_url = source.dlq_url(),
+                    dlq_url = queue.dlq_url(),
                     "Message failed again near the queue's maxReceiveCount: SQS is about to move it to the DLQ without a tributary-reason."
                 );
             }
@@ -410,7 +410,7 @@ async fn settle(source: &SqsSource, messages: &[ReceivedMessage], outcome: &Batc
         .map(|m| (m, visibility_delay(m.receive_count, rand::random())))
         .collect();
     if !to_delay.is_empty()
-        && let Err(e) = source.change_visibility_batch(&to_delay).await
+        && let Err(e) = queue.change_visibility_batch(&to_delay).await
     {
         warn!(error = %error_chain(&e), "Could not delay the messages to retry; they come back after the queue's visibility timeout.");
     }
@@ -726,10 +726,10 @@ mod db_tests {
             message: &ReceivedMessage,
             reason_code: &'static str,
             detail: &str,
-        ) -> Result<(), SourceError> {
+        ) -> Result<(), QueueError> {
             if self.fail {
-                return Err(SourceError::EntriesFailed {
-                    operation: crate::source::Operation::SendToDlq,
+                return Err(QueueError::EntriesFailed {
+                    operation: crate::queue::Operation::SendToDlq,
                     queue_url: "dlq".into(),
                     failed: 1,
                     code: "InternalError".into(),

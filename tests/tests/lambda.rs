@@ -25,7 +25,7 @@ use sqlx::ConnectOptions as _;
 use sqlx::Row;
 use stack::demo::{Traffic, TrafficPlan};
 use subscriber::lambda::{SqsEvent, SubscriberLambda};
-use subscriber::source::{DeadLetterQueue, MAX_MESSAGE_BYTES};
+use subscriber::queue::{DeadLetterQueue, MAX_MESSAGE_BYTES};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);

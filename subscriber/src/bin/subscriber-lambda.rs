@@ -6,8 +6,8 @@ use std::time::Duration;
 use runtime::shutdown::ShutdownNotes;
 use subscriber::config::{LambdaConfig, check_database_tls};
 use subscriber::lambda::{SqsEvent, SubscriberLambda};
+use subscriber::queue::{DeadLetterQueue, MAX_MESSAGE_BYTES};
 use subscriber::secret::DatabaseSecret;
-use subscriber::source::{DeadLetterQueue, MAX_MESSAGE_BYTES};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {

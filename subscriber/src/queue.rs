@@ -105,7 +105,7 @@ impl std::fmt::Display for Operation {
 
 /// Why an SQS call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub enum QueueError {
     /// The call itself failed (after the SDK's own retries).
     #[error("{operation} on {queue_url} failed")]
     Sdk {
@@ -138,18 +138,18 @@ pub enum SourceError {
     },
 }
 
-impl SourceError {
+impl QueueError {
     /// Whether trying the same call again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            SourceError::Sdk { retryable, .. } => *retryable,
-            SourceError::EntriesFailed { .. } => true,
-            SourceError::NoDeadLetterQueue { .. } | SourceError::BadRedrivePolicy { .. } => false,
+            QueueError::Sdk { retryable, .. } => *retryable,
+            QueueError::EntriesFailed { .. } => true,
+            QueueError::NoDeadLetterQueue { .. } | QueueError::BadRedrivePolicy { .. } => false,
         }
     }
 }
 
-fn sdk_error<E>(operation: Operation, queue_url: &str, err: SdkError<E>) -> SourceError
+fn sdk_error<E>(operation: Operation, queue_url: &str, err: SdkError<E>) -> QueueError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -166,7 +166,7 @@ where
         }
         _ => false,
     };
-    SourceError::Sdk {
+    QueueError::Sdk {
         operation,
         queue_url: queue_url.to_owned(),
         retryable,
@@ -176,7 +176,7 @@ where
 
 /// Where messages that can never be applied go.
 ///
-/// The container worker parks them itself ([`SqsSource::park`]: send to the DLQ, then
+/// The container worker parks them itself ([`SqsQueue::park`]: send to the DLQ, then
 /// delete); a Lambda handler would only send, and report the message as handled so the
 /// service deletes it.
 pub trait Parker: Sync {
@@ -189,7 +189,7 @@ pub trait Parker: Sync {
         message: &ReceivedMessage,
         reason_code: &'static str,
         detail: &str,
-    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// How long a received message stays invisible to other consumers, when the batch
     /// must keep its messages invisible itself while it works on them one by one (the
@@ -219,7 +219,7 @@ pub struct ReceiveSettings {
 
 /// One SQS queue and its DLQ.
 #[derive(Debug, Clone)]
-pub struct SqsSource {
+pub struct SqsQueue {
     client: Client,
     queue_url: String,
     dlq: DeadLetterQueue,
@@ -232,20 +232,20 @@ pub struct SqsSource {
     visibility_timeout: Duration,
 }
 
-impl SqsSource {
+impl SqsQueue {
     /// Binds the queue and resolves its DLQ: `dlq_url` if given, else the queue's
     /// RedrivePolicy target. Checks that the DLQ exists, and reads its maximum message
     /// size and the queue's `maxReceiveCount`.
     ///
     /// # Errors
-    /// [`SourceError::NoDeadLetterQueue`] when there is no DLQ to park in; SQS errors.
+    /// [`QueueError::NoDeadLetterQueue`] when there is no DLQ to park in; SQS errors.
     #[instrument(skip_all, fields(queue_url = %queue_url), err)]
     pub async fn connect(
         client: Client,
         queue_url: &Url,
         dlq_url: Option<&Url>,
         receive: ReceiveSettings,
-    ) -> Result<SqsSource, SourceError> {
+    ) -> Result<SqsQueue, QueueError> {
         let queue_url = queue_url.as_str().to_owned();
         let policy = match (read_redrive_policy(&client, &queue_url).await, dlq_url) {
             (Ok(policy), _) => policy,
@@ -270,7 +270,7 @@ impl SqsSource {
         let dlq_url = match (dlq_url, policy) {
             (Some(url), _) => url.as_str().to_owned(),
             (None, Some(policy)) => resolve_dlq(&client, &queue_url, &policy).await?,
-            (None, None) => return Err(SourceError::NoDeadLetterQueue { queue_url }),
+            (None, None) => return Err(QueueError::NoDeadLetterQueue { queue_url }),
         };
         // Fail at start, not at the first poison message, if the DLQ is not there.
         let dlq = client
@@ -291,7 +291,7 @@ impl SqsSource {
             dlq_max_message_bytes,
             max_receive_count, "Queue and DLQ bound."
         );
-        Ok(SqsSource {
+        Ok(SqsQueue {
             dlq: DeadLetterQueue::new(client.clone(), dlq_url, dlq_max_message_bytes),
             client,
             queue_url,
@@ -328,30 +328,30 @@ impl SqsSource {
     /// and their receive count. An empty batch means the wait ended without messages.
     ///
     /// # Errors
-    /// [`SourceError::Sdk`].
-    pub async fn receive(&self) -> Result<Vec<ReceivedMessage>, SourceError> {
+    /// [`QueueError::Sdk`].
+    pub async fn receive(&self) -> Result<Vec<ReceivedMessage>, QueueError> {
         self.receive_at_most(self.receive.max_messages).await
     }
 
-    /// As [`SqsSource::receive`], but for at most `max_messages` (clamped to
+    /// As [`SqsQueue::receive`], but for at most `max_messages` (clamped to
     /// 1 ..= the configured maximum): a trial batch while the database is suspect.
     ///
     /// # Errors
-    /// [`SourceError::Sdk`].
+    /// [`QueueError::Sdk`].
     pub async fn receive_at_most(
         &self,
         max_messages: u8,
-    ) -> Result<Vec<ReceivedMessage>, SourceError> {
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
         self.receive_call(max_messages, self.receive.wait_time_secs)
             .await
     }
 
-    /// As [`SqsSource::receive_at_most`], but a short poll: returns at once with what
+    /// As [`SqsQueue::receive_at_most`], but a short poll: returns at once with what
     /// is there. For gathering more of a backlog into the batch in hand.
     ///
     /// # Errors
-    /// [`SourceError::Sdk`].
-    pub async fn receive_now(&self, max_messages: u8) -> Result<Vec<ReceivedMessage>, SourceError> {
+    /// [`QueueError::Sdk`].
+    pub async fn receive_now(&self, max_messages: u8) -> Result<Vec<ReceivedMessage>, QueueError> {
         self.receive_call(max_messages, 0).await
     }
 
@@ -364,7 +364,7 @@ impl SqsSource {
         &self,
         max_messages: u8,
         wait_time_secs: u8,
-    ) -> Result<Vec<ReceivedMessage>, SourceError> {
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let max_messages = max_messages.clamp(1, self.receive.max_messages);
         // The answer to a long poll of an idle queue comes after the whole wait: the
         // client's attempt and operation bounds are widened by it for this call.
@@ -408,11 +408,11 @@ impl SqsSource {
     /// entries that failed transiently with exponential back-off and jitter.
     ///
     /// # Errors
-    /// [`SourceError::EntriesFailed`] if some entries could not be deleted: those
+    /// [`QueueError::EntriesFailed`] if some entries could not be deleted: those
     /// messages come back after their visibility timeout and are applied again, which
-    /// the idempotent apply makes harmless. [`SourceError::Sdk`] if a call failed.
+    /// the idempotent apply makes harmless. [`QueueError::Sdk`] if a call failed.
     #[instrument(skip_all, fields(messages = messages.len()))]
-    pub async fn delete_batch(&self, messages: &[&ReceivedMessage]) -> Result<(), SourceError> {
+    pub async fn delete_batch(&self, messages: &[&ReceivedMessage]) -> Result<(), QueueError> {
         let queue_url = self.queue_url.as_str();
         retry_failed_entries(Operation::Delete, queue_url, messages.len(), |indexes| {
             let entries: Vec<_> = indexes
@@ -445,13 +445,13 @@ impl SqsSource {
     /// [`MAX_VISIBILITY_TIMEOUT_SECS`]), so it comes back after that delay.
     ///
     /// # Errors
-    /// As [`SqsSource::delete_batch`]; a message whose visibility could not be changed
+    /// As [`SqsQueue::delete_batch`]; a message whose visibility could not be changed
     /// simply comes back after the queue's default visibility timeout.
     #[instrument(skip_all, fields(messages = changes.len()))]
     pub async fn change_visibility_batch(
         &self,
         changes: &[(&ReceivedMessage, Duration)],
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), QueueError> {
         let queue_url = self.queue_url.as_str();
         retry_failed_entries(
             Operation::ChangeVisibility,
@@ -492,19 +492,19 @@ impl SqsSource {
     /// delete it.
     ///
     /// # Errors
-    /// [`SourceError::Sdk`]; the message must then stay on the main queue.
+    /// [`QueueError::Sdk`]; the message must then stay on the main queue.
     pub async fn send_to_dlq(
         &self,
         message: &ReceivedMessage,
         reason_code: &'static str,
         detail: &str,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), QueueError> {
         self.dlq.send(message, reason_code, detail).await
     }
 }
 
 /// A dead-letter queue, where messages that can never be applied are parked with their
-/// reason. The container worker parks through [`SqsSource`] (send, then delete); a
+/// reason. The container worker parks through [`SqsQueue`] (send, then delete); a
 /// Lambda handler parks through this directly (send only: the service deletes the
 /// messages it reports as handled).
 #[derive(Debug, Clone)]
@@ -541,13 +541,13 @@ impl DeadLetterQueue {
     /// reason. Does not delete it.
     ///
     /// # Errors
-    /// [`SourceError::Sdk`]; the message must then stay on the main queue.
+    /// [`QueueError::Sdk`]; the message must then stay on the main queue.
     pub async fn send(
         &self,
         message: &ReceivedMessage,
         reason_code: &'static str,
         detail: &str,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), QueueError> {
         // A decode error's text may quote a character SQS refuses in an attribute.
         let detail = runtime::sqs_text::sanitize_text(detail);
         let attributes = dlq_attributes(message, reason_code, &detail, self.max_message_bytes);
@@ -570,7 +570,7 @@ impl DeadLetterQueue {
         &self,
         body: &str,
         attributes: HashMap<String, MessageAttributeValue>,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), QueueError> {
         // The body came from SQS, so this is a no-op unless a caller parks text that
         // did not: then it keeps SQS from refusing the parked copy.
         let body = runtime::sqs_text::escape_json(body);
@@ -594,7 +594,7 @@ impl Parker for DeadLetterQueue {
         message: &ReceivedMessage,
         reason_code: &'static str,
         detail: &str,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), QueueError> {
         self.send(message, reason_code, detail).await?;
         error!(
             message_id = %message.message_id,
@@ -607,7 +607,7 @@ impl Parker for DeadLetterQueue {
     }
 }
 
-impl Parker for SqsSource {
+impl Parker for SqsQueue {
     fn visibility_timeout(&self) -> Option<Duration> {
         Some(self.visibility_timeout)
     }
@@ -634,7 +634,7 @@ impl Parker for SqsSource {
         message: &ReceivedMessage,
         reason_code: &'static str,
         detail: &str,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), QueueError> {
         self.send_to_dlq(message, reason_code, detail).await?;
         error!(
             message_id = %message.message_id,
@@ -673,10 +673,10 @@ async fn retry_failed_entries<F, Fut>(
     queue_url: &str,
     total: usize,
     send: F,
-) -> Result<(), SourceError>
+) -> Result<(), QueueError>
 where
     F: FnMut(Vec<usize>) -> Fut,
-    Fut: Future<Output = Result<Vec<EntryResult>, SourceError>>,
+    Fut: Future<Output = Result<Vec<EntryResult>, QueueError>>,
 {
     let sent = runtime::batch::send(
         operation.as_str(),
@@ -700,7 +700,7 @@ where
     let failed = sent.refused.len() + sent.unsent.len();
     match codes.into_iter().next() {
         None => Ok(()),
-        Some(code) => Err(SourceError::EntriesFailed {
+        Some(code) => Err(QueueError::EntriesFailed {
             operation,
             queue_url: queue_url.to_owned(),
             failed,
@@ -717,7 +717,7 @@ pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 async fn read_visibility_timeout(
     client: &Client,
     queue_url: &str,
-) -> Result<Option<Duration>, SourceError> {
+) -> Result<Option<Duration>, QueueError> {
     let output = client
         .get_queue_attributes()
         .queue_url(queue_url)
@@ -735,7 +735,7 @@ async fn read_visibility_timeout(
 async fn read_redrive_policy(
     client: &Client,
     queue_url: &str,
-) -> Result<Option<String>, SourceError> {
+) -> Result<Option<String>, QueueError> {
     let output = client
         .get_queue_attributes()
         .queue_url(queue_url)
@@ -750,13 +750,9 @@ async fn read_redrive_policy(
 }
 
 /// The URL of the DLQ a RedrivePolicy names.
-async fn resolve_dlq(
-    client: &Client,
-    queue_url: &str,
-    policy: &str,
-) -> Result<String, SourceError> {
+async fn resolve_dlq(client: &Client, queue_url: &str, policy: &str) -> Result<String, QueueError> {
     let target =
-        dlq_from_redrive_policy(policy).map_err(|problem| SourceError::BadRedrivePolicy {
+        dlq_from_redrive_policy(policy).map_err(|problem| QueueError::BadRedrivePolicy {
             queue_url: queue_url.to_owned(),
             problem,
         })?;
@@ -770,7 +766,7 @@ async fn resolve_dlq(
     output
         .queue_url()
         .map(str::to_owned)
-        .ok_or(SourceError::BadRedrivePolicy {
+        .ok_or(QueueError::BadRedrivePolicy {
             queue_url: queue_url.to_owned(),
             problem: "GetQueueUrl returned no URL for the deadLetterTargetArn",
         })
