@@ -16,11 +16,11 @@ use crate::record::{Origin, StreamRecord, to_event};
 use crate::sink::{Encoded, PublishError, SnsSink};
 
 /// Attempts at parking one record before the step gives up on it.
-pub const PARK_ATTEMPTS: u32 = 8;
+pub(crate) const PARK_ATTEMPTS: u32 = 8;
 
 /// What a batch step needs, borrowed from whoever runs it.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchStep<'a> {
+pub(crate) struct BatchStep<'a> {
     pub sink: &'a SnsSink,
     pub failures: &'a FailureQueue,
     pub origin: &'a Origin,
@@ -30,7 +30,7 @@ pub struct BatchStep<'a> {
 
 /// What a finished step did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct StepReport {
+pub(crate) struct StepReport {
     pub published: usize,
     pub skipped: usize,
     pub parked: usize,
@@ -39,7 +39,7 @@ pub struct StepReport {
 
 /// A step that stopped before every record was published or parked.
 #[derive(Debug, thiserror::Error)]
-pub enum StepError {
+pub(crate) enum StepError {
     /// `work` was cancelled (shutdown, or a Lambda's deadline) while entries kept
     /// failing.
     #[error("stopped while {pending} events were unpublished, from record {first_unfinished}")]

@@ -48,7 +48,7 @@ pub enum Checkpoint {
 
 /// A string that sorts as checkpoints do: a `Since` marker below every sequence number,
 /// sequence numbers numerically (left-padded with zeros), `Finished` above all.
-pub fn position_key(checkpoint: &Checkpoint) -> String {
+pub(crate) fn position_key(checkpoint: &Checkpoint) -> String {
     match checkpoint {
         Checkpoint::Since(_) => "a".to_owned(),
         Checkpoint::At(seq) => {

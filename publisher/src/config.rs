@@ -205,7 +205,7 @@ pub struct PublisherLambdaConfig {
 }
 
 /// Parses a whole number of seconds (> 0).
-pub fn parse_secs(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
     match s.parse::<u64>() {
         Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
         _ => Err(format!(
@@ -215,7 +215,7 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses a whole number of milliseconds (> 0).
-pub fn parse_millis(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_millis(s: &str) -> Result<Duration, String> {
     match s.parse::<u64>() {
         Ok(n) if n > 0 => Ok(Duration::from_millis(n)),
         _ => Err(format!(
@@ -225,7 +225,7 @@ pub fn parse_millis(s: &str) -> Result<Duration, String> {
 }
 
 /// Checks that a value looks like an ARN (`arn:partition:service:region:account:resource`).
-pub fn parse_arn(s: &str) -> Result<String, String> {
+pub(crate) fn parse_arn(s: &str) -> Result<String, String> {
     let parts: Vec<&str> = s.splitn(6, ':').collect();
     if parts.len() == 6 && parts[0] == "arn" && !parts[2].is_empty() && !parts[5].is_empty() {
         Ok(s.to_owned())

@@ -33,7 +33,7 @@ use crate::sink::SnsSink;
 
 /// Shard id recorded on a record parked from Lambda: the stream event does not carry it
 /// (the stream ARN and sequence number still identify the record).
-pub const UNKNOWN_SHARD: &str = "-";
+pub(crate) const UNKNOWN_SHARD: &str = "-";
 
 /// A DynamoDB-stream event as an event-source mapping delivers it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -155,7 +155,7 @@ impl StreamEventRecord {
 }
 
 /// An item in DynamoDB JSON (`{"name": {"S": "…"}}`) → our item type.
-pub fn item_from_json(item: &BTreeMap<String, Value>) -> Item {
+pub(crate) fn item_from_json(item: &BTreeMap<String, Value>) -> Item {
     item.iter()
         .map(|(k, v)| (k.clone(), attribute_from_json(v)))
         .collect()
@@ -165,7 +165,7 @@ pub fn item_from_json(item: &BTreeMap<String, Value>) -> Item {
 /// a value of the documented JSON type is [`AttributeValue::Unsupported`]; in
 /// particular a number must be a JSON string (a JSON number would already have passed
 /// through `f64`).
-pub fn attribute_from_json(value: &Value) -> AttributeValue {
+pub(crate) fn attribute_from_json(value: &Value) -> AttributeValue {
     let Some(object) = value.as_object() else {
         return AttributeValue::Unsupported;
     };
@@ -224,7 +224,7 @@ fn epoch_seconds(value: &Value) -> Option<OffsetDateTime> {
 }
 
 /// The table name in a stream ARN (`arn:…:table/NAME/stream/LABEL`).
-pub fn table_of_stream_arn(arn: &str) -> Option<&str> {
+pub(crate) fn table_of_stream_arn(arn: &str) -> Option<&str> {
     let rest = arn.split_once(":table/")?.1;
     let name = rest.split('/').next()?;
     (!name.is_empty()).then_some(name)

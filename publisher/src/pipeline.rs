@@ -134,7 +134,7 @@ impl Health {
 }
 
 /// How long a paused shard waits before it is tried again.
-pub const PAUSED_SHARD_RETRY: Duration = Duration::from_secs(60);
+pub(crate) const PAUSED_SHARD_RETRY: Duration = Duration::from_secs(60);
 
 /// Counters over the life of one run, shared by the shard tasks.
 #[derive(Debug, Default)]
@@ -190,7 +190,7 @@ pub struct Pipeline {
 
 /// The stream a table has now, as `DescribeTable` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableStream {
+pub(crate) struct TableStream {
     /// `LatestStreamArn`: after a disable it still names the old stream.
     pub latest_arn: Option<String>,
     pub enabled: bool,
@@ -225,7 +225,7 @@ impl TableStream {
 /// # Errors
 /// [`PipelineError::TableNotFound`] (a bad setting), [`PipelineError::DescribeTable`]
 /// (anything else: worth a retry).
-pub async fn describe_table_stream(
+pub(crate) async fn describe_table_stream(
     dynamodb: &aws_sdk_dynamodb::Client,
     table: &str,
 ) -> Result<TableStream, PipelineError> {
@@ -270,7 +270,7 @@ pub async fn describe_table_stream(
 /// # Errors
 /// [`PipelineError::TableNotFound`] when the table does not exist;
 /// [`PipelineError::Interrupted`] on shutdown.
-pub async fn resolve_stream(
+pub(crate) async fn resolve_stream(
     clients: &Clients,
     table: &str,
     shutdown: &CancellationToken,
@@ -304,7 +304,7 @@ pub async fn resolve_stream(
 /// # Errors
 /// [`PipelineError::NoStream`] or [`PipelineError::WrongViewType`] when the table's
 /// stream is unusable and no stream was followed before.
-pub fn first_stream(
+pub(crate) fn first_stream(
     table: &str,
     now: &TableStream,
     followed: Option<String>,

@@ -308,7 +308,7 @@ pub fn project(item: &Item, label: &str) -> Result<(Position, Profile), RecordEr
 ///
 /// # Errors
 /// [`RecordError`] when either attribute is missing or malformed.
-pub fn position_of(item: &Item, label: &str) -> Result<Position, RecordError> {
+pub(crate) fn position_of(item: &Item, label: &str) -> Result<Position, RecordError> {
     let created_at = timestamp(item, attr::CREATED_AT, label)?;
     let generation = i64::try_from(created_at.unix_timestamp_nanos() / 1000).map_err(|_| {
         RecordError::BadValue {

@@ -31,7 +31,7 @@ const RETRY: RetryPolicy = RetryPolicy {
 
 /// How long a `PublishBatch` in flight at shutdown may still take when the client has
 /// no attempt timeout of its own.
-pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// One event encoded for publishing.
 #[derive(Debug, Clone)]
@@ -79,7 +79,7 @@ pub struct Rejected {
 /// publish at all is rejected up front. For a FIFO topic a batch holds at most one event
 /// per key: a retried entry then can never land behind a later event of its key that
 /// succeeded in the same call.
-pub fn plan_batches(
+pub(crate) fn plan_batches(
     events: Vec<Encoded>,
     fifo: bool,
 ) -> (Vec<Vec<Encoded>>, Vec<(Encoded, Rejected)>) {
@@ -119,7 +119,7 @@ pub fn plan_batches(
 }
 
 /// The request entry for one event; `id` is its index in the batch.
-pub fn entry_for(id: usize, event: &Encoded, fifo: bool) -> PublishBatchRequestEntry {
+pub(crate) fn entry_for(id: usize, event: &Encoded, fifo: bool) -> PublishBatchRequestEntry {
     let string_attr = |v: &str| {
         MessageAttributeValue::builder()
             .data_type("String")

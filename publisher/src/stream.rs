@@ -40,12 +40,12 @@ pub enum StartAt {
 /// `ApproximateCreationDateTime` is rounded (DynamoDB Local rounds it down to the
 /// minute) and clocks differ: publishing a little more than asked is harmless (the
 /// subscriber ignores what it has), skipping a record written after the start is not.
-pub const SINCE_SLACK_MS: i64 = 120_000;
+pub(crate) const SINCE_SLACK_MS: i64 = 120_000;
 
 /// Splits off the records a [`StartAt::Since`] start skips: those created before
 /// `since_ms - SINCE_SLACK_MS`. Records keep their order; a record without a creation
 /// time is kept. Returns (kept, sequence number of the last skipped record, skipped).
-pub fn skip_older_than(
+pub(crate) fn skip_older_than(
     records: Vec<StreamRecord>,
     since_ms: i64,
 ) -> (Vec<StreamRecord>, Option<String>, usize) {
@@ -243,7 +243,7 @@ impl StreamReader {
 /// Shards that may be read now: not finished, not already being read, and whose parent
 /// is finished or no longer listed (trimmed away). Reading a child before its parent
 /// ends would publish a key's later changes before its earlier ones.
-pub fn ready_shards(
+pub(crate) fn ready_shards(
     shards: &[ShardInfo],
     finished: &HashSet<String>,
     active: &HashSet<String>,

@@ -68,7 +68,7 @@ pub struct Sent {
 
 /// A connected destination.
 #[derive(Debug, Clone)]
-pub enum Destination {
+pub(crate) enum Destination {
     Topic(SnsSink),
     Queue(QueueSink),
 }
@@ -107,7 +107,7 @@ impl Destination {
 /// Sends events straight to one queue, shaped like the topic's raw delivery: the body
 /// is the event, with the `event_type` and `schema_version` message attributes.
 #[derive(Debug, Clone)]
-pub struct QueueSink {
+pub(crate) struct QueueSink {
     client: aws_sdk_sqs::Client,
     queue_url: String,
     fifo: bool,

@@ -128,7 +128,7 @@ fn entry_size(m: &Message, attributes: &HashMap<String, MessageAttributeValue>) 
 
 /// What the loop does after a receive brought no message it had not seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterIdle {
+pub(crate) enum AfterIdle {
     /// The DLQ holds only what this loop holds: everything was examined.
     Done,
     /// Messages this loop never saw are in the DLQ (invisible, in flight elsewhere):
@@ -141,7 +141,7 @@ pub enum AfterIdle {
 /// Decides whether the loop has examined every message: `in_dlq` is the DLQ's
 /// visible plus invisible count, `held` the messages this loop holds invisible
 /// itself, `idle_for` the time since a receive last brought an unseen message.
-pub fn after_idle(
+pub(crate) fn after_idle(
     in_dlq: u64,
     held: u64,
     idle_for: Duration,
@@ -588,7 +588,7 @@ async fn move_batch(
 /// The message's attributes minus the parking bookkeeping (reason, detail, source id),
 /// which describes the parking, not the event. Binary attributes are not copied (see
 /// the subscriber's `dlq_attributes`).
-pub fn original_attributes(
+pub(crate) fn original_attributes(
     attributes: Option<&HashMap<String, MessageAttributeValue>>,
 ) -> HashMap<String, MessageAttributeValue> {
     attributes

@@ -63,7 +63,11 @@ pub struct Drift {
 /// Classifies a key whose source item exists and projects, from what the store holds.
 /// `differs` is whether the stored content differs from the item's projection (only
 /// meaningful for a live row at the same position). `None`: in sync.
-pub fn classify_present(source: Position, stored: Option<Stored>, differs: bool) -> Option<Kind> {
+pub(crate) fn classify_present(
+    source: Position,
+    stored: Option<Stored>,
+    differs: bool,
+) -> Option<Kind> {
     let Some(stored) = stored else {
         return Some(Kind::Missing);
     };
@@ -78,7 +82,7 @@ pub fn classify_present(source: Position, stored: Option<Stored>, differs: bool)
 }
 
 /// Classifies a key whose source item is gone, from the store's row.
-pub fn classify_absent(stored: Option<Stored>, has_history: bool) -> Option<Kind> {
+pub(crate) fn classify_absent(stored: Option<Stored>, has_history: bool) -> Option<Kind> {
     match stored {
         Some(Stored { deleted: false, .. }) if has_history => Some(Kind::ShouldBeTombstone),
         Some(Stored { deleted: false, .. }) => Some(Kind::NoSourceItem),
@@ -87,7 +91,7 @@ pub fn classify_absent(stored: Option<Stored>, has_history: bool) -> Option<Kind
 }
 
 /// The event that brings a drifted key back in sync, if one can.
-pub fn repair_event(
+pub(crate) fn repair_event(
     drift: &Drift,
     item: Option<&Item>,
     table: &str,

@@ -31,7 +31,7 @@ fn value(v: Ddb) -> AttributeValue {
 }
 
 /// The publisher's item type → SDK item (for `ExclusiveStartKey` and key lookups).
-pub fn to_sdk(item: &Item) -> HashMap<String, Ddb> {
+pub(crate) fn to_sdk(item: &Item) -> HashMap<String, Ddb> {
     item.iter().map(|(k, v)| (k.clone(), to_value(v))).collect()
 }
 
@@ -52,7 +52,7 @@ fn to_value(v: &AttributeValue) -> Ddb {
 }
 
 /// The key attribute's value of an item, for reports (`?` when it has none).
-pub fn key_of(item: &Item) -> String {
+pub(crate) fn key_of(item: &Item) -> String {
     match item.get(record::attr::USER_ID) {
         Some(AttributeValue::S(s)) => s.clone(),
         _ => "?".to_owned(),
@@ -93,7 +93,7 @@ pub fn snapshot_event(
 }
 
 /// Encodes events for sending, tagged by their index.
-pub fn encode_all(events: &[ChangeEvent], as_version: SchemaVersion) -> Vec<Encoded> {
+pub(crate) fn encode_all(events: &[ChangeEvent], as_version: SchemaVersion) -> Vec<Encoded> {
     events
         .iter()
         .enumerate()

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 /// Spaces permits evenly: `n` permits take `n / rate` seconds of the shared budget.
 /// Unlimited when built with no rate.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     per_permit: Option<Duration>,
     next: Mutex<Instant>,
 }

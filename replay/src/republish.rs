@@ -75,7 +75,7 @@ pub enum RepublishError {
 
 /// What one parked record or stream record comes to.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Plan {
+pub(crate) enum Plan {
     /// Send this event.
     Publish(Box<ChangeEvent>),
     /// Nothing to send, and nothing is lost: why.
@@ -88,7 +88,7 @@ pub enum Plan {
 
 /// The plan for a parked record, given the item as the table holds it now (`None`:
 /// no such item).
-pub fn plan_parked(
+pub(crate) fn plan_parked(
     parked: &ParkedChange,
     item_now: Option<&Item>,
     table: &str,
@@ -119,7 +119,7 @@ pub fn plan_parked(
 
 /// The plan for a whole stream record (from an invocation record): the event it
 /// decodes to, or the item-read fallback when it does not.
-pub fn plan_stream(record: &StreamRecord, origin: &Origin, now: OffsetDateTime) -> Plan {
+pub(crate) fn plan_stream(record: &StreamRecord, origin: &Origin, now: OffsetDateTime) -> Plan {
     match record::to_event(record, origin, now) {
         Ok(Some(event)) => Plan::Publish(Box::new(event)),
         Ok(None) => Plan::Superseded("a modify that changed nothing the contract carries"),

@@ -109,7 +109,7 @@ pub async fn describe_table(clients: &Clients, table: &str) -> Result<Option<u64
 ///
 /// # Errors
 /// [`SnapshotError::Destination`].
-pub async fn check_target(clients: &Clients, target: &Target) -> Result<(), SnapshotError> {
+pub(crate) async fn check_target(clients: &Clients, target: &Target) -> Result<(), SnapshotError> {
     let detail = match target {
         Target::Topic(arn) => clients
             .sns

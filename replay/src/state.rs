@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 const FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotState {
+pub(crate) struct SnapshotState {
     pub format: u32,
     pub table: String,
     /// Where the events go (`--to`): resuming towards another destination would
@@ -29,7 +29,7 @@ pub struct SnapshotState {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentState {
+pub(crate) struct SegmentState {
     /// The last key of the last page fully sent; `None` before the first page.
     pub last_key: Option<Item>,
     pub done: bool,

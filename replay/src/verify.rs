@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::dest::QueueSink;
-pub use crate::drift::{Drift, Kind, Stored, classify_absent, classify_present, repair_event};
+use crate::drift::{Drift, Kind, Stored, classify_absent, classify_present, repair_event};
 use crate::items;
 use crate::progress::Progress;
 

@@ -118,7 +118,7 @@ impl ApplyError {
 /// upsert gets one event per key; and sorted keys make concurrent workers lock rows in
 /// the same order, so they cannot deadlock on each other. Of two events of equal rank
 /// (the same source change) the first is kept, as the store's guard would.
-pub fn latest_per_key(events: &[ChangeEvent]) -> Vec<&ChangeEvent> {
+pub(crate) fn latest_per_key(events: &[ChangeEvent]) -> Vec<&ChangeEvent> {
     let mut latest: BTreeMap<&str, &ChangeEvent> = BTreeMap::new();
     for event in events {
         latest
@@ -208,7 +208,7 @@ pub async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
 ///
 /// # Errors
 /// The probe's [`ApplyError`], classified as for a batch.
-pub async fn probe_with_good_event(pool: &PgPool) -> Result<(), ApplyError> {
+pub(crate) async fn probe_with_good_event(pool: &PgPool) -> Result<(), ApplyError> {
     let mut tx = pool.begin().await.map_err(ApplyError::Begin)?;
     apply_batch(&mut tx, &[probe_event()]).await?;
     if let Err(e) = tx.rollback().await {
@@ -220,7 +220,7 @@ pub async fn probe_with_good_event(pool: &PgPool) -> Result<(), ApplyError> {
 
 /// A complete, ordinary current-version upsert under a key no source item has (each
 /// probe its own, so concurrent probes never wait on each other's row lock).
-pub fn probe_event() -> ChangeEvent {
+pub(crate) fn probe_event() -> ChangeEvent {
     use std::sync::atomic::{AtomicU64, Ordering};
     use time::OffsetDateTime;
     static PROBES: AtomicU64 = AtomicU64::new(0);

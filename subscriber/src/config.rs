@@ -177,7 +177,7 @@ fn parse_secret_arn(s: &str) -> Result<String, String> {
 }
 
 /// The environment variable of `--allow-insecure-database-tls`.
-pub const ALLOW_INSECURE_DB_TLS_ENV: &str = "SUBSCRIBER_ALLOW_INSECURE_DB_TLS";
+pub(crate) const ALLOW_INSECURE_DB_TLS_ENV: &str = "SUBSCRIBER_ALLOW_INSECURE_DB_TLS";
 
 impl DatabaseArgs {
     /// [`check_database_tls`] of these settings.
@@ -205,7 +205,7 @@ pub enum DatabaseTls {
 
 /// Why the database connection's TLS is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DatabaseTlsError {
+pub(crate) enum DatabaseTlsError {
     #[error(
         "DATABASE_URL (--database-url) connects to {host} with sslmode={ssl_mode}, which does not \
          verify the server's certificate: add sslmode=verify-full (and sslrootcert=CA file) to \
@@ -232,7 +232,7 @@ fn ssl_mode_name(mode: sqlx::postgres::PgSslMode) -> &'static str {
 }
 
 /// Whether `host` names this machine: `localhost`, or a loopback address.
-pub fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.eq_ignore_ascii_case("localhost")
         || bare
@@ -245,7 +245,7 @@ pub fn is_loopback_host(host: &str) -> bool {
 ///
 /// # Errors
 /// [`DatabaseTlsError::Unverified`] naming the host and the mode.
-pub fn database_tls(
+pub(crate) fn database_tls(
     host: &str,
     unix_socket: bool,
     ssl_mode: sqlx::postgres::PgSslMode,
@@ -549,7 +549,7 @@ pub enum DatabaseUrlError {
 
 /// The query parameters sqlx-postgres 0.9 reads from a URL (`PgConnectOptions` parsing),
 /// besides `options[NAME]`. It logs any other with its value, so they are refused.
-pub const ACCEPTED_PARAMETERS: &[&str] = &[
+pub(crate) const ACCEPTED_PARAMETERS: &[&str] = &[
     "sslmode",
     "ssl-mode",
     "sslrootcert",

@@ -49,7 +49,7 @@ static EXPECTED_TOPIC: OnceLock<Option<String>> = OnceLock::new();
 ///
 /// # Errors
 /// A sentence saying what shape was expected.
-pub fn parse_topic_arn(value: &str) -> Result<String, String> {
+pub(crate) fn parse_topic_arn(value: &str) -> Result<String, String> {
     let parts: Vec<&str> = value.split(':').collect();
     let ok = parts.len() == 6
         && parts[0] == "arn"
@@ -100,7 +100,7 @@ pub enum SnsProblem {
 }
 
 /// The reason a wrapped body from another topic is parked with.
-pub const FOREIGN_TOPIC: &str = "foreign_topic";
+pub(crate) const FOREIGN_TOPIC: &str = "foreign_topic";
 
 impl BodyError {
     /// A short, stable, low-cardinality name for the failure: the `tributary-reason`
@@ -137,7 +137,7 @@ pub fn decode_body(body: &str) -> Result<ChangeEvent, BodyError> {
 /// (`Type`, `Message`, `TopicArn`, `MessageId`) that is not a valid notification;
 /// [`BodyError::ForeignTopic`] for a notification from another topic; the contract's
 /// [`DecodeError`] (as [`BodyError::Event`]) for everything else.
-pub fn decode_body_from(
+pub(crate) fn decode_body_from(
     body: &str,
     expected_topic: Option<&str>,
 ) -> Result<ChangeEvent, BodyError> {

@@ -48,7 +48,7 @@ pub fn classify(err: &sqlx::Error) -> FailureKind {
 /// Classifies a PostgreSQL SQLSTATE.
 ///
 /// <https://www.postgresql.org/docs/current/errcodes-appendix.html>
-pub fn classify_sqlstate(code: &str) -> FailureKind {
+pub(crate) fn classify_sqlstate(code: &str) -> FailureKind {
     match code {
         // lock_not_available, query_canceled (statement timeout),
         // idle_in_transaction_session_timeout: the next attempt may well pass.

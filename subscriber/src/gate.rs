@@ -24,13 +24,13 @@ use crate::failure::FailureKind;
 use runtime::report::error_chain;
 
 /// First pause before probing an open gate; doubles with each failed probe or trial.
-pub const PROBE_BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub(crate) const PROBE_BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest pause between probes of an open gate.
-pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Where the gate stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GateState {
+pub(crate) enum GateState {
     /// Every worker receives.
     Closed,
     /// No worker receives; one probes the database.
@@ -41,7 +41,7 @@ pub enum GateState {
 
 /// What a worker may do next; see [`StoreGate::admit`].
 #[derive(Debug)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// The gate is closed: receive as usual.
     Receive,
     /// The probe passed: receive one trial message, and report its fate with
@@ -55,14 +55,14 @@ pub enum Admission {
 
 /// The prober's role, held from a passed probe until the trial's verdict.
 #[derive(Debug)]
-pub struct Trial {
+pub(crate) struct Trial {
     /// Consecutive failed probes and trials since the gate opened: the back-off step.
     failures: OwnedMutexGuard<u32>,
 }
 
 /// The circuit breaker in front of every worker's ReceiveMessage; share it in an `Arc`.
 #[derive(Debug)]
-pub struct StoreGate {
+pub(crate) struct StoreGate {
     /// The state, watched by the workers waiting for the gate to close.
     state: watch::Sender<GateState>,
     /// Held by the one worker that probes; holds the back-off step.

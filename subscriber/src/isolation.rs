@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// What the isolating worker does before its next event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeepStep {
+pub(crate) enum KeepStep {
     /// The messages stay invisible long enough: apply the next event.
     Go,
     /// Half the visibility has run since it was last extended: extend it first.
@@ -29,7 +29,7 @@ const GIVE_BACK_AT: f64 = 0.8;
 
 /// The next step, from the time since the messages' visibility was last set (their
 /// receive, or the last successful extension) and the visibility timeout.
-pub fn keep_step(since_visible_set: Duration, visibility_timeout: Duration) -> KeepStep {
+pub(crate) fn keep_step(since_visible_set: Duration, visibility_timeout: Duration) -> KeepStep {
     if since_visible_set >= visibility_timeout.mul_f64(GIVE_BACK_AT) {
         KeepStep::GiveBack
     } else if since_visible_set >= visibility_timeout.mul_f64(EXTEND_AT) {

@@ -50,7 +50,7 @@ pub const STORE_UNAVAILABLE: &str = "store_unavailable";
 
 /// How long an invocation waits for a pooled connection before the batch is reported
 /// as failed (and retried by the service).
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An SQS event as an event-source mapping delivers it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 /// The reason codes a message can be parked with, declared at 0 so that a dashboard
 /// sees every series before the first park.
-pub const PARK_REASONS: &[&str] = &[
+pub(crate) const PARK_REASONS: &[&str] = &[
     "malformed_json",
     "schema_mismatch",
     "unsupported_schema_version",

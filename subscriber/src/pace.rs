@@ -21,12 +21,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Shortest span the arrival rate is measured over.
-pub const METER_WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const METER_WINDOW: Duration = Duration::from_secs(1);
 
 /// Messages received per second, over all of a process's workers, measured over
 /// windows of at least [`METER_WINDOW`].
 #[derive(Debug)]
-pub struct ArrivalMeter {
+pub(crate) struct ArrivalMeter {
     state: Mutex<MeterState>,
 }
 
@@ -81,7 +81,7 @@ pub fn behind(
 
 /// How old a message may be before its worker counts as behind: twice the longest fill
 /// wait (a paced worker's messages wait about one), and never under 500 ms.
-pub fn lag_threshold(max_fill_wait: Duration) -> Duration {
+pub(crate) fn lag_threshold(max_fill_wait: Duration) -> Duration {
     (max_fill_wait * 2).max(Duration::from_millis(500))
 }
 
@@ -91,7 +91,7 @@ pub fn lag_threshold(max_fill_wait: Duration) -> Duration {
 /// receive (a long poll already waited; a short poll has its own pause), before the
 /// rate is known, or when `max` is zero. A worker that is behind does not wait at all;
 /// the caller decides that.
-pub fn fill_wait(
+pub(crate) fn fill_wait(
     received: usize,
     per_call: usize,
     workers: usize,

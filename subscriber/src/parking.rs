@@ -107,7 +107,7 @@ pub fn dlq_attributes(
 
 /// The attributes of the last-resort parked copy, when the DLQ refused the full one:
 /// only the reason.
-pub fn minimal_dlq_attributes(reason_code: &str) -> HashMap<String, MessageAttributeValue> {
+pub(crate) fn minimal_dlq_attributes(reason_code: &str) -> HashMap<String, MessageAttributeValue> {
     HashMap::from([(
         REASON_ATTRIBUTE.to_owned(),
         string_attribute(non_empty(reason_code.to_owned())),

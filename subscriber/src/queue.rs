@@ -210,7 +210,7 @@ pub trait Parker: Sync {
 
 /// Receive settings, already validated by the config.
 #[derive(Debug, Clone, Copy)]
-pub struct ReceiveSettings {
+pub(crate) struct ReceiveSettings {
     /// 1 ..= [`MAX_BATCH_ENTRIES`].
     pub max_messages: u8,
     /// 0 ..= [`MAX_WAIT_TIME_SECS`].
@@ -219,7 +219,7 @@ pub struct ReceiveSettings {
 
 /// One SQS queue and its DLQ.
 #[derive(Debug, Clone)]
-pub struct SqsQueue {
+pub(crate) struct SqsQueue {
     client: Client,
     queue_url: String,
     dlq: DeadLetterQueue,
@@ -712,7 +712,7 @@ where
 /// SQS's default `VisibilityTimeout` of a queue.
 ///
 /// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-visibility-timeout.html>
-pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn read_visibility_timeout(
     client: &Client,

@@ -4,7 +4,7 @@
 
 /// The DLQ a RedrivePolicy points to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedriveTarget {
+pub(crate) struct RedriveTarget {
     /// The DLQ owner's account id (the ARN's fifth field).
     pub account_id: String,
     /// The DLQ's name (the ARN's last field), for GetQueueUrl.
@@ -15,7 +15,7 @@ pub struct RedriveTarget {
 ///
 /// # Errors
 /// A short description of what is wrong with the policy.
-pub fn dlq_from_redrive_policy(policy: &str) -> Result<RedriveTarget, &'static str> {
+pub(crate) fn dlq_from_redrive_policy(policy: &str) -> Result<RedriveTarget, &'static str> {
     let policy: serde_json::Value =
         serde_json::from_str(policy).map_err(|_| "RedrivePolicy is not JSON")?;
     let arn = policy
@@ -36,7 +36,7 @@ pub fn dlq_from_redrive_policy(policy: &str) -> Result<RedriveTarget, &'static s
 
 /// Reads `maxReceiveCount` from a RedrivePolicy: a number, or a string of one as SQS
 /// returns it. `None` if absent or not a positive integer.
-pub fn max_receive_count_from_redrive_policy(policy: &str) -> Option<u32> {
+pub(crate) fn max_receive_count_from_redrive_policy(policy: &str) -> Option<u32> {
     let policy: serde_json::Value = serde_json::from_str(policy).ok()?;
     let count = match policy.get("maxReceiveCount")? {
         serde_json::Value::Number(n) => u32::try_from(n.as_u64()?).ok()?,

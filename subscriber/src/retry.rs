@@ -14,69 +14,69 @@ use runtime::backoff::Backoff;
 
 /// First visibility delay of a message that failed transiently; doubles with each
 /// receive.
-pub const RETRY_VISIBILITY_BASE: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_VISIBILITY_BASE: Duration = Duration::from_secs(5);
 
 /// Longest visibility delay of a message that failed transiently.
-pub const RETRY_VISIBILITY_MAX: Duration = Duration::from_secs(15 * 60);
+pub(crate) const RETRY_VISIBILITY_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// First pause of a worker after a failed batch or receive; doubles with each
 /// consecutive failure.
-pub const WORKER_BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub(crate) const WORKER_BACKOFF_BASE: Duration = Duration::from_secs(1);
 
 /// Longest pause of a worker between failures.
-pub const WORKER_BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) const WORKER_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Pause after an empty short poll (`SUBSCRIBER_WAIT_TIME_SECS=0`), so an idle queue is
 /// not polled in a tight loop.
-pub const EMPTY_SHORT_POLL_PAUSE: Duration = Duration::from_secs(1);
+pub(crate) const EMPTY_SHORT_POLL_PAUSE: Duration = Duration::from_secs(1);
 
 /// The pause after a receive that returned nothing: none after a long poll (it already
 /// waited), [`EMPTY_SHORT_POLL_PAUSE`] after a short poll.
-pub fn pause_after_empty_receive(wait_time_secs: u8) -> Option<Duration> {
+pub(crate) fn pause_after_empty_receive(wait_time_secs: u8) -> Option<Duration> {
     (wait_time_secs == 0).then_some(EMPTY_SHORT_POLL_PAUSE)
 }
 
 /// Whether a message that failed retryably at `receive_count` is within one receive of
 /// the queue's `maxReceiveCount`, after which SQS moves it to the DLQ without a reason.
-pub fn redrive_imminent(receive_count: u32, max_receive_count: Option<u32>) -> bool {
+pub(crate) fn redrive_imminent(receive_count: u32, max_receive_count: Option<u32>) -> bool {
     max_receive_count.is_some_and(|max| receive_count >= max.saturating_sub(1))
 }
 
 /// The visibility delay of a message that failed transiently: [`RETRY_VISIBILITY_BASE`]
 /// doubled per earlier receive, capped at [`RETRY_VISIBILITY_MAX`], scaled by a jitter
 /// in `[0.5, 1]` (from `jitter` in `[0, 1)`) so retries of one outage spread out.
-pub fn visibility_delay(receive_count: u32, jitter: f64) -> Duration {
+pub(crate) fn visibility_delay(receive_count: u32, jitter: f64) -> Duration {
     Backoff::new(RETRY_VISIBILITY_BASE, RETRY_VISIBILITY_MAX).delay(receive_count, jitter)
 }
 
 /// A worker's pause after `consecutive_failures` failed batches or receives: from
 /// [`WORKER_BACKOFF_BASE`], doubling, capped at [`WORKER_BACKOFF_MAX`], with jitter as in
 /// [`visibility_delay`].
-pub fn worker_backoff(consecutive_failures: u32, jitter: f64) -> Duration {
+pub(crate) fn worker_backoff(consecutive_failures: u32, jitter: f64) -> Duration {
     Backoff::new(WORKER_BACKOFF_BASE, WORKER_BACKOFF_MAX).delay(consecutive_failures, jitter)
 }
 
 /// First visibility delay of a message that failed transiently; doubles per receive.
-pub const STORE_RETRY_VISIBILITY_BASE: Duration = Duration::from_secs(30);
+pub(crate) const STORE_RETRY_VISIBILITY_BASE: Duration = Duration::from_secs(30);
 
 /// Longest visibility delay of a message that failed transiently: an hour, well under
 /// SQS's 12-hour limit on a message's visibility timeout
 /// ([`runtime::limits::sqs::MAX_VISIBILITY_TIMEOUT_SECS`]).
 /// <https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibility.html>
-pub const STORE_RETRY_VISIBILITY_MAX: Duration = Duration::from_secs(60 * 60);
+pub(crate) const STORE_RETRY_VISIBILITY_MAX: Duration = Duration::from_secs(60 * 60);
 
 /// The visibility delay of a message that failed transiently at `receive_count`:
 /// [`STORE_RETRY_VISIBILITY_BASE`] doubled per earlier receive, capped at
 /// [`STORE_RETRY_VISIBILITY_MAX`], scaled by a jitter in `[0.5, 1]` (from `jitter` in
 /// `[0, 1)`) so that the messages of one outage do not all come back at once.
-pub fn store_retry_visibility(receive_count: u32, jitter: f64) -> Duration {
+pub(crate) fn store_retry_visibility(receive_count: u32, jitter: f64) -> Duration {
     runtime::backoff::Backoff::new(STORE_RETRY_VISIBILITY_BASE, STORE_RETRY_VISIBILITY_MAX)
         .delay(receive_count, jitter)
 }
 
 /// What to do with a message that failed transiently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryStep {
+pub(crate) enum RetryStep {
     /// Hide it this long, then report it for retry.
     Delay(Duration),
     /// Its next receive would let the redrive policy move it to the DLQ without a
@@ -86,7 +86,11 @@ pub enum RetryStep {
 
 /// PURE: the step for a message that failed transiently at `receive_count`, on a queue
 /// whose redrive policy allows `max_receive_count` receives (`None`: unknown or none).
-pub fn retry_step(receive_count: u32, max_receive_count: Option<u32>, jitter: f64) -> RetryStep {
+pub(crate) fn retry_step(
+    receive_count: u32,
+    max_receive_count: Option<u32>,
+    jitter: f64,
+) -> RetryStep {
     if redrive_imminent(receive_count, max_receive_count) {
         RetryStep::Park
     } else {

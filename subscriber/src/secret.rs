@@ -13,7 +13,7 @@ use runtime::report::error_chain;
 /// SQLSTATEs of a refused login: `invalid_password` and
 /// `invalid_authorization_specification` (no such role, no pg_hba entry).
 /// <https://www.postgresql.org/docs/current/errcodes-appendix.html>
-pub const AUTHENTICATION_FAILED: [&str; 2] = ["28P01", "28000"];
+pub(crate) const AUTHENTICATION_FAILED: [&str; 2] = ["28P01", "28000"];
 
 /// Why the database secret could not be used. Never carries the secret's value.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ impl SecretError {
 ///
 /// # Errors
 /// Why the value is not usable, without the value.
-pub fn url_of_secret_string(value: &str) -> Result<DatabaseUrl, String> {
+pub(crate) fn url_of_secret_string(value: &str) -> Result<DatabaseUrl, String> {
     let trimmed = value.trim();
     let url = if trimmed.starts_with('{') {
         let json: serde_json::Value = serde_json::from_str(trimmed)
@@ -58,7 +58,7 @@ pub fn url_of_secret_string(value: &str) -> Result<DatabaseUrl, String> {
 }
 
 /// Whether `e` is PostgreSQL refusing the credentials.
-pub fn is_authentication_failure(e: &sqlx::Error) -> bool {
+pub(crate) fn is_authentication_failure(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => db
             .code()

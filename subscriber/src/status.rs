@@ -210,7 +210,7 @@ async fn depth(sqs: &Client, url: &str) -> Result<QueueDepth, StatusError> {
 
 /// A peeked DLQ message: id, tributary attributes and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peeked {
+pub(crate) struct Peeked {
     pub message_id: String,
     pub reason: Option<String>,
     pub detail: Option<String>,
@@ -292,7 +292,7 @@ async fn peek(sqs: &Client, url: &str, limit: usize) -> Result<Vec<Peeked>, Stat
 
 /// Groups peeked DLQ messages by reason, most frequent first, with the first one of
 /// each reason as its sample.
-pub fn group_parked(peeked: &[Peeked]) -> Vec<ParkedGroup> {
+pub(crate) fn group_parked(peeked: &[Peeked]) -> Vec<ParkedGroup> {
     let mut groups: BTreeMap<String, ParkedGroup> = BTreeMap::new();
     for p in peeked {
         let reason = p.reason.clone().unwrap_or_else(|| NO_REASON.to_owned());

@@ -41,7 +41,7 @@ pub const APPLY_REJECTED: &str = "apply_rejected";
 
 /// Messages a half-open [`StoreGate`] lets through on trial: one message's receive
 /// count is what a failed trial costs.
-pub const TRIAL_MESSAGES: u8 = 1;
+pub(crate) const TRIAL_MESSAGES: u8 = 1;
 pub use runtime::shutdown::FORCED_EXIT_STATUS;
 
 /// What became of each message of a batch, by message id.
@@ -205,7 +205,7 @@ pub async fn run(
 
 /// How a worker gathers a backlog into one transaction.
 #[derive(Debug, Clone, Copy)]
-pub struct Batching {
+pub(crate) struct Batching {
     /// Most messages in one batch.
     pub max_messages: usize,
     /// Longest time spent gathering after the first, full, receive.

@@ -306,7 +306,7 @@ fn print_verify(report: &verify::Report) {
     }
 }
 
-fn describe(d: &verify::Drift) -> String {
+fn describe(d: &replay::drift::Drift) -> String {
     let source = d
         .source
         .map(|p| format!("{}/{}", p.generation, p.version))
