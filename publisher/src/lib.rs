@@ -9,6 +9,8 @@
 //! - [`sink`] — SNS `PublishBatch`, retrying only the entries that failed.
 //! - [`park`] — the failure queue for records that can never be published.
 //! - [`batch`] — the batch step both modes share: decode, publish, park.
+//! - [`reading`] — PURE: what a shard reader does after each answer (retry, renew the
+//!   iterator, restart at the trim horizon, wait, idle, finish).
 //! - [`pipeline`] — the container-mode loop tying them together.
 //! - [`lambda`] — the `publisher-lambda` handler: stream event → batch step → partial
 //!   batch response, with its own lenient event types.
@@ -24,6 +26,7 @@ pub mod lambda;
 pub mod metrics;
 pub mod park;
 pub mod pipeline;
+pub mod reading;
 pub mod record;
 pub mod sink;
 pub mod stream;

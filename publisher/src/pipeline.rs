@@ -22,6 +22,7 @@ use crate::batch::{BatchStep, StepError};
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 use crate::config::{PublisherConfig, StartPosition};
 use crate::park::{FailureQueue, ParkError};
+use crate::reading::{self, AfterPage, OnError, STUCK_AFTER};
 use crate::record::{Origin, StreamRecord};
 use crate::sink::SnsSink;
 use crate::stream::{ShardInfo, StartAt, StreamError, StreamReader, ready_shards};
@@ -804,29 +805,36 @@ impl Pipeline {
                     .await
                 {
                     Ok(it) => it,
-                    Err(StreamError::Trimmed) => {
-                        error!(%shard_id, ?start, "Checkpoint is older than the stream's retention: records were lost to this publisher; resuming at the trim horizon. Run a snapshot backfill.");
-                        start = StartAt::TrimHorizon;
-                        continue;
-                    }
-                    Err(e) if e.is_retryable() => {
-                        failures += 1;
-                        warn!(%shard_id, error = %e, attempt = failures, "GetShardIterator failed, will retry.");
-                        if !self.pause(backoff(failures), work).await {
-                            return Ok(false);
+                    Err(e) => match reading::on_error(&e, failures) {
+                        OnError::TrimHorizon => {
+                            error!(%shard_id, ?start, "Checkpoint is older than the stream's retention: records were lost to this publisher; resuming at the trim horizon. Run a snapshot backfill.");
+                            start = StartAt::TrimHorizon;
+                            continue;
                         }
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
+                        OnError::NewIterator => continue,
+                        OnError::Retry { attempt, stuck } => {
+                            failures = attempt;
+                            if stuck {
+                                error!(%shard_id, error = %e, attempt, "GetShardIterator keeps failing: this shard makes no progress until it succeeds. Retrying.");
+                            } else {
+                                warn!(%shard_id, error = %e, attempt, "GetShardIterator failed, will retry.");
+                            }
+                            if !self.pause(backoff(attempt), work).await {
+                                return Ok(false);
+                            }
+                            continue;
+                        }
+                        OnError::Fail => return Err(e.into()),
+                    },
                 },
             };
-            // A caught-up shard is read at most once per interval, so each read brings
-            // what accumulated meanwhile (fuller SNS batches, fewer requests per event).
-            if !backlog && let Some(at) = last_read {
-                let wait = self.pacing.read_interval.saturating_sub(at.elapsed());
-                if !wait.is_zero() && !self.pause(wait, work).await {
-                    return Ok(false);
-                }
+            let wait = reading::read_wait(
+                backlog,
+                last_read.map(|at| at.elapsed()),
+                self.pacing.read_interval,
+            );
+            if !wait.is_zero() && !self.pause(wait, work).await {
+                return Ok(false);
             }
             first_start = None;
             last_read = Some(tokio::time::Instant::now());
@@ -843,32 +851,33 @@ impl Pipeline {
                     observe_read(shard_id, &b.records);
                     b
                 }
-                Err(StreamError::IteratorExpired) => {
-                    debug!(%shard_id, "Iterator expired; re-acquiring from the last position.");
-                    continue;
-                }
-                Err(StreamError::Trimmed) => {
-                    error!(%shard_id, "Records trimmed before they were read; resuming at the trim horizon.");
-                    start = StartAt::TrimHorizon;
-                    continue;
-                }
-                Err(e) if e.is_retryable() => {
-                    failures += 1;
-                    if failures < STUCK_AFTER {
-                        warn!(%shard_id, error = %e, attempt = failures, "GetRecords failed, will retry.");
-                    } else {
-                        // Never skipped (that would lose the records), so say loudly that
-                        // this shard is not moving. One known cause: DynamoDB Local writes
-                        // an empty map inside a list as `{}`, an answer the SDK rejects.
-                        error!(%shard_id, error = %e, attempt = failures, ?start, "GetRecords keeps failing at the same position: this shard makes no progress until it succeeds. Retrying.");
+                Err(e) => match reading::on_error(&e, failures) {
+                    OnError::NewIterator => {
+                        debug!(%shard_id, "Iterator expired; re-acquiring from the last position.");
+                        continue;
                     }
-                    iterator = Some(current);
-                    if !self.pause(backoff(failures), work).await {
-                        return Ok(false);
+                    OnError::TrimHorizon => {
+                        error!(%shard_id, "Records trimmed before they were read; resuming at the trim horizon.");
+                        start = StartAt::TrimHorizon;
+                        continue;
                     }
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+                    OnError::Retry { attempt, stuck } => {
+                        failures = attempt;
+                        if stuck {
+                            // One known cause: DynamoDB Local writes an empty map inside
+                            // a list as `{}`, an answer the SDK rejects.
+                            error!(%shard_id, error = %e, attempt, ?start, "GetRecords keeps failing at the same position: this shard makes no progress until it succeeds. Retrying.");
+                        } else {
+                            warn!(%shard_id, error = %e, attempt, "GetRecords failed, will retry.");
+                        }
+                        iterator = Some(current);
+                        if !self.pause(backoff(attempt), work).await {
+                            return Ok(false);
+                        }
+                        continue;
+                    }
+                    OnError::Fail => return Err(e.into()),
+                },
             };
             let had_records = !batch.records.is_empty();
             let mut records = batch.records;
@@ -897,11 +906,16 @@ impl Pipeline {
                 // What follows the published records was written after them.
                 oldest_unpublished_since(shard_id, newest.map_or(read_at, SystemTime::from));
             }
-            if had_records {
-                idle = self.pacing.idle_min;
-            }
-            match batch.next_iterator {
-                None => {
+            let open = batch.next_iterator.is_some();
+            iterator = batch.next_iterator;
+            match reading::after_page(
+                had_records,
+                open,
+                idle,
+                self.pacing.idle_min,
+                self.pacing.idle_max,
+            ) {
+                AfterPage::Finished => {
                     self.save_checkpoint(shard_id, &Checkpoint::Finished)
                         .await?;
                     let m = crate::metrics::metrics();
@@ -909,15 +923,15 @@ impl Pipeline {
                     m.registry.remove(m.oldest_unpublished_age, &[shard_id]);
                     return Ok(true);
                 }
-                Some(next) => iterator = Some(next),
-            }
-            if !had_records {
-                // Caught up and idle: nothing more is coming to share a checkpoint with.
-                self.flush_checkpoint(shard_id, progress).await?;
-                if !self.pause(idle, work).await {
-                    return Ok(false);
+                AfterPage::ReadOn { idle: next } => idle = next,
+                AfterPage::Idle { pause, idle: next } => {
+                    // Caught up: nothing more is coming to share a checkpoint with.
+                    self.flush_checkpoint(shard_id, progress).await?;
+                    if !self.pause(pause, work).await {
+                        return Ok(false);
+                    }
+                    idle = next;
                 }
-                idle = (idle * 2).min(self.pacing.idle_max);
             }
         }
     }
@@ -1169,9 +1183,6 @@ enum Published {
     /// Shutdown while entries were still failing; nothing was checkpointed.
     Interrupted,
 }
-
-/// Consecutive GetRecords failures after which a shard is reported as stuck (ERROR).
-const STUCK_AFTER: u32 = 5;
 
 /// The back-off of a failing read, checkpoint or lease call: from 200 ms, doubling up to
 /// 20 s, with jitter.
