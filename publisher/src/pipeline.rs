@@ -7,7 +7,7 @@
 //! before the loop stops.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -137,23 +137,6 @@ impl Health {
 /// How long a paused shard waits before it is tried again.
 pub(crate) const PAUSED_SHARD_RETRY: Duration = Duration::from_secs(60);
 
-/// Counters over the life of one run, shared by the shard tasks.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub records_read: AtomicU64,
-    pub events_published: AtomicU64,
-    pub records_skipped: AtomicU64,
-    pub records_parked: AtomicU64,
-    pub publish_retries: AtomicU64,
-    pub checkpoints_written: AtomicU64,
-}
-
-impl Stats {
-    fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
 /// Poll pacing of idle shards.
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
@@ -181,7 +164,6 @@ pub struct Pipeline {
     pub checkpoint_every: usize,
     /// Longest time a published position waits for its checkpoint.
     pub checkpoint_interval: Duration,
-    pub stats: Arc<Stats>,
     /// Shared with `/readyz`.
     pub health: Arc<Health>,
     /// Re-reads the table's `LatestStreamArn` on every discovery tick.
@@ -377,7 +359,6 @@ impl Pipeline {
             max_shards: config.max_shards.get(),
             checkpoint_every: config.checkpoint_every.get(),
             checkpoint_interval: config.checkpoint_interval,
-            stats: Arc::default(),
             health: Arc::default(),
             dynamodb: clients.dynamodb.clone(),
             checkpoint_table: config.checkpoint_table.clone(),
@@ -403,7 +384,6 @@ impl Pipeline {
             max_shards: self.max_shards,
             checkpoint_every: self.checkpoint_every,
             checkpoint_interval: self.checkpoint_interval,
-            stats: Arc::clone(&self.stats),
             health: Arc::clone(&self.health),
             dynamodb: self.dynamodb.clone(),
             checkpoint_table: self.checkpoint_table.clone(),
@@ -477,15 +457,17 @@ impl Pipeline {
         result
     }
 
+    /// The process's totals, from its metrics (counted once, where they happen).
     fn log_stats(&self) {
-        let s = &self.stats;
+        let m = crate::metrics::metrics();
+        let total = |metric| m.registry.total(metric);
         info!(
-            records_read = s.records_read.load(Ordering::Relaxed),
-            events_published = s.events_published.load(Ordering::Relaxed),
-            records_skipped = s.records_skipped.load(Ordering::Relaxed),
-            records_parked = s.records_parked.load(Ordering::Relaxed),
-            publish_retries = s.publish_retries.load(Ordering::Relaxed),
-            checkpoints_written = s.checkpoints_written.load(Ordering::Relaxed),
+            records_read = total(m.records_read),
+            events_published = total(m.events_published),
+            records_skipped = total(m.records_skipped),
+            records_parked = total(m.records_parked),
+            publish_retries = total(m.publish_retries),
+            checkpoints_written = total(m.checkpoints_written),
             "Publisher stopped."
         );
     }
@@ -989,7 +971,6 @@ impl Pipeline {
         self.save_checkpoint(shard_id, &Checkpoint::At(seq)).await?;
         progress.since_checkpoint = 0;
         progress.last_checkpoint = tokio::time::Instant::now();
-        Stats::add(&self.stats.checkpoints_written, 1);
         let m = crate::metrics::metrics();
         m.registry.inc_by(m.checkpoints_written, &[], 1);
         Ok(())
@@ -1003,7 +984,6 @@ impl Pipeline {
         records: &[StreamRecord],
         work: &CancellationToken,
     ) -> Result<Published, PipelineError> {
-        Stats::add(&self.stats.records_read, records.len());
         let m = crate::metrics::metrics();
         m.registry.inc_by(m.records_read, &[], records.len() as u64);
         let step = BatchStep {
@@ -1030,10 +1010,6 @@ impl Pipeline {
                 });
             }
         };
-        Stats::add(&self.stats.events_published, report.published);
-        Stats::add(&self.stats.records_skipped, report.skipped);
-        Stats::add(&self.stats.records_parked, report.parked);
-        Stats::add(&self.stats.publish_retries, report.retries);
         m.registry
             .inc_by(m.events_published, &[], report.published as u64);
         m.registry

@@ -152,6 +152,15 @@ impl Registry {
         });
     }
 
+    /// A counter's value summed over its label values (0 for another kind of metric):
+    /// what the process counted, for a summary line at exit.
+    pub fn total(&self, metric: Metric) -> u64 {
+        match self.lock().get(metric.0).map(|f| &f.values) {
+            Some(Values::Counter(m)) => m.values().sum(),
+            _ => 0,
+        }
+    }
+
     /// Makes a counter's series exist at 0, so a dashboard sees it before its first
     /// increment.
     pub fn declare(&self, metric: Metric, labels: &[&str]) {
@@ -359,6 +368,19 @@ fn escape_help(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_counter_s_total_sums_its_label_values_and_another_kind_has_none() {
+        let r = Registry::default();
+        let parked = r.counter("t_parked_total", "Parked.", &["reason"]);
+        let lag = r.gauge("t_lag_seconds", "Lag.", &[]);
+        assert_eq!(r.total(parked), 0);
+        r.inc_by(parked, &["malformed_json"], 2);
+        r.inc_by(parked, &["apply_rejected"], 3);
+        r.set(lag, &[], 7.0);
+        assert_eq!(r.total(parked), 5);
+        assert_eq!(r.total(lag), 0);
+    }
 
     #[test]
     fn counters_render_with_their_labels_and_type() {
