@@ -54,6 +54,15 @@ pub enum InvalidEvent {
 }
 
 impl DecodeError {
+    /// Every value [`DecodeError::reason_code`] gives, for a metric's label values.
+    pub const REASON_CODES: [&'static str; 5] = [
+        "malformed_json",
+        "missing_schema_version",
+        "unsupported_schema_version",
+        "schema_mismatch",
+        "invalid_event",
+    ];
+
     /// A short, stable, low-cardinality name for the failure: the `reason` attribute on
     /// a parked message and the label on the parked-messages metric.
     pub fn reason_code(&self) -> &'static str {
@@ -154,6 +163,45 @@ pub fn without_values(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_reason_code_is_listed() {
+        let every = [
+            DecodeError::Malformed {
+                line: 1,
+                column: 1,
+                message: String::new(),
+            },
+            DecodeError::MissingSchemaVersion,
+            DecodeError::UnsupportedSchemaVersion {
+                found: 9,
+                newest: 2,
+            },
+            DecodeError::SchemaMismatch {
+                schema_version: 2,
+                message: String::new(),
+            },
+            DecodeError::Invalid {
+                event_id: String::new(),
+                problem: InvalidEvent::BadEventId,
+            },
+        ];
+        for e in &every {
+            // A new variant must be added above (this match then stops compiling).
+            match e {
+                DecodeError::Malformed { .. }
+                | DecodeError::MissingSchemaVersion
+                | DecodeError::UnsupportedSchemaVersion { .. }
+                | DecodeError::SchemaMismatch { .. }
+                | DecodeError::Invalid { .. } => {}
+            }
+            assert!(
+                DecodeError::REASON_CODES.contains(&e.reason_code()),
+                "{e:?}"
+            );
+        }
+        assert_eq!(every.len(), DecodeError::REASON_CODES.len());
+    }
+
     use super::*;
 
     #[test]

@@ -188,11 +188,7 @@ impl BatchStep<'_> {
         let mut attempt = 0;
         loop {
             match self.failures.park(&parked).await {
-                Ok(()) => {
-                    let m = crate::metrics::metrics();
-                    m.registry.inc_by(m.records_parked, &[reason], 1);
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() && attempt + 1 < PARK_ATTEMPTS => {
                     attempt += 1;
                     warn!(%shard_id, error = %e, attempt, "Parking a record failed, will retry.");

@@ -139,6 +139,23 @@ static METRICS: LazyLock<PublisherMetrics> = LazyLock::new(|| {
     m
 });
 
+impl PublisherMetrics {
+    /// A record is in the failure queue: the one place that logs it (at ERROR: an
+    /// operator should look at it) and counts it, so the two never disagree.
+    pub(crate) fn parked(&self, parked: &crate::park::ParkedRecord) {
+        self.registry
+            .inc_by(self.records_parked, &[parked.reason.as_str()], 1);
+        tracing::error!(
+            shard_id = %parked.shard_id,
+            sequence_number = parked.record.sequence_number.as_deref().unwrap_or("-"),
+            event_id = parked.record.event_id.as_deref().unwrap_or("-"),
+            reason = %parked.reason,
+            detail = %parked.detail,
+            "Stream record parked in the failure queue."
+        );
+    }
+}
+
 /// The process's publisher metrics.
 pub fn metrics() -> &'static PublisherMetrics {
     &METRICS

@@ -13,7 +13,6 @@ use contracts::Position;
 use serde::{Deserialize, Serialize};
 use sqs::types::MessageAttributeValue;
 use time::OffsetDateTime;
-use tracing::error;
 
 use crate::record::{EventName, Item, StreamRecord, position_of};
 
@@ -148,14 +147,7 @@ impl FailureQueue {
             .send()
             .await
             .map_err(|e| ParkError::Send(runtime::report::describe_sdk_error(&e)))?;
-        error!(
-            shard_id = %parked.shard_id,
-            sequence_number = parked.record.sequence_number.as_deref().unwrap_or("-"),
-            event_id = parked.record.event_id.as_deref().unwrap_or("-"),
-            reason = %parked.reason,
-            detail = %parked.detail,
-            "Stream record parked in the failure queue."
-        );
+        crate::metrics::metrics().parked(parked);
         Ok(())
     }
 }

@@ -793,7 +793,15 @@ impl Pipeline {
                             start = StartAt::TrimHorizon;
                             continue;
                         }
-                        OnError::NewIterator => continue,
+                        // Not an answer GetShardIterator gives; should it, retrying
+                        // with back-off keeps the loop from spinning.
+                        OnError::NewIterator => {
+                            failures += 1;
+                            if !self.pause(backoff(failures), work).await {
+                                return Ok(false);
+                            }
+                            continue;
+                        }
                         OnError::Retry { attempt, stuck } => {
                             failures = attempt;
                             if stuck {

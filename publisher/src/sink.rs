@@ -212,7 +212,9 @@ pub fn settle(
             report.rejected.push((event, r));
         }
     }
-    if answer.interrupted {
+    // Unsent for whatever reason (shutdown, retries spent, a failed call): never
+    // reported as published, so nothing after it is checkpointed.
+    if !answer.unsent.is_empty() {
         let unfinished = answer
             .unsent
             .iter()

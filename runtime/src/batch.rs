@@ -154,7 +154,7 @@ pub struct Sent<E> {
 
 /// Sends `total` entries (indexes `0..total`) in calls of at most `per_call`, then
 /// again only those that failed, per `policy`. `call` gets the indexes of one call's
-/// entries (in order; the request ids are their positions, `0..`) and answers with one
+/// entries (in order; use these indexes, which are global, as the request ids) and answers with one
 /// [`EntryResult`] per index, or an error for the whole call, whose entries then all
 /// count as failed. `operation` names the call in the logs.
 pub async fn send<F, Fut, E>(

@@ -88,6 +88,34 @@ pub fn one_line(e: &clap::Error, root: &Command) -> String {
             )
         }
         _ if secret => format!("error: invalid setting {}", named.join(", ")),
+        // An unknown flag or stray word is echoed by clap whole: it may be a secret
+        // given to the wrong flag (`--db-url=postgres://u:PASSWORD@…`) or without one.
+        ErrorKind::UnknownArgument => {
+            let shown: Vec<String> = args
+                .iter()
+                .map(|a| match a.split_once('=') {
+                    _ if !a.starts_with('-') => "a value without its flag".to_owned(),
+                    Some((flag, _)) => format!("{flag}=…"),
+                    None => a.clone(),
+                })
+                .collect();
+            format!(
+                "error: unexpected argument {} (see --help)",
+                shown.join(", ")
+            )
+        }
+        // A word where a subcommand goes: named when it looks like one (a typo), left
+        // out when it could be a value (a URL, a password).
+        ErrorKind::InvalidSubcommand => match e.get(ContextKind::InvalidSubcommand) {
+            Some(ContextValue::String(word))
+                if word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+            {
+                format!("error: unrecognized subcommand {word:?} (see --help)")
+            }
+            _ => "error: unrecognized subcommand (see --help)".to_owned(),
+        },
         _ => {
             // Clap's own message up to its usage block, on one line.
             let text = e.render().to_string();
@@ -257,8 +285,18 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_flag_keeps_clap_s_message_on_one_line() {
+    fn an_unknown_flag_is_named_on_one_line() {
         let l = line(&["t", "--table", "x", "--colour", "red"]);
-        assert!(l.contains("unexpected argument '--colour'"), "{l}");
+        assert!(l.contains("unexpected argument --colour"), "{l}");
+    }
+
+    #[test]
+    fn a_secret_given_to_a_misspelt_flag_or_none_is_not_echoed() {
+        let l = line(&["t", "--table", "x", "--db-url=postgres://u:s3cret@h/db"]);
+        assert!(l.contains("--db-url") && !l.contains("s3cret"), "{l}");
+        let l = line(&["t", "--table", "x", "postgres://u:s3cret@h/db"]);
+        assert!(!l.contains("s3cret"), "{l}");
+        let l = line(&["t", "--table", "x", "rnu"]);
+        assert!(l.contains("unrecognized subcommand \"rnu\""), "{l}");
     }
 }

@@ -86,20 +86,24 @@ where
     Fut: Future<Output = Result<BatchResponse, E>>,
     E: std::error::Error + Send + Sync + 'static,
 {
-    // Each invocation holds a read lock while it runs; the drain takes the write lock.
+    // Each invocation holds a read lock from its start until its answer is posted to
+    // the runtime API; the drain takes the write lock, so it waits for both.
     let in_flight = Arc::new(tokio::sync::RwLock::new(()));
     let handle = &handle;
-    let lock = &in_flight;
     let service =
         lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<A>| async move {
-            let _running = lock.read().await;
             let deadline = invocation_deadline(event.context.deadline, SystemTime::now());
             handle(event.payload, deadline)
                 .await
                 .map_err(lambda_runtime::Error::from)
         });
+    let runtime = lambda_runtime::Runtime::new(service)
+        .layer(lambda_runtime::layers::TracingLayer::new())
+        .layer(InFlight {
+            lock: Arc::clone(&in_flight),
+        });
     tokio::select! {
-        result = lambda_runtime::run(service) => result,
+        result = runtime.run() => result,
         () = async {
             shutdown.cancelled().await;
             let _drained = in_flight.write().await;
@@ -107,6 +111,88 @@ where
             tracing::info!("Invocation in flight answered; stopping.");
             Ok(())
         }
+    }
+}
+
+/// A layer around the whole invocation (handler, then the answer's POST to the runtime
+/// API): each holds a read lock on `lock` until it is answered.
+struct InFlight {
+    lock: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl<S> lambda_runtime::tower::Layer<S> for InFlight {
+    type Service = Tracked<S>;
+
+    fn layer(&self, inner: S) -> Tracked<S> {
+        Tracked {
+            inner,
+            lock: Arc::clone(&self.lock),
+        }
+    }
+}
+
+struct Tracked<S> {
+    inner: S,
+    lock: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl<S> lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation> for Tracked<S>
+where
+    S: lambda_runtime::tower::Service<
+            lambda_runtime::LambdaInvocation,
+            Response = (),
+            Error = lambda_runtime::Error,
+        >,
+{
+    type Response = ();
+    type Error = lambda_runtime::Error;
+    type Future = Guarded<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, invocation: lambda_runtime::LambdaInvocation) -> Self::Future {
+        Guarded {
+            acquire: Some(Box::pin(Arc::clone(&self.lock).read_owned())),
+            guard: None,
+            inner: Box::pin(self.inner.call(invocation)),
+        }
+    }
+}
+
+type Acquire =
+    std::pin::Pin<Box<dyn Future<Output = tokio::sync::OwnedRwLockReadGuard<()>> + Send>>;
+
+/// An invocation's future that first takes the read lock, then runs, and releases the
+/// lock when it is dropped (answered, or abandoned).
+struct Guarded<F> {
+    acquire: Option<Acquire>,
+    guard: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+    inner: std::pin::Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Guarded<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        if let Some(acquire) = this.acquire.as_mut() {
+            match acquire.as_mut().poll(cx) {
+                std::task::Poll::Ready(guard) => {
+                    this.guard = Some(guard);
+                    this.acquire = None;
+                }
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+        this.inner.as_mut().poll(cx)
     }
 }
 

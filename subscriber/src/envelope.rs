@@ -101,13 +101,15 @@ pub enum SnsProblem {
 
 /// The reason a wrapped body from another topic is parked with.
 pub(crate) const FOREIGN_TOPIC: &str = "foreign_topic";
+/// `tributary-reason` of a body that is SNS-wrapped but not as SNS wraps.
+pub(crate) const BAD_SNS_ENVELOPE: &str = "bad_sns_envelope";
 
 impl BodyError {
     /// A short, stable, low-cardinality name for the failure: the `tributary-reason`
     /// attribute on the parked message.
     pub fn reason_code(&self) -> &'static str {
         match self {
-            BodyError::BadSnsEnvelope(_) => "bad_sns_envelope",
+            BodyError::BadSnsEnvelope(_) => BAD_SNS_ENVELOPE,
             BodyError::ForeignTopic => FOREIGN_TOPIC,
             BodyError::Event(e) => e.reason_code(),
         }

@@ -10,18 +10,17 @@ use std::sync::{Arc, LazyLock};
 use runtime::metrics::{BATCH_BUCKETS, LAG_BUCKETS_SECS, Metric, Registry};
 use time::OffsetDateTime;
 
-/// The reason codes a message can be parked with, declared at 0 so that a dashboard
-/// sees every series before the first park.
-pub(crate) const PARK_REASONS: &[&str] = &[
-    "malformed_json",
-    "schema_mismatch",
-    "unsupported_schema_version",
-    "missing_schema_version",
-    "invalid_event",
-    "bad_sns_envelope",
-    crate::envelope::FOREIGN_TOPIC,
-    crate::worker::APPLY_REJECTED,
-];
+/// Every reason code a message can be parked with, declared at 0 so that a dashboard
+/// sees every series before the first park. Built from the codes' own definitions, so
+/// it cannot drift from them.
+pub(crate) fn park_reasons() -> impl Iterator<Item = &'static str> {
+    contracts::DecodeError::REASON_CODES.into_iter().chain([
+        crate::envelope::BAD_SNS_ENVELOPE,
+        crate::envelope::FOREIGN_TOPIC,
+        crate::worker::APPLY_REJECTED,
+        crate::lambda::STORE_UNAVAILABLE,
+    ])
+}
 
 /// The subscriber's metric families.
 #[derive(Debug)]
@@ -96,7 +95,7 @@ static METRICS: LazyLock<SubscriberMetrics> = LazyLock::new(|| {
         ),
         registry: r,
     };
-    for reason in PARK_REASONS {
+    for reason in park_reasons() {
         m.registry.declare(m.messages_parked, &[reason]);
     }
     for c in [
@@ -118,6 +117,25 @@ pub fn metrics() -> &'static SubscriberMetrics {
 }
 
 impl SubscriberMetrics {
+    /// A message is in the DLQ: the one place that logs it (at ERROR: an operator must
+    /// look at what was parked) and counts it, so the two never disagree.
+    pub(crate) fn parked(
+        &self,
+        message_id: &str,
+        reason: &'static str,
+        detail: &str,
+        dlq_url: &str,
+    ) {
+        self.registry.inc_by(self.messages_parked, &[reason], 1);
+        tracing::error!(
+            message_id,
+            reason,
+            detail,
+            dlq_url,
+            "Message parked in the DLQ."
+        );
+    }
+
     /// Records a successful receive of `n` messages.
     pub fn received(&self, n: usize) {
         self.registry.touch(self.last_poll, &[]);

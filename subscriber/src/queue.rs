@@ -596,13 +596,7 @@ impl Parker for DeadLetterQueue {
         detail: &str,
     ) -> Result<(), QueueError> {
         self.send(message, reason_code, detail).await?;
-        error!(
-            message_id = %message.message_id,
-            reason = reason_code,
-            detail,
-            dlq_url = %self.url,
-            "Message parked in the DLQ."
-        );
+        crate::metrics::metrics().parked(&message.message_id, reason_code, detail, &self.url);
         Ok(())
     }
 }
@@ -636,13 +630,7 @@ impl Parker for SqsQueue {
         detail: &str,
     ) -> Result<(), QueueError> {
         self.send_to_dlq(message, reason_code, detail).await?;
-        error!(
-            message_id = %message.message_id,
-            reason = reason_code,
-            detail,
-            dlq_url = %self.dlq.url(),
-            "Message parked in the DLQ."
-        );
+        crate::metrics::metrics().parked(&message.message_id, reason_code, detail, self.dlq.url());
         if let Err(e) = self.delete_batch(&[message]).await {
             // It is safe in the DLQ; if it comes back it is parked again (a duplicate
             // in the DLQ, which a redrive applies idempotently).

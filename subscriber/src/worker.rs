@@ -632,11 +632,7 @@ async fn park_or_retry<P: Parker>(
     outcome: &mut BatchOutcome,
 ) {
     match parker.park(message, reason, detail).await {
-        Ok(()) => {
-            let m = crate::metrics::metrics();
-            m.registry.inc_by(m.messages_parked, &[reason], 1);
-            outcome.parked.push(message.message_id.clone());
-        }
+        Ok(()) => outcome.parked.push(message.message_id.clone()),
         Err(e) => {
             warn!(message_id = %message.message_id, reason, error = %error_chain(&e), "Could not park the message, it stays on the queue.");
             outcome.retry.push(message.message_id.clone());

@@ -12,6 +12,8 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -32,39 +34,61 @@ async fn black_hole() -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// A Lambda runtime API that answers the first `GET …/invocation/next` with `event`
-/// and every later request with silence: the one invocation stays in flight.
-async fn runtime_api(event: String) -> Result<SocketAddr> {
+/// A Lambda runtime API that answers the first `GET …/invocation/next` with `event`,
+/// accepts the invocation's answer (`POST …/response`, noted in the flag it returns),
+/// and meets every later request with silence.
+async fn runtime_api(event: String, deadline_secs: u64) -> Result<(SocketAddr, Arc<AtomicBool>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let answered = Arc::new(AtomicBool::new(false));
+    let noted = Arc::clone(&answered);
+    let served = Arc::new(AtomicBool::new(false));
     tokio::spawn(async move {
-        let mut held = Vec::new();
-        let mut served = false;
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let mut request = [0u8; 4096];
-            let n = socket.read(&mut request).await.unwrap_or(0);
-            let head = String::from_utf8_lossy(&request[..n]);
-            if !served && head.starts_with("GET /2018-06-01/runtime/invocation/next") {
-                served = true;
-                let deadline = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    + Duration::from_secs(600);
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                     Lambda-Runtime-Aws-Request-Id: 8476a536-e9f4-11e8-9739-2dfe598c3fcd\r\n\
-                     Lambda-Runtime-Deadline-Ms: {}\r\n\
-                     Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:000000000000:function:f\r\n\
-                     Content-Length: {}\r\n\r\n{event}",
-                    deadline.as_millis(),
-                    event.len()
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
-            }
-            held.push(socket);
+        while let Ok((socket, _)) = listener.accept().await {
+            // Each connection in its own task, request after request: the runtime's
+            // client keeps its connection alive and posts the answer on it.
+            let (event, served, noted) = (event.clone(), Arc::clone(&served), Arc::clone(&noted));
+            tokio::spawn(async move {
+                let mut socket = socket;
+                loop {
+                    let mut request = [0u8; 8192];
+                    let n = match socket.read(&mut request).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let head = String::from_utf8_lossy(&request[..n]);
+                    let answer = if head.starts_with("GET /2018-06-01/runtime/invocation/next")
+                        && !served.swap(true, Ordering::SeqCst)
+                    {
+                        let deadline = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            + Duration::from_secs(deadline_secs);
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                             Lambda-Runtime-Aws-Request-Id: 8476a536-e9f4-11e8-9739-2dfe598c3fcd\r\n\
+                             Lambda-Runtime-Deadline-Ms: {}\r\n\
+                             Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:000000000000:function:f\r\n\
+                             Content-Length: {}\r\n\r\n{event}",
+                            deadline.as_millis(),
+                            event.len()
+                        )
+                    } else if head.starts_with("POST ") && head.contains("/response") {
+                        noted.store(true, Ordering::SeqCst);
+                        "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_owned()
+                    } else {
+                        // A second invocation, or anything else: never answered.
+                        std::future::pending::<()>().await;
+                        return;
+                    };
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
     });
-    Ok(addr)
+    Ok((addr, answered))
 }
 
 /// (binary, arguments, environment, what the first signal leads to, which signal)
@@ -75,6 +99,10 @@ type Case<'a> = (
     First,
     &'a str,
 );
+
+/// How long a drain that ends by itself may take: the longest is an invocation whose
+/// calls time out one after another.
+const FIRST_SIGNAL_WAIT: Duration = Duration::from_secs(20);
 
 /// What the first signal must lead to.
 #[derive(Debug, Clone, Copy)]
@@ -142,14 +170,16 @@ async fn check(
         bail!("{binary} exited ({status}) before any signal; stderr:\n{err}");
     }
     kill(&child, signal)?;
-    let after_first = exit_within(&mut child, Duration::from_secs(5)).await?;
+    let after_first = exit_within(&mut child, FIRST_SIGNAL_WAIT).await?;
     match (first, after_first) {
         (First::Exits(want), Some(code)) if code == Some(want) => return Ok(()),
         (First::Exits(want), Some(code)) => {
             bail!("{binary}: exit {code:?} after the first SIG{signal}, expected {want}")
         }
         (First::Exits(want), None) => {
-            bail!("{binary}: still running 5 s after the first SIG{signal}, expected exit {want}")
+            bail!(
+                "{binary}: still running {FIRST_SIGNAL_WAIT:?} after the first SIG{signal}, expected exit {want}"
+            )
         }
         (First::Hangs, Some(code)) => {
             bail!(
@@ -188,8 +218,10 @@ async fn every_binary_drains_on_the_first_signal_and_exits_130_on_the_second() -
         "attributes": {"ApproximateReceiveCount": "1"},
         "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:analytics"}]})
     .to_string();
-    let publisher_api = runtime_api(stream_event).await?;
-    let subscriber_api = runtime_api(sqs_event).await?;
+    let (publisher_api, _) = runtime_api(stream_event.clone(), 600).await?;
+    let (subscriber_api, _) = runtime_api(sqs_event, 600).await?;
+    // An invocation whose deadline comes 6 s after it starts.
+    let (draining_api, draining_answered) = runtime_api(stream_event, 6).await?;
 
     let publisher_env = vec![
         endpoint.clone(),
@@ -257,6 +289,29 @@ async fn every_binary_drains_on_the_first_signal_and_exits_130_on_the_second() -
             First::Hangs,
             "TERM",
         ),
+        // An invocation that ends a few seconds after the first signal: publishing to
+        // the silent SNS stops at its deadline (6 s) less the 2 s margin, the call in
+        // flight is given up after its 1 s attempt bound, and the first unfinished
+        // record is reported. The drain waits for that, posts the answer, exits 0.
+        (
+            "publisher-lambda",
+            vec![],
+            vec![
+                endpoint.clone(),
+                ("AWS_LAMBDA_RUNTIME_API", draining_api.to_string()),
+                ("AWS_LAMBDA_FUNCTION_NAME", "publisher".into()),
+                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
+                ("AWS_LAMBDA_FUNCTION_VERSION", "1".into()),
+                ("PUBLISHER_TOPIC_ARN", topic.clone()),
+                (
+                    "PUBLISHER_FAILURE_QUEUE_URL",
+                    format!("{aws}/000000000000/f"),
+                ),
+                ("TRIBUTARY_AWS_ATTEMPT_TIMEOUT_MS", "1000".into()),
+            ],
+            First::Exits(0),
+            "TERM",
+        ),
         // Commands: interrupted, they say so with 130.
         (
             "bootstrap",
@@ -310,5 +365,9 @@ async fn every_binary_drains_on_the_first_signal_and_exits_130_on_the_second() -
         .filter_map(std::result::Result::err)
         .collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(
+        draining_answered.load(Ordering::SeqCst),
+        "the draining publisher-lambda exited without answering its invocation"
+    );
     Ok(())
 }
