@@ -22,7 +22,7 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 
 log "building (release)"
 cargo build --release --workspace --bins --locked >&2
-bench=target/release/tributary-bench
+bench="${CARGO_TARGET_DIR:-target}/release/tributary-bench"
 
 echo "# tributary benchmarks"
 echo

@@ -23,7 +23,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 file=$(realpath "${1:-$root/docker-compose.yml}")
-bins="${TRIBUTARY_BIN_DIR:-$root/target/debug}"
+bins="${TRIBUTARY_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}"
 
 log() { printf '[check-compose] %s\n' "$*" >&2; }
 

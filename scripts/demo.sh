@@ -32,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 # shellcheck disable=SC1091
 . "$TRIBUTARY_RUN_DIR/env"
-bin=target/debug
+bin="${CARGO_TARGET_DIR:-target}/debug"
 
 admin_url="$TRIBUTARY_TEST_DATABASE_URL"
 psql "$admin_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
