@@ -91,6 +91,21 @@ async fn runtime_api(event: String, deadline_secs: u64) -> Result<(SocketAddr, A
     Ok((addr, answered))
 }
 
+/// The environment of a Lambda binary run against the runtime API at `api`.
+fn lambda_env<'a>(
+    endpoint: &(&'a str, String),
+    api: SocketAddr,
+    name: &str,
+) -> Vec<(&'a str, String)> {
+    vec![
+        endpoint.clone(),
+        ("AWS_LAMBDA_RUNTIME_API", api.to_string()),
+        ("AWS_LAMBDA_FUNCTION_NAME", name.to_owned()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "1".into()),
+    ]
+}
+
 /// (binary, arguments, environment, what the first signal leads to, which signal)
 type Case<'a> = (
     &'a str,
@@ -259,33 +274,31 @@ async fn every_binary_drains_on_the_first_signal_and_exits_130_on_the_second() -
         (
             "publisher-lambda",
             vec![],
-            vec![
-                endpoint.clone(),
-                ("AWS_LAMBDA_RUNTIME_API", publisher_api.to_string()),
-                ("AWS_LAMBDA_FUNCTION_NAME", "publisher".into()),
-                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
-                ("AWS_LAMBDA_FUNCTION_VERSION", "1".into()),
-                ("PUBLISHER_TOPIC_ARN", topic.clone()),
-                (
-                    "PUBLISHER_FAILURE_QUEUE_URL",
-                    format!("{aws}/000000000000/f"),
-                ),
-            ],
+            [
+                lambda_env(&endpoint, publisher_api, "publisher"),
+                vec![
+                    ("PUBLISHER_TOPIC_ARN", topic.clone()),
+                    (
+                        "PUBLISHER_FAILURE_QUEUE_URL",
+                        format!("{aws}/000000000000/f"),
+                    ),
+                ],
+            ]
+            .concat(),
             First::Hangs,
             "TERM",
         ),
         (
             "subscriber-lambda",
             vec![],
-            vec![
-                endpoint.clone(),
-                ("AWS_LAMBDA_RUNTIME_API", subscriber_api.to_string()),
-                ("AWS_LAMBDA_FUNCTION_NAME", "subscriber".into()),
-                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
-                ("AWS_LAMBDA_FUNCTION_VERSION", "1".into()),
-                ("DATABASE_URL", hung_db.clone()),
-                ("SUBSCRIBER_DLQ_URL", format!("{aws}/000000000000/dlq")),
-            ],
+            [
+                lambda_env(&endpoint, subscriber_api, "subscriber"),
+                vec![
+                    ("DATABASE_URL", hung_db.clone()),
+                    ("SUBSCRIBER_DLQ_URL", format!("{aws}/000000000000/dlq")),
+                ],
+            ]
+            .concat(),
             First::Hangs,
             "TERM",
         ),
@@ -296,19 +309,18 @@ async fn every_binary_drains_on_the_first_signal_and_exits_130_on_the_second() -
         (
             "publisher-lambda",
             vec![],
-            vec![
-                endpoint.clone(),
-                ("AWS_LAMBDA_RUNTIME_API", draining_api.to_string()),
-                ("AWS_LAMBDA_FUNCTION_NAME", "publisher".into()),
-                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
-                ("AWS_LAMBDA_FUNCTION_VERSION", "1".into()),
-                ("PUBLISHER_TOPIC_ARN", topic.clone()),
-                (
-                    "PUBLISHER_FAILURE_QUEUE_URL",
-                    format!("{aws}/000000000000/f"),
-                ),
-                ("TRIBUTARY_AWS_ATTEMPT_TIMEOUT_MS", "1000".into()),
-            ],
+            [
+                lambda_env(&endpoint, draining_api, "publisher"),
+                vec![
+                    ("PUBLISHER_TOPIC_ARN", topic.clone()),
+                    (
+                        "PUBLISHER_FAILURE_QUEUE_URL",
+                        format!("{aws}/000000000000/f"),
+                    ),
+                    ("TRIBUTARY_AWS_ATTEMPT_TIMEOUT_MS", "1000".into()),
+                ],
+            ]
+            .concat(),
             First::Exits(0),
             "TERM",
         ),
