@@ -61,10 +61,6 @@ impl Encoded {
             body,
         }
     }
-
-    fn size(&self) -> usize {
-        self.body.len() + ATTRIBUTE_ALLOWANCE
-    }
 }
 
 /// An event SNS will never accept as it is.
@@ -75,35 +71,67 @@ pub struct Rejected {
     pub detail: String,
 }
 
-/// Splits events into `PublishBatch` calls within both SNS limits; a message too large to
-/// publish at all is rejected up front. For a FIFO topic a batch holds at most one event
-/// per key: a retried entry then can never land behind a later event of its key that
-/// succeeded in the same call.
+/// The limits of one batch call, and how an event counts towards them.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Most entries per call.
+    pub max_entries: usize,
+    /// Most bytes per call, and per message: body plus `attribute_allowance`.
+    pub max_bytes: usize,
+    /// Bytes counted per entry for its message attributes.
+    pub attribute_allowance: usize,
+    /// The service's name, for the rejection of a message too large for it.
+    pub service: &'static str,
+}
+
+/// `PublishBatch`'s limits.
+const SNS_LIMITS: BatchLimits = BatchLimits {
+    max_entries: MAX_BATCH_ENTRIES,
+    max_bytes: MAX_PAYLOAD_BYTES,
+    attribute_allowance: ATTRIBUTE_ALLOWANCE,
+    service: "SNS",
+};
+
+/// Splits events into `PublishBatch` calls within both SNS limits ([`plan_batches_within`]).
 pub(crate) fn plan_batches(
     events: Vec<Encoded>,
     fifo: bool,
+) -> (Vec<Vec<Encoded>>, Vec<(Encoded, Rejected)>) {
+    plan_batches_within(events, fifo, SNS_LIMITS)
+}
+
+/// PURE: splits events into batch calls within `limits`; a message too large to send at
+/// all is rejected up front. For a FIFO topic or queue a batch holds at most one event
+/// per key: a retried entry then can never land behind a later event of its key that
+/// succeeded in the same call.
+pub fn plan_batches_within(
+    events: Vec<Encoded>,
+    fifo: bool,
+    limits: BatchLimits,
 ) -> (Vec<Vec<Encoded>>, Vec<(Encoded, Rejected)>) {
     let mut batches: Vec<Vec<Encoded>> = Vec::new();
     let mut rejected = Vec::new();
     let mut current: Vec<Encoded> = Vec::new();
     let mut current_size = 0;
     for event in events {
-        let size = event.size();
-        if size > MAX_PAYLOAD_BYTES {
+        let size = event.body.len() + limits.attribute_allowance;
+        if size > limits.max_bytes {
             let r = Rejected {
                 event_id: event.event_id.clone(),
                 reason_code: "message_too_large",
                 detail: format!(
-                    "{} bytes encoded, SNS accepts at most {MAX_PAYLOAD_BYTES}",
-                    event.body.len()
+                    "{} bytes encoded, {} accepts at most {}",
+                    event.body.len(),
+                    limits.service,
+                    limits.max_bytes
                 ),
             };
             rejected.push((event, r));
             continue;
         }
         let same_group = fifo && current.iter().any(|e| e.key == event.key);
-        if current.len() == MAX_BATCH_ENTRIES
-            || current_size + size > MAX_PAYLOAD_BYTES
+        if current.len() == limits.max_entries
+            || current_size + size > limits.max_bytes
             || same_group
         {
             batches.push(std::mem::take(&mut current));
@@ -413,7 +441,12 @@ mod tests {
             vec![2, 2, 1]
         );
         for b in &batches {
-            assert!(b.iter().map(Encoded::size).sum::<usize>() <= MAX_PAYLOAD_BYTES);
+            assert!(
+                b.iter()
+                    .map(|e| e.body.len() + ATTRIBUTE_ALLOWANCE)
+                    .sum::<usize>()
+                    <= MAX_PAYLOAD_BYTES
+            );
         }
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
-use publisher::sink::{Encoded, PublishError, Rejected, SnsSink};
+use publisher::sink::{BatchLimits, Encoded, PublishError, Rejected, SnsSink, plan_batches_within};
 use runtime::backoff::Backoff;
 use runtime::batch::{RetryPolicy, entry_results_of};
 use tokio_util::sync::CancellationToken;
@@ -12,13 +12,21 @@ use tokio_util::sync::CancellationToken;
 use runtime::limits::sqs::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 
 /// Retries of a send to a queue: until it passes or shutdown, from 50 ms doubling to
-/// 20 s, one call at a time (a FIFO queue keeps each key's order).
+/// 20 s, one call at a time (with one event per key per batch, a FIFO queue keeps each
+/// key's order).
 const RETRY: RetryPolicy = RetryPolicy {
     backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(20)),
     max_retries: None,
     concurrency: 1,
     retry_call_errors: true,
     in_flight_grace: None,
+};
+/// `SendMessageBatch`'s limits, and the allowance per entry for its message attributes.
+const SQS_LIMITS: BatchLimits = BatchLimits {
+    max_entries: MAX_BATCH_ENTRIES,
+    max_bytes: MAX_BATCH_BYTES,
+    attribute_allowance: ATTRIBUTE_ALLOWANCE,
+    service: "SQS",
 };
 /// Allowance per entry for its message attributes.
 const ATTRIBUTE_ALLOWANCE: usize = 64;
@@ -130,32 +138,14 @@ impl QueueSink {
         events: Vec<Encoded>,
         shutdown: &CancellationToken,
     ) -> Result<Sent, PublishError> {
-        let mut sent = Sent::default();
-        let mut batch: Vec<Encoded> = Vec::new();
-        let mut bytes = 0;
-        for event in events {
-            let size = event.body.len() + ATTRIBUTE_ALLOWANCE;
-            if size > MAX_BATCH_BYTES {
-                let r = Rejected {
-                    event_id: event.event_id.clone(),
-                    reason_code: "message_too_large",
-                    detail: format!(
-                        "{} bytes encoded, SQS accepts at most {MAX_BATCH_BYTES}",
-                        event.body.len()
-                    ),
-                };
-                sent.rejected.push((event, r));
-                continue;
-            }
-            if batch.len() == MAX_BATCH_ENTRIES || bytes + size > MAX_BATCH_BYTES {
-                self.send_batch(std::mem::take(&mut batch), &mut sent, shutdown)
-                    .await?;
-                bytes = 0;
-            }
-            bytes += size;
-            batch.push(event);
-        }
-        if !batch.is_empty() {
+        // On a FIFO queue a batch holds at most one event per key, so a retried entry
+        // never lands behind a later event of its key that passed in the same call.
+        let (batches, rejected) = plan_batches_within(events, self.fifo, SQS_LIMITS);
+        let mut sent = Sent {
+            rejected,
+            ..Sent::default()
+        };
+        for batch in batches {
             self.send_batch(batch, &mut sent, shutdown).await?;
         }
         Ok(sent)
@@ -227,6 +217,49 @@ impl QueueSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encoded(tag: usize, key: &str, bytes: usize) -> Encoded {
+        Encoded {
+            tag,
+            event_id: format!("e{tag}"),
+            key: key.to_owned(),
+            event_type: "profile.snapshot",
+            schema_version: contracts::SchemaVersion::V2,
+            body: "x".repeat(bytes),
+        }
+    }
+
+    #[test]
+    fn a_fifo_queue_batch_holds_one_event_per_key_and_a_standard_one_does_not() {
+        let events = || {
+            vec![
+                encoded(0, "a", 10),
+                encoded(1, "a", 10),
+                encoded(2, "b", 10),
+            ]
+        };
+        let (fifo, _) = plan_batches_within(events(), true, SQS_LIMITS);
+        let keys: Vec<Vec<&str>> = fifo
+            .iter()
+            .map(|b| b.iter().map(|e| e.key.as_str()).collect())
+            .collect();
+        assert_eq!(keys, [vec!["a"], vec!["a", "b"]]);
+        let (standard, _) = plan_batches_within(events(), false, SQS_LIMITS);
+        assert_eq!(standard.len(), 1);
+    }
+
+    #[test]
+    fn a_message_larger_than_sqs_takes_is_rejected_naming_sqs() {
+        let (batches, rejected) =
+            plan_batches_within(vec![encoded(0, "a", MAX_BATCH_BYTES)], false, SQS_LIMITS);
+        assert!(batches.is_empty());
+        assert_eq!(rejected[0].1.reason_code, "message_too_large");
+        assert!(
+            rejected[0].1.detail.contains("SQS accepts at most 262144"),
+            "{:?}",
+            rejected[0].1
+        );
+    }
 
     #[test]
     fn target_is_a_topic_arn_or_a_queue_url() {
