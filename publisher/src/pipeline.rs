@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use runtime::aws::Clients;
+use runtime::metrics::ShardLabel;
 
 use crate::batch::{BatchStep, StepError};
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
@@ -116,21 +117,22 @@ impl Health {
     fn set_stream_enabled(&self, enabled: bool) {
         self.stream_enabled.store(enabled, Ordering::Relaxed);
         let m = crate::metrics::metrics();
-        m.registry
-            .set(m.stream_enabled, &[], if enabled { 1.0 } else { 0.0 });
+        m.stream_enabled.set(if enabled { 1.0 } else { 0.0 });
     }
 
     fn pause(&self, shard_id: &str, why: String) {
         self.paused_shards().insert(shard_id.to_owned(), why);
         let m = crate::metrics::metrics();
-        m.registry.set(m.shard_paused, &[shard_id], 1.0);
-        m.registry.inc_by(m.shard_pauses, &[], 1);
+        m.shard_paused
+            .get_or_create(&ShardLabel::of(shard_id))
+            .set(1.0);
+        m.shard_pauses.inc();
     }
 
     fn resume(&self, shard_id: &str) {
         self.paused_shards().remove(shard_id);
         let m = crate::metrics::metrics();
-        m.registry.remove(m.shard_paused, &[shard_id]);
+        m.shard_paused.remove(&ShardLabel::of(shard_id));
     }
 }
 
@@ -460,14 +462,13 @@ impl Pipeline {
     /// The process's totals, from its metrics (counted once, where they happen).
     fn log_stats(&self) {
         let m = crate::metrics::metrics();
-        let total = |metric| m.registry.total(metric);
         info!(
-            records_read = total(m.records_read),
-            events_published = total(m.events_published),
-            records_skipped = total(m.records_skipped),
-            records_parked = total(m.records_parked),
-            publish_retries = total(m.publish_retries),
-            checkpoints_written = total(m.checkpoints_written),
+            records_read = m.records_read.get(),
+            events_published = m.events_published.get(),
+            records_skipped = m.records_skipped.get(),
+            records_parked = m.records_parked_total(),
+            publish_retries = m.publish_retries.get(),
+            checkpoints_written = m.checkpoints_written.get(),
             "Publisher stopped."
         );
     }
@@ -566,8 +567,8 @@ impl Pipeline {
         {
             error!(table = %self.origin.table, old = %self.origin.stream_arn, new = %latest, "The table's stream was replaced (disabled, then enabled again): changes made in between are in neither stream and were not published. Run a snapshot backfill (replay snapshot). Finishing the old stream, then reading the new one from its trim horizon.");
             let m = crate::metrics::metrics();
-            m.registry.set(m.backfill_needed, &[], 1.0);
-            m.registry.inc_by(m.stream_gaps, &[], 1);
+            m.backfill_needed.set(1.0);
+            m.stream_gaps.inc();
             *successor = Some(latest);
         }
     }
@@ -909,8 +910,8 @@ impl Pipeline {
                     self.save_checkpoint(shard_id, &Checkpoint::Finished)
                         .await?;
                     let m = crate::metrics::metrics();
-                    m.registry.remove(m.iterator_age, &[shard_id]);
-                    m.registry.remove(m.oldest_unpublished_age, &[shard_id]);
+                    m.iterator_age.remove(&ShardLabel::of(shard_id));
+                    m.oldest_unpublished_age.remove(&ShardLabel::of(shard_id));
                     return Ok(true);
                 }
                 AfterPage::ReadOn { idle: next } => idle = next,
@@ -980,7 +981,7 @@ impl Pipeline {
         progress.since_checkpoint = 0;
         progress.last_checkpoint = tokio::time::Instant::now();
         let m = crate::metrics::metrics();
-        m.registry.inc_by(m.checkpoints_written, &[], 1);
+        m.checkpoints_written.inc();
         Ok(())
     }
 
@@ -993,7 +994,7 @@ impl Pipeline {
         work: &CancellationToken,
     ) -> Result<Published, PipelineError> {
         let m = crate::metrics::metrics();
-        m.registry.inc_by(m.records_read, &[], records.len() as u64);
+        m.records_read.inc_by(records.len() as u64);
         let step = BatchStep {
             sink: &self.sink,
             failures: &self.failures,
@@ -1018,12 +1019,9 @@ impl Pipeline {
                 });
             }
         };
-        m.registry
-            .inc_by(m.events_published, &[], report.published as u64);
-        m.registry
-            .inc_by(m.publish_retries, &[], report.retries as u64);
-        m.registry
-            .inc_by(m.records_skipped, &[], report.skipped as u64);
+        m.events_published.inc_by(report.published as u64);
+        m.publish_retries.inc_by(report.retries as u64);
+        m.records_skipped.inc_by(report.skipped as u64);
         let last = records.iter().rev().find_map(|r| r.sequence_number.clone());
         debug!(%shard_id, records = records.len(), events = report.published, through = last.as_deref().unwrap_or("-"), "Batch published.");
         Ok(Published::Through(last))
@@ -1078,18 +1076,18 @@ impl Pipeline {
 /// record read; 0 when the shard has nothing more).
 fn observe_read(shard_id: &str, records: &[StreamRecord]) {
     let m = crate::metrics::metrics();
-    m.registry.touch(m.last_poll, &[]);
+    m.last_poll.touch();
+    let age = || m.iterator_age.get_or_create(&ShardLabel::of(shard_id));
     if records.is_empty() {
-        m.registry.set(m.iterator_age, &[shard_id], 0.0);
+        age().set(0.0);
         return;
     }
-    m.registry
-        .observe(m.read_batch_size, &[], records.len() as f64);
+    m.read_batch_size.observe(records.len() as f64);
     if let Some(created) = records.iter().rev().find_map(|r| r.approximate_creation) {
-        let age = (time::OffsetDateTime::now_utc() - created)
+        let seconds = (time::OffsetDateTime::now_utc() - created)
             .as_seconds_f64()
             .max(0.0);
-        m.registry.set(m.iterator_age, &[shard_id], age);
+        age().set(seconds);
     }
 }
 
@@ -1106,8 +1104,9 @@ fn oldest_unpublished(shard_id: &str, first: Option<&StreamRecord>, read_at: Sys
 
 fn oldest_unpublished_since(shard_id: &str, at: SystemTime) {
     let m = crate::metrics::metrics();
-    m.registry
-        .touch_at(m.oldest_unpublished_age, &[shard_id], at);
+    m.oldest_unpublished_age
+        .get_or_create(&ShardLabel::of(shard_id))
+        .touch_at(at);
 }
 
 /// True when every listed shard of a stream is finished.
@@ -1127,8 +1126,8 @@ fn admit(ready: Vec<String>, running: usize, max: usize) -> (Vec<String>, usize)
 /// a non-zero one (`--max-shards` is too low for the stream: they fall behind).
 fn report_waiting(waiting: usize, running: usize, max: usize, reported: &mut usize) {
     let m = crate::metrics::metrics();
-    m.registry.set(m.shards_waiting, &[], waiting as f64);
-    m.registry.set(m.shards_reading, &[], running as f64);
+    m.shards_waiting.set(waiting as f64);
+    m.shards_reading.set(running as f64);
     if waiting != *reported && waiting > 0 {
         warn!(
             waiting,

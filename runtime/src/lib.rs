@@ -27,7 +27,8 @@
 //!   accepts (every sender to SNS or SQS uses it).
 //! - [`lambda`] — what both Lambda handlers share: the partial batch response, the
 //!   deadline, and [`lambda::serve`], the runtime loop with the shutdown semantics.
-//! - [`metrics`] — PURE: counters, gauges and histograms in the Prometheus text format.
+//! - [`metrics`] — the metric types (`prometheus-client`), `tributary_build_info`, and
+//!   the OpenMetrics rendering.
 //! - [`server`] — the HTTP listener: `GET /metrics`, `/healthz`, `/readyz`.
 //! - [`OpsArgs`] — the listen address setting (`--metrics-addr`, `TRIBUTARY_METRICS_ADDR`).
 

@@ -1,14 +1,33 @@
-//! Counters, gauges and histograms with a fixed set of label names, rendered in the
-//! Prometheus text exposition format (version 0.0.4).
-//! <https://prometheus.io/docs/instrumenting/exposition_formats/>
+//! The metric types every tributary process uses, on
+//! [`prometheus-client`](https://docs.rs/prometheus-client), the Prometheus project's own
+//! Rust client. Each family is a typed field of its crate's metrics struct (a counter
+//! cannot be set, a gauge cannot be given a label it does not declare), so a wrong handle
+//! does not compile.
 //!
-//! Label values must be low-cardinality (a reason code, a shard id), never an event id.
+//! Names follow the Prometheus conventions
+//! (<https://prometheus.io/docs/practices/naming/>): a counter is registered without
+//! `_total` (the encoder adds it), and a unit is given as [`Unit`] so it comes last
+//! (`…_seconds`). The exposition is the OpenMetrics text format, which Prometheus asks for
+//! first. Label values must be low-cardinality (a reason code, a shard id), never an event
+//! id.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+pub use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::family::Family;
+pub use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+pub use prometheus_client::registry::{Registry, Unit};
+
+/// A gauge of a fractional value (seconds, a ratio, 0 or 1).
+pub type Gauge = prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>;
+
+/// The content type of [`render`]'s answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds, in seconds, of the replication lag and iterator age histograms:
 /// from 10 ms to 15 minutes.
@@ -20,308 +39,106 @@ pub const LAG_BUCKETS_SECS: &[f64] = &[
 /// DynamoDB Streams GetRecords at most 1000).
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 100.0, 250.0, 1000.0];
 
-/// A metric's values, one per combination of label values.
-#[derive(Debug)]
-enum Values {
-    Counter(BTreeMap<Vec<String>, u64>),
-    Gauge(BTreeMap<Vec<String>, f64>),
-    /// Seconds elapsed since a Unix timestamp (milliseconds), computed at render time.
-    Age(BTreeMap<Vec<String>, u64>),
-    Histogram {
-        bounds: &'static [f64],
-        series: BTreeMap<Vec<String>, HistogramSeries>,
-    },
+/// A histogram with the given bucket upper bounds (`+Inf` is implied).
+pub fn histogram(bounds: &[f64]) -> Histogram {
+    Histogram::new(bounds.iter().copied())
 }
 
+/// The label of a series counted by reason code.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: Cow<'static, str>,
+}
+
+impl ReasonLabel {
+    pub fn of(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The label of a per-shard series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: String,
+}
+
+impl ShardLabel {
+    pub fn of(shard: &str) -> Self {
+        Self {
+            shard: shard.to_owned(),
+        }
+    }
+}
+
+/// A registry that already holds `tributary_build_info` (`version`, `service`): what
+/// every process's registry starts from, so a dashboard can tell which build answers.
+pub fn registry(service: &'static str) -> Registry {
+    let mut r = Registry::default();
+    r.register(
+        "tributary_build",
+        "The build this process runs: its version and service (publisher, subscriber).",
+        prometheus_client::metrics::info::Info::new([
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("service", service),
+        ]),
+    );
+    r
+}
+
+/// The whole registry in the OpenMetrics text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+/// A gauge rendered as the seconds elapsed since the time last given to
+/// [`Age::touch`], computed when scraped, so it grows while nothing happens. Absent
+/// until the first touch.
 #[derive(Debug, Clone, Default)]
-struct HistogramSeries {
-    /// Count per bucket (not cumulative); one more than the bounds, for +Inf.
-    buckets: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
+pub struct Age(Arc<AtomicU64>);
 
-#[derive(Debug)]
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
-    values: Values,
-}
-
-/// A handle to one metric family of a [`Registry`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Metric(usize);
-
-/// The metrics of one process. Cheap to update from many tasks (one short lock).
-#[derive(Debug, Default)]
-pub struct Registry {
-    families: Mutex<Vec<Family>>,
-    /// Bumped on every update: lets a test see that something moved.
-    updates: AtomicU64,
-}
-
-impl Registry {
-    fn register(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-        values: Values,
-    ) -> Metric {
-        let mut families = self.lock();
-        families.push(Family {
-            name,
-            help,
-            labels,
-            values,
-        });
-        Metric(families.len() - 1)
+impl Age {
+    /// The event this age tracks happened now.
+    pub fn touch(&self) {
+        self.touch_at(SystemTime::now());
     }
 
-    /// A counter (`name` should end in `_total`).
-    pub fn counter(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-    ) -> Metric {
-        self.register(name, help, labels, Values::Counter(BTreeMap::new()))
+    /// The event this age tracks happened at `at` (the creation time of the oldest
+    /// record waiting, say).
+    pub fn touch_at(&self, at: SystemTime) {
+        // 0 means "never": a time at the epoch counts from 1 ms after it.
+        self.0.store(unix_millis(at).max(1), Ordering::Relaxed);
     }
 
-    /// A gauge.
-    pub fn gauge(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-    ) -> Metric {
-        self.register(name, help, labels, Values::Gauge(BTreeMap::new()))
-    }
-
-    /// A gauge rendered as the seconds elapsed since the time last given to
-    /// [`Registry::touch`] (absent until the first touch).
-    pub fn age(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-    ) -> Metric {
-        self.register(name, help, labels, Values::Age(BTreeMap::new()))
-    }
-
-    /// A histogram with the given bucket upper bounds (ascending; `+Inf` is implied).
-    pub fn histogram(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-        bounds: &'static [f64],
-    ) -> Metric {
-        self.register(
-            name,
-            help,
-            labels,
-            Values::Histogram {
-                bounds,
-                series: BTreeMap::new(),
-            },
-        )
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Family>> {
-        // A panic while holding the lock leaves plain numbers behind: still usable.
-        self.families
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn with<F: FnOnce(&mut Values)>(&self, metric: Metric, f: F) {
-        if let Some(family) = self.lock().get_mut(metric.0) {
-            f(&mut family.values);
-            self.updates.fetch_add(1, Ordering::Relaxed);
+    fn seconds_at(&self, now: SystemTime) -> Option<f64> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(unix_millis(now).saturating_sub(at)).as_secs_f64()),
         }
     }
-
-    /// Adds `n` to a counter.
-    pub fn inc_by(&self, metric: Metric, labels: &[&str], n: u64) {
-        self.with(metric, |v| {
-            if let Values::Counter(m) = v {
-                *m.entry(key(labels)).or_default() += n;
-            }
-        });
-    }
-
-    /// A counter's value summed over its label values (0 for another kind of metric):
-    /// what the process counted, for a summary line at exit.
-    pub fn total(&self, metric: Metric) -> u64 {
-        match self.lock().get(metric.0).map(|f| &f.values) {
-            Some(Values::Counter(m)) => m.values().sum(),
-            _ => 0,
-        }
-    }
-
-    /// Makes a counter's series exist at 0, so a dashboard sees it before its first
-    /// increment.
-    pub fn declare(&self, metric: Metric, labels: &[&str]) {
-        self.inc_by(metric, labels, 0);
-    }
-
-    /// Sets a gauge.
-    pub fn set(&self, metric: Metric, labels: &[&str], value: f64) {
-        self.with(metric, |v| {
-            if let Values::Gauge(m) = v {
-                m.insert(key(labels), value);
-            }
-        });
-    }
-
-    /// Drops one series of a gauge or an age (a shard that finished, say).
-    pub fn remove(&self, metric: Metric, labels: &[&str]) {
-        let k = key(labels);
-        self.with(metric, |v| match v {
-            Values::Gauge(m) => {
-                m.remove(&k);
-            }
-            Values::Age(m) => {
-                m.remove(&k);
-            }
-            Values::Counter(_) | Values::Histogram { .. } => {}
-        });
-    }
-
-    /// Records that the event an [`Registry::age`] metric tracks happened now.
-    pub fn touch(&self, metric: Metric, labels: &[&str]) {
-        let now = unix_millis(SystemTime::now());
-        self.with(metric, |v| {
-            if let Values::Age(m) = v {
-                m.insert(key(labels), now);
-            }
-        });
-    }
-
-    /// Records that the event an [`Registry::age`] metric tracks happened at `at` (the
-    /// creation time of the oldest record waiting, say).
-    pub fn touch_at(&self, metric: Metric, labels: &[&str], at: SystemTime) {
-        let at = unix_millis(at);
-        self.with(metric, |v| {
-            if let Values::Age(m) = v {
-                m.insert(key(labels), at);
-            }
-        });
-    }
-
-    /// Adds one observation to a histogram.
-    pub fn observe(&self, metric: Metric, labels: &[&str], value: f64) {
-        self.observe_many(metric, labels, std::iter::once(value));
-    }
-
-    /// Adds several observations to a histogram under one lock.
-    pub fn observe_many(
-        &self,
-        metric: Metric,
-        labels: &[&str],
-        values: impl IntoIterator<Item = f64>,
-    ) {
-        self.with(metric, |v| {
-            if let Values::Histogram { bounds, series } = v {
-                let s = series
-                    .entry(key(labels))
-                    .or_insert_with(|| HistogramSeries {
-                        buckets: vec![0; bounds.len() + 1],
-                        ..HistogramSeries::default()
-                    });
-                for value in values {
-                    let i = bounds
-                        .iter()
-                        .position(|b| value <= *b)
-                        .unwrap_or(bounds.len());
-                    s.buckets[i] += 1;
-                    s.sum += value;
-                    s.count += 1;
-                }
-            }
-        });
-    }
-
-    /// How many updates the registry has seen.
-    pub fn updates(&self) -> u64 {
-        self.updates.load(Ordering::Relaxed)
-    }
-
-    /// The whole registry in the Prometheus text format.
-    pub fn render(&self) -> String {
-        self.render_at(SystemTime::now())
-    }
-
-    fn render_at(&self, now: SystemTime) -> String {
-        let now_ms = unix_millis(now);
-        let mut out = String::new();
-        for f in self.lock().iter() {
-            let kind = match f.values {
-                Values::Counter(_) => "counter",
-                Values::Gauge(_) | Values::Age(_) => "gauge",
-                Values::Histogram { .. } => "histogram",
-            };
-            let _ = writeln!(out, "# HELP {} {}", f.name, escape_help(f.help));
-            let _ = writeln!(out, "# TYPE {} {kind}", f.name);
-            match &f.values {
-                Values::Counter(m) => {
-                    for (values, n) in m {
-                        let _ = writeln!(out, "{}{} {n}", f.name, labels(f.labels, values, None));
-                    }
-                }
-                Values::Gauge(m) => {
-                    for (values, x) in m {
-                        let _ = writeln!(
-                            out,
-                            "{}{} {}",
-                            f.name,
-                            labels(f.labels, values, None),
-                            number(*x)
-                        );
-                    }
-                }
-                Values::Age(m) => {
-                    for (values, at) in m {
-                        let secs = Duration::from_millis(now_ms.saturating_sub(*at)).as_secs_f64();
-                        let _ = writeln!(
-                            out,
-                            "{}{} {}",
-                            f.name,
-                            labels(f.labels, values, None),
-                            number(secs)
-                        );
-                    }
-                }
-                Values::Histogram { bounds, series } => {
-                    for (values, s) in series {
-                        let mut cumulative = 0;
-                        for (i, n) in s.buckets.iter().enumerate() {
-                            cumulative += n;
-                            let le = bounds
-                                .get(i)
-                                .map_or_else(|| "+Inf".to_owned(), |b| number(*b));
-                            let _ = writeln!(
-                                out,
-                                "{}_bucket{} {cumulative}",
-                                f.name,
-                                labels(f.labels, values, Some(&le))
-                            );
-                        }
-                        let l = labels(f.labels, values, None);
-                        let _ = writeln!(out, "{}_sum{l} {}", f.name, number(s.sum));
-                        let _ = writeln!(out, "{}_count{l} {}", f.name, s.count);
-                    }
-                }
-            }
-        }
-        out
-    }
 }
 
-fn key(labels: &[&str]) -> Vec<String> {
-    labels.iter().map(|s| (*s).to_owned()).collect()
+impl TypedMetric for Age {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for Age {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let secs = self.seconds_at(SystemTime::now()).unwrap_or(0.0);
+        encoder.encode_gauge(&secs)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == 0
+    }
 }
 
 fn unix_millis(t: SystemTime) -> u64 {
@@ -329,68 +146,21 @@ fn unix_millis(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn number(x: f64) -> String {
-    if x.is_nan() {
-        "NaN".to_owned()
-    } else if x.is_infinite() {
-        if x > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
-    } else {
-        format!("{x}")
-    }
-}
-
-fn labels(names: &[&str], values: &[String], le: Option<&str>) -> String {
-    let mut pairs: Vec<String> = names
-        .iter()
-        .zip(values)
-        .map(|(n, v)| format!("{n}=\"{}\"", escape_label(v)))
-        .collect();
-    if let Some(le) = le {
-        pairs.push(format!("le=\"{le}\""));
-    }
-    if pairs.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", pairs.join(","))
-    }
-}
-
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_counter_s_total_sums_its_label_values_and_another_kind_has_none() {
-        let r = Registry::default();
-        let parked = r.counter("t_parked_total", "Parked.", &["reason"]);
-        let lag = r.gauge("t_lag_seconds", "Lag.", &[]);
-        assert_eq!(r.total(parked), 0);
-        r.inc_by(parked, &["malformed_json"], 2);
-        r.inc_by(parked, &["apply_rejected"], 3);
-        r.set(lag, &[], 7.0);
-        assert_eq!(r.total(parked), 5);
-        assert_eq!(r.total(lag), 0);
-    }
-
-    #[test]
-    fn counters_render_with_their_labels_and_type() {
-        let r = Registry::default();
-        let parked = r.counter("x_parked_total", "Parked messages.", &["reason"]);
-        r.inc_by(parked, &["malformed_json"], 2);
-        r.inc_by(parked, &["malformed_json"], 1);
-        r.declare(parked, &["apply_rejected"]);
-        let text = r.render();
-        assert!(text.contains("# TYPE x_parked_total counter\n"), "{text}");
+    fn a_counter_gets_its_total_suffix_and_its_labels() {
+        let mut r = registry("test");
+        let parked = Family::<ReasonLabel, Counter>::default();
+        r.register("x_parked", "Parked messages.", parked.clone());
+        parked
+            .get_or_create(&ReasonLabel::of("malformed_json"))
+            .inc_by(3);
+        drop(parked.get_or_create(&ReasonLabel::of("apply_rejected")));
+        let text = render(&r);
+        assert!(text.contains("# TYPE x_parked counter\n"), "{text}");
         assert!(
             text.contains("x_parked_total{reason=\"malformed_json\"} 3\n"),
             "{text}"
@@ -399,19 +169,38 @@ mod tests {
             text.contains("x_parked_total{reason=\"apply_rejected\"} 0\n"),
             "{text}"
         );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]
-    fn histogram_buckets_are_cumulative_and_end_in_inf() {
-        let r = Registry::default();
-        let h = r.histogram("lag_seconds", "Lag.", &[], &[0.1, 1.0]);
-        r.observe_many(h, &[], [0.05, 0.5, 0.7, 3.0]);
-        let text = r.render();
+    fn every_registry_says_which_build_answers() {
+        let text = render(&registry("publisher"));
+        assert!(
+            text.contains(&format!(
+                "tributary_build_info{{version=\"{}\",service=\"publisher\"}} 1\n",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_unit_comes_last_in_the_name() {
+        let mut r = Registry::default();
+        let lag = histogram(&[0.1, 1.0]);
+        r.register_with_unit("lag", "Lag.", Unit::Seconds, lag.clone());
+        for v in [0.05, 0.5, 0.7, 3.0] {
+            lag.observe(v);
+        }
+        let text = render(&r);
         assert!(
             text.contains("lag_seconds_bucket{le=\"0.1\"} 1\n"),
             "{text}"
         );
-        assert!(text.contains("lag_seconds_bucket{le=\"1\"} 3\n"), "{text}");
+        assert!(
+            text.contains("lag_seconds_bucket{le=\"1.0\"} 3\n"),
+            "{text}"
+        );
         assert!(
             text.contains("lag_seconds_bucket{le=\"+Inf\"} 4\n"),
             "{text}"
@@ -421,52 +210,23 @@ mod tests {
     }
 
     #[test]
-    fn an_age_is_the_time_since_its_last_touch() {
-        let r = Registry::default();
-        let age = r.age("since_poll_seconds", "Age.", &["shard"]);
-        assert!(
-            !r.render().contains("since_poll_seconds{"),
-            "absent before a touch"
-        );
-        r.touch(age, &["s-1"]);
-        let later = SystemTime::now() + Duration::from_secs(5);
-        let text = r.render_at(later);
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("since_poll_seconds{shard=\"s-1\"}"))
-            .unwrap_or_default();
-        let secs: f64 = line
-            .rsplit(' ')
-            .next()
-            .unwrap_or("x")
-            .parse()
-            .unwrap_or(-1.0);
-        assert!((4.9..6.0).contains(&secs), "{text}");
-    }
+    fn an_age_is_absent_until_touched_then_the_time_since_its_touch() {
+        let mut r = Registry::default();
+        let age = Family::<ShardLabel, Age>::default();
+        let since = Age::default();
+        r.register_with_unit("oldest", "Age.", Unit::Seconds, age.clone());
+        r.register_with_unit("since_poll", "Age.", Unit::Seconds, since.clone());
+        assert!(!render(&r).contains("oldest"), "absent before a touch");
+        assert!(!render(&r).contains("since_poll"), "absent before a touch");
 
-    #[test]
-    fn an_age_touched_at_a_past_time_counts_from_that_time() {
-        let r = Registry::default();
-        let age = r.age("oldest_seconds", "Age.", &["shard"]);
         let now = SystemTime::now();
-        r.touch_at(age, &["s-1"], now - Duration::from_secs(30));
-        let text = r.render_at(now);
-        assert!(
-            text.contains("oldest_seconds{shard=\"s-1\"} 30\n"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        let r = Registry::default();
-        let g = r.gauge("g", "A \"gauge\"\nwith two lines.", &["shard"]);
-        r.set(g, &["a\"b\\c"], 1.5);
-        let text = r.render();
-        assert!(text.contains("g{shard=\"a\\\"b\\\\c\"} 1.5\n"), "{text}");
-        assert!(
-            text.contains("# HELP g A \"gauge\"\\nwith two lines.\n"),
-            "{text}"
-        );
+        let a = age.get_or_create(&ShardLabel::of("s-1"));
+        a.touch_at(now - Duration::from_secs(30));
+        let secs = a.seconds_at(now).unwrap_or(-1.0);
+        assert!((secs - 30.0).abs() < 1e-9, "{secs}");
+        since.touch();
+        let text = render(&r);
+        assert!(text.contains("oldest_seconds{shard=\"s-1\"} 30"), "{text}");
+        assert!(text.contains("since_poll_seconds 0"), "{text}");
     }
 }

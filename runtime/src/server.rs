@@ -7,7 +7,7 @@
 //!   WARN, never sent: the endpoint is unauthenticated). The checks run at most once
 //!   per [`READINESS_CACHE_TTL`], however many requests come: concurrent requests wait
 //!   for the one run in flight and share its result.
-//! - `/metrics` — the [`Registry`] in the Prometheus text format.
+//! - `/metrics` — the [`Registry`] in the OpenMetrics text format.
 //!
 //! The endpoints are unauthenticated, so the server protects the process from its
 //! clients: at most [`MAX_CONNECTIONS`] at once (more are closed at once), a request
@@ -40,7 +40,7 @@ pub const READINESS_CACHE_TTL: Duration = Duration::from_secs(1);
 /// The longest request head read; the endpoints take no body.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Content type of the Prometheus text exposition format.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const METRICS_CONTENT_TYPE: &str = crate::metrics::CONTENT_TYPE;
 
 /// A readiness check: a name and a function returning `Err(why)` when the dependency
 /// does not answer.
@@ -193,7 +193,7 @@ async fn route(path: &str, served: &Served) -> (u16, &'static str, String) {
         "/metrics" => (
             200,
             METRICS_CONTENT_TYPE,
-            served.endpoints.registry.render(),
+            crate::metrics::render(&served.endpoints.registry),
         ),
         "/healthz" => (200, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
@@ -266,11 +266,12 @@ mod tests {
     async fn readiness_follows_its_checks_and_metrics_are_served() {
         let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let f = Arc::clone(&flag);
-        let registry = Arc::new(Registry::default());
-        let c = registry.counter("things_total", "Things.", &[]);
-        registry.inc_by(c, &[], 7);
+        let mut registry = Registry::default();
+        let c: crate::metrics::Counter = crate::metrics::Counter::default();
+        registry.register("things", "Things.", c.clone());
+        c.inc_by(7);
         let endpoints = Endpoints {
-            registry,
+            registry: Arc::new(registry),
             checks: vec![Check::new("database", move || {
                 let up = f.load(std::sync::atomic::Ordering::SeqCst);
                 Box::pin(async move {

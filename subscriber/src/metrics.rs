@@ -7,7 +7,10 @@
 
 use std::sync::{Arc, LazyLock};
 
-use runtime::metrics::{BATCH_BUCKETS, LAG_BUCKETS_SECS, Metric, Registry};
+use runtime::metrics::{
+    Age, BATCH_BUCKETS, Counter, Family, Histogram, LAG_BUCKETS_SECS, ReasonLabel, Registry, Unit,
+    histogram,
+};
 use time::OffsetDateTime;
 
 /// Every reason code a message can be parked with, declared at 0 so that a dashboard
@@ -26,89 +29,93 @@ pub(crate) fn park_reasons() -> impl Iterator<Item = &'static str> {
 #[derive(Debug)]
 pub struct SubscriberMetrics {
     pub registry: Arc<Registry>,
-    pub messages_received: Metric,
-    pub receive_batch_size: Metric,
-    pub receive_failures: Metric,
-    pub last_poll: Metric,
-    pub events_applied: Metric,
-    pub events_stale: Metric,
-    pub history_duplicates: Metric,
-    pub messages_parked: Metric,
-    pub messages_retried: Metric,
-    pub replication_lag: Metric,
+    pub messages_received: Counter,
+    pub receive_batch_size: Histogram,
+    pub receive_failures: Counter,
+    pub last_poll: Age,
+    pub events_applied: Counter,
+    pub events_stale: Counter,
+    pub history_duplicates: Counter,
+    pub messages_parked: Family<ReasonLabel, Counter>,
+    pub messages_retried: Counter,
+    pub replication_lag: Histogram,
 }
 
 static METRICS: LazyLock<SubscriberMetrics> = LazyLock::new(|| {
-    let r = Arc::new(Registry::default());
+    let mut r = runtime::metrics::registry("subscriber");
     let m = SubscriberMetrics {
-        messages_received: r.counter(
-            "tributary_messages_received_total",
-            "SQS messages received by the subscriber.",
-            &[],
-        ),
-        receive_batch_size: r.histogram(
-            "tributary_receive_batch_size",
-            "Messages per batch a worker applies: one non-empty ReceiveMessage answer, or several gathered from a backlog.",
-            &[],
-            BATCH_BUCKETS,
-        ),
-        receive_failures: r.counter(
-            "tributary_receive_failures_total",
-            "ReceiveMessage calls that failed.",
-            &[],
-        ),
-        last_poll: r.age(
-            "tributary_seconds_since_last_poll",
-            "Seconds since the last successful ReceiveMessage (empty or not).",
-            &[],
-        ),
-        events_applied: r.counter(
-            "tributary_events_applied_total",
-            "Events that changed the analytics state (committed).",
-            &[],
-        ),
-        events_stale: r.counter(
-            "tributary_events_stale_total",
-            "Events skipped as stale: not newer than the stored row, or superseded in their batch.",
-            &[],
-        ),
-        history_duplicates: r.counter(
-            "tributary_history_duplicates_total",
-            "Events already in the history table (redeliveries, duplicates).",
-            &[],
-        ),
-        messages_parked: r.counter(
-            "tributary_messages_parked_total",
-            "Messages parked in the DLQ, by reason code.",
-            &["reason"],
-        ),
-        messages_retried: r.counter(
-            "tributary_messages_retried_total",
-            "Messages left on the queue for a later attempt after a transient failure.",
-            &[],
-        ),
-        replication_lag: r.histogram(
-            "tributary_replication_lag_seconds",
-            "Commit time of an applied batch minus each event's occurred_at.",
-            &[],
-            LAG_BUCKETS_SECS,
-        ),
-        registry: r,
+        registry: Arc::default(),
+        messages_received: Counter::default(),
+        receive_batch_size: histogram(BATCH_BUCKETS),
+        receive_failures: Counter::default(),
+        last_poll: Age::default(),
+        events_applied: Counter::default(),
+        events_stale: Counter::default(),
+        history_duplicates: Counter::default(),
+        messages_parked: Family::default(),
+        messages_retried: Counter::default(),
+        replication_lag: histogram(LAG_BUCKETS_SECS),
     };
+    r.register(
+        "tributary_messages_received",
+        "SQS messages received by the subscriber.",
+        m.messages_received.clone(),
+    );
+    r.register(
+        "tributary_receive_batch_size",
+        "Messages per batch a worker applies: one non-empty ReceiveMessage answer, or several gathered from a backlog.",
+        m.receive_batch_size.clone(),
+    );
+    r.register(
+        "tributary_receive_failures",
+        "ReceiveMessage calls that failed.",
+        m.receive_failures.clone(),
+    );
+    r.register_with_unit(
+        "tributary_last_poll_age",
+        "Seconds since the last successful ReceiveMessage (empty or not).",
+        Unit::Seconds,
+        m.last_poll.clone(),
+    );
+    r.register(
+        "tributary_events_applied",
+        "Events that changed the analytics state (committed).",
+        m.events_applied.clone(),
+    );
+    r.register(
+        "tributary_events_stale",
+        "Events skipped as stale: not newer than the stored row, or superseded in their batch.",
+        m.events_stale.clone(),
+    );
+    r.register(
+        "tributary_history_duplicates",
+        "Events already in the history table (redeliveries, duplicates).",
+        m.history_duplicates.clone(),
+    );
+    r.register(
+        "tributary_messages_parked",
+        "Messages parked in the DLQ, by reason code.",
+        m.messages_parked.clone(),
+    );
+    r.register(
+        "tributary_messages_retried",
+        "Messages left on the queue for a later attempt after a transient failure.",
+        m.messages_retried.clone(),
+    );
+    r.register_with_unit(
+        "tributary_replication_lag",
+        "Commit time of an applied batch minus each event's occurred_at.",
+        Unit::Seconds,
+        m.replication_lag.clone(),
+    );
     for reason in park_reasons() {
-        m.registry.declare(m.messages_parked, &[reason]);
+        // Declared at 0, so a dashboard sees every reason before its first park.
+        drop(m.messages_parked.get_or_create(&ReasonLabel::of(reason)));
     }
-    for c in [
-        m.messages_received,
-        m.receive_failures,
-        m.events_applied,
-        m.events_stale,
-        m.history_duplicates,
-        m.messages_retried,
-    ] {
-        m.registry.declare(c, &[]);
+    SubscriberMetrics {
+        registry: Arc::new(r),
+        ..m
     }
-    m
 });
 
 /// The process's subscriber metrics.
@@ -126,7 +133,9 @@ impl SubscriberMetrics {
         detail: &str,
         dlq_url: &str,
     ) {
-        self.registry.inc_by(self.messages_parked, &[reason], 1);
+        self.messages_parked
+            .get_or_create(&ReasonLabel::of(reason))
+            .inc();
         tracing::error!(
             message_id,
             reason,
@@ -138,23 +147,19 @@ impl SubscriberMetrics {
 
     /// Records a successful receive of `n` messages.
     pub fn received(&self, n: usize) {
-        self.registry.touch(self.last_poll, &[]);
+        self.last_poll.touch();
         if n > 0 {
-            self.registry.inc_by(self.messages_received, &[], n as u64);
-            self.registry
-                .observe(self.receive_batch_size, &[], n as f64);
+            self.messages_received.inc_by(n as u64);
+            self.receive_batch_size.observe(n as f64);
         }
     }
 
     /// Records the lag of events whose batch just committed.
     pub fn committed<'a>(&self, occurred: impl IntoIterator<Item = &'a OffsetDateTime>) {
         let now = OffsetDateTime::now_utc();
-        self.registry.observe_many(
-            self.replication_lag,
-            &[],
-            occurred
-                .into_iter()
-                .map(|t| (now - *t).as_seconds_f64().max(0.0)),
-        );
+        for t in occurred {
+            self.replication_lag
+                .observe((now - *t).as_seconds_f64().max(0.0));
+        }
     }
 }

@@ -308,7 +308,7 @@ async fn receive_loop(
             }
             Err(e) => {
                 let m = crate::metrics::metrics();
-                m.registry.inc_by(m.receive_failures, &[], 1);
+                m.receive_failures.inc();
                 failures = failures.saturating_add(1);
                 let delay = worker_backoff(failures, rand::random());
                 if e.is_retryable() {
@@ -549,13 +549,11 @@ async fn process_batch_inner<P: Parker>(
 /// Adds a batch's outcome to the process's metrics (parks are counted as they happen).
 fn count(outcome: &BatchOutcome) {
     let m = crate::metrics::metrics();
-    m.registry
-        .inc_by(m.events_applied, &[], outcome.report.applied);
-    m.registry.inc_by(m.events_stale, &[], outcome.report.stale);
-    m.registry
-        .inc_by(m.history_duplicates, &[], outcome.report.history_duplicates);
-    m.registry
-        .inc_by(m.messages_retried, &[], outcome.retry.len() as u64);
+    m.events_applied.inc_by(outcome.report.applied);
+    m.events_stale.inc_by(outcome.report.stale);
+    m.history_duplicates
+        .inc_by(outcome.report.history_duplicates);
+    m.messages_retried.inc_by(outcome.retry.len() as u64);
 }
 
 /// Applies each event in its own transaction, parking exactly those the database

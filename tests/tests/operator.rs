@@ -93,6 +93,14 @@ async fn metrics_move_with_the_events_and_readiness_follows_the_database() -> Re
 
     let before = metrics(sub_addr).await?;
     assert_eq!(value(&before, "tributary_events_applied_total"), 0.0);
+    // Each process says which build answers.
+    for (addr, service) in [(sub_addr, "subscriber"), (pub_addr, "publisher")] {
+        let info = format!(
+            "tributary_build_info{{version=\"{}\",service=\"{service}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(value(&metrics(addr).await?, &info), 1.0);
+    }
     assert_eq!(
         value(
             &before,
@@ -131,7 +139,7 @@ async fn metrics_move_with_the_events_and_readiness_follows_the_database() -> Re
         published.contains("tributary_stream_iterator_age_seconds{shard=\""),
         "an iterator age per shard:\n{published}"
     );
-    assert!(value(&published, "tributary_seconds_since_last_poll") < 30.0);
+    assert!(value(&published, "tributary_last_poll_age_seconds") < 30.0);
 
     let after = eventually("the subscriber to count every event", CONVERGE, || async {
         let m = metrics(sub_addr).await?;
@@ -150,7 +158,7 @@ async fn metrics_move_with_the_events_and_readiness_follows_the_database() -> Re
             "tributary_replication_lag_seconds_bucket{le=\"+Inf\"}"
         ) >= total
     );
-    assert!(value(&after, "tributary_seconds_since_last_poll") < 30.0);
+    assert!(value(&after, "tributary_last_poll_age_seconds") < 30.0);
 
     // PostgreSQL goes away: not ready, still alive.
     proxy.cut();
@@ -497,14 +505,14 @@ async fn a_backlog_is_applied_in_batches_larger_than_one_receive() -> Result<()>
     stack.wait_converged(CONVERGE).await?;
     let m = metrics(addr).await?;
     let batches = value(&m, "tributary_receive_batch_size_count");
-    let at_most_ten = value(&m, "tributary_receive_batch_size_bucket{le=\"10\"}");
+    let at_most_ten = value(&m, "tributary_receive_batch_size_bucket{le=\"10.0\"}");
     let messages = value(&m, "tributary_messages_received_total");
     assert!(messages >= total as f64, "{messages} received of {total}");
     assert!(
         at_most_ten < batches,
         "every one of {batches} batches held at most 10 messages"
     );
-    assert!(value(&m, "tributary_receive_batch_size_bucket{le=\"100\"}") == batches);
+    assert!(value(&m, "tributary_receive_batch_size_bucket{le=\"100.0\"}") == batches);
     assert_eq!(
         terminate(&mut subscriber, Duration::from_secs(30)).await?,
         Some(0)
