@@ -417,14 +417,14 @@ fn timestamp(item: &Item, name: &'static str, label: &str) -> Result<OffsetDateT
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn s(v: &str) -> AttributeValue {
+    pub(crate) fn s(v: &str) -> AttributeValue {
         AttributeValue::S(v.into())
     }
 
-    fn item(version: i64) -> Item {
+    pub(crate) fn item(version: i64) -> Item {
         let mut i = Item::new();
         i.insert("user_id".into(), s("u-1"));
         i.insert("email".into(), s("a@example.com"));
@@ -438,11 +438,15 @@ mod tests {
         i
     }
 
-    fn keys() -> Item {
+    pub(crate) fn keys() -> Item {
         Item::from([("user_id".to_string(), s("u-1"))])
     }
 
-    fn record(event_name: EventName, old: Option<Item>, new: Option<Item>) -> StreamRecord {
+    pub(crate) fn record(
+        event_name: EventName,
+        old: Option<Item>,
+        new: Option<Item>,
+    ) -> StreamRecord {
         StreamRecord {
             event_id: Some("e-1".into()),
             event_name,
@@ -455,14 +459,14 @@ mod tests {
         }
     }
 
-    fn origin() -> Origin {
+    pub(crate) fn origin() -> Origin {
         Origin {
             table: "profiles".into(),
             stream_arn: "arn:stream".into(),
         }
     }
 
-    fn now() -> OffsetDateTime {
+    pub(crate) fn now() -> OffsetDateTime {
         OffsetDateTime::UNIX_EPOCH
     }
 
