@@ -12,7 +12,9 @@
 //! The endpoints are unauthenticated, so the server protects the process from its
 //! clients: at most [`MAX_CONNECTIONS`] at once (more are closed at once), a request
 //! head must arrive within [`REQUEST_TIMEOUT`] and the response be taken within
-//! [`WRITE_TIMEOUT`].
+//! [`WRITE_TIMEOUT`]. Those guards are the code; the HTTP is one request line and one
+//! answer, so hyper's server half (not compiled into any binary; only its client is)
+//! would add a dependency and still need them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
