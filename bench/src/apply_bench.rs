@@ -137,7 +137,7 @@ async fn contenders(args: &ApplyArgs, w: &Workload, db: &ScratchDb) -> Result<Ve
             events,
             "tributary container",
             format!(
-                "worker::process_batch (decode + apply_atomically): {batch} events per transaction, {workers} workers"
+                "batch::process_batch (decode + apply_atomically): {batch} events per transaction, {workers} workers"
             ),
             tributary(db, events, batch, workers),
         )
@@ -685,7 +685,7 @@ impl Parker for CountingParker {
 
 /// tributary's apply path as the worker drives it: SQS bodies (the encoded events, as
 /// raw delivery puts them in the queue) in batches of `batch`, `workers` batches in
-/// flight, each decoded and applied in one transaction by `worker::process_batch`, on a
+/// flight, each decoded and applied in one transaction by `batch::process_batch`, on a
 /// pool sized as `subscriber run` sizes it (workers + 1).
 async fn tributary(
     db: &ScratchDb,
@@ -727,7 +727,7 @@ async fn tributary(
                 loop {
                     attempt += 1;
                     let outcome =
-                        subscriber::worker::process_batch(&pool, parker.as_ref(), &batch).await;
+                        subscriber::batch::process_batch(&pool, parker.as_ref(), &batch).await;
                     if outcome.retry.is_empty() {
                         ensure!(
                             outcome.succeeded.len() == batch.len(),

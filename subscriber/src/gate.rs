@@ -205,6 +205,33 @@ fn log_open(kind: FailureKind, reason: &str, message: &'static str) {
     }
 }
 
+/// What the gate hears of a settled batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The trial message was applied: close the gate.
+    TrialPassed,
+    /// The trial failed on the store again: reopen it.
+    TrialFailed,
+    /// A batch received while closed failed on the store: open it.
+    Open,
+    /// Nothing the gate must hear.
+    None,
+}
+
+/// PURE: the gate's [`Verdict`] on a batch: received `on_trial` or not, whether any of
+/// its messages was applied, and whether the store itself failed. Only an applied
+/// message tells the database is back; a parked one is no verdict (the gate stays
+/// half-open for the next probe).
+pub(crate) fn verdict(on_trial: bool, applied_any: bool, store_failed: bool) -> Verdict {
+    match (on_trial, store_failed) {
+        (true, false) if applied_any => Verdict::TrialPassed,
+        (true, false) => Verdict::None,
+        (true, true) => Verdict::TrialFailed,
+        (false, true) => Verdict::Open,
+        (false, false) => Verdict::None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -348,5 +375,16 @@ mod tests {
         assert_eq!(gate.backoff(3, 1.0), Duration::from_secs(4));
         assert_eq!(gate.backoff(100, 1.0), Duration::from_secs(30));
         assert_eq!(gate.backoff(100, 0.0), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn only_an_applied_trial_closes_the_gate_and_only_a_store_failure_opens_it() {
+        assert_eq!(verdict(true, true, false), Verdict::TrialPassed);
+        assert_eq!(verdict(true, false, false), Verdict::None, "parked only");
+        assert_eq!(verdict(true, true, true), Verdict::TrialFailed);
+        assert_eq!(verdict(true, false, true), Verdict::TrialFailed);
+        assert_eq!(verdict(false, true, true), Verdict::Open);
+        assert_eq!(verdict(false, false, false), Verdict::None);
+        assert_eq!(verdict(false, true, false), Verdict::None);
     }
 }

@@ -34,13 +34,13 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tracing::{debug, error, info, warn};
 
+use crate::batch::process_batch;
 use crate::queue::{
     DeadLetterQueue, MAX_BATCH_ENTRIES, MAX_VISIBILITY_TIMEOUT_SECS, Parker, ReceivedMessage,
 };
 use crate::redrive::max_receive_count_from_redrive_policy;
 use crate::retry::{RetryStep, STORE_RETRY_VISIBILITY_MAX, retry_step};
 use crate::secret::DatabaseSecret;
-use crate::worker::process_batch;
 use runtime::report::error_chain;
 
 /// `tributary-reason` of a message parked because the store kept failing until the
@@ -209,7 +209,7 @@ impl SubscriberLambda {
 
     /// Applies `messages`; if none applied and PostgreSQL refuses the credentials, reads
     /// the secret again and tries the messages to retry once more.
-    async fn apply(&self, messages: &[ReceivedMessage]) -> crate::worker::BatchOutcome {
+    async fn apply(&self, messages: &[ReceivedMessage]) -> crate::batch::BatchOutcome {
         let mut outcome = process_batch(self.pool(), &self.dlq, messages).await;
         if outcome.succeeded.is_empty()
             && !outcome.retry.is_empty()

@@ -24,19 +24,22 @@
 //!   worker's pause, and when to park rather than let the redrive policy move a message.
 //! - [`isolation`] — PURE: when a batch applied event by event extends its messages'
 //!   visibility, or gives them back.
-//! - [`worker`] — the receive loops, [`worker::process_batch`] (reusable by a Lambda
-//!   handler) and graceful shutdown.
+//! - [`batch`] — the batch core both modes share: decode, one transaction, what became
+//!   of each message ([`batch::process_batch`]).
+//! - [`worker`] — the container's receive loops, settling each batch on the queue, and
+//!   graceful shutdown.
 //! - [`metrics`] — the process's Prometheus metrics (served by `subscriber run`).
 //! - [`readiness`] — `/readyz`'s checks, on a one-connection pool of their own.
 //! - [`secret`] — the database URL from Secrets Manager (`subscriber-lambda`), re-read
 //!   when PostgreSQL refuses the credentials.
 //! - [`status`] — `subscriber status`: is the analytics store in sync, what is parked.
-//! - [`lambda`] — the `subscriber-lambda` handler: SQS event → [`worker::process_batch`]
+//! - [`lambda`] — the `subscriber-lambda` handler: SQS event → [`batch::process_batch`]
 //!   → partial batch response, with its own lenient event types and a lazily created
 //!   pool per execution environment.
 //! - [`MIGRATOR`] — the analytics store's migrations (`migrations/` at the workspace root).
 
 pub mod apply;
+pub mod batch;
 pub mod config;
 pub mod envelope;
 pub mod failure;

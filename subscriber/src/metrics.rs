@@ -2,7 +2,7 @@
 //! `TRIBUTARY_METRICS_ADDR` (see [`runtime`]).
 //!
 //! A process-wide registry rather than a parameter: the counters are bumped deep in
-//! [`crate::worker`] (and a Lambda handler reusing [`crate::worker::process_batch`]),
+//! [`crate::batch`] (by both the receive loop and the Lambda handler reusing [`crate::batch::process_batch`]),
 //! and threading a handle through every signature buys nothing a test needs.
 
 use std::sync::{Arc, LazyLock};
@@ -20,7 +20,7 @@ pub(crate) fn park_reasons() -> impl Iterator<Item = &'static str> {
     contracts::DecodeError::REASON_CODES.into_iter().chain([
         crate::envelope::BAD_SNS_ENVELOPE,
         crate::envelope::FOREIGN_TOPIC,
-        crate::worker::APPLY_REJECTED,
+        crate::batch::APPLY_REJECTED,
         crate::lambda::STORE_UNAVAILABLE,
     ])
 }

@@ -111,6 +111,37 @@ pub(crate) fn fill_wait(
     }
 }
 
+/// What a worker does after a receive that returned messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterReceive {
+    /// It is behind: receive again at once, into a larger batch.
+    Gather,
+    /// It is caught up: after this batch, wait this long (maybe zero) before the next
+    /// receive, so that it comes back fuller.
+    FillPause(Duration),
+}
+
+/// PURE: [`AfterReceive`] for `received` messages, sent at `sent_ms` (`SentTimestamp`),
+/// out of at most `per_call`: behind ([`behind`], or a full receive when no message
+/// carries a timestamp) gathers; caught up pauses for the [`fill_wait`].
+pub(crate) fn after_receive(
+    sent_ms: impl IntoIterator<Item = Option<u64>>,
+    received: usize,
+    per_call: usize,
+    now_ms: u64,
+    workers: usize,
+    rate: Option<f64>,
+    max_fill_wait: Duration,
+) -> AfterReceive {
+    let lagging =
+        behind(sent_ms, now_ms, lag_threshold(max_fill_wait)).unwrap_or(received >= per_call);
+    if lagging {
+        AfterReceive::Gather
+    } else {
+        AfterReceive::FillPause(fill_wait(received, per_call, workers, rate, max_fill_wait))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +210,29 @@ mod tests {
         assert_eq!(meter.rate(), Some(200.0));
         meter.record(30, t0 + Duration::from_secs(3));
         assert_eq!(meter.rate(), Some(15.0));
+    }
+
+    #[test]
+    fn old_messages_or_a_full_untimed_receive_gather_and_a_fresh_one_pauses() {
+        let now = 100_000;
+        // 2 s old, past the 500 ms threshold of a 250 ms fill wait: behind.
+        assert_eq!(
+            after_receive([Some(now - 2_000)], 3, 10, now, 4, Some(200.0), MAX),
+            AfterReceive::Gather
+        );
+        // Fresh: paced by the arrival rate, 4 workers × 10 ÷ 200/s = 200 ms.
+        assert_eq!(
+            after_receive([Some(now - 10)], 3, 10, now, 4, Some(200.0), MAX),
+            AfterReceive::FillPause(Duration::from_millis(200))
+        );
+        // No timestamps: fullness decides.
+        assert_eq!(
+            after_receive([None; 10], 10, 10, now, 4, Some(200.0), MAX),
+            AfterReceive::Gather
+        );
+        assert_eq!(
+            after_receive([None; 3], 3, 10, now, 4, None, MAX),
+            AfterReceive::FillPause(Duration::ZERO)
+        );
     }
 }
