@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock};
 
 use runtime::metrics::{
     Age, BATCH_BUCKETS, Counter, Family, Gauge, Histogram, ReasonLabel, Registry, ShardLabel, Unit,
-    histogram,
+    histogram, register,
 };
 
 /// The publisher's metric families.
@@ -40,113 +40,128 @@ static METRICS: LazyLock<PublisherMetrics> = LazyLock::new(|| {
     let mut r = runtime::metrics::registry("publisher");
     let m = PublisherMetrics {
         registry: Arc::default(),
-        records_read: Counter::default(),
-        events_published: Counter::default(),
-        records_skipped: Counter::default(),
-        records_parked: Family::default(),
-        publish_retries: Counter::default(),
-        checkpoints_written: Counter::default(),
-        read_batch_size: histogram(BATCH_BUCKETS),
-        iterator_age: Family::default(),
-        last_poll: Age::default(),
-        oldest_unpublished_age: Family::default(),
-        shards_reading: Gauge::default(),
-        shards_waiting: Gauge::default(),
-        shard_paused: Family::default(),
-        shard_pauses: Counter::default(),
-        stream_enabled: Gauge::default(),
-        stream_gaps: Counter::default(),
-        backfill_needed: Gauge::default(),
+        records_read: register(
+            &mut r,
+            "tributary_stream_records_read",
+            "Stream records read by GetRecords.",
+            None,
+            Counter::default(),
+        ),
+        events_published: register(
+            &mut r,
+            "tributary_events_published",
+            "Change events accepted by SNS.",
+            None,
+            Counter::default(),
+        ),
+        records_skipped: register(
+            &mut r,
+            "tributary_records_skipped",
+            "Stream records not published: a MODIFY that changes nothing the contract carries.",
+            None,
+            Counter::default(),
+        ),
+        records_parked: register(
+            &mut r,
+            "tributary_records_parked",
+            "Stream records parked in the failure queue, by reason code.",
+            None,
+            Family::default(),
+        ),
+        publish_retries: register(
+            &mut r,
+            "tributary_publish_retries",
+            "PublishBatch entries sent again after a transient failure.",
+            None,
+            Counter::default(),
+        ),
+        checkpoints_written: register(
+            &mut r,
+            "tributary_checkpoints_written",
+            "Shard checkpoints written.",
+            None,
+            Counter::default(),
+        ),
+        read_batch_size: register(
+            &mut r,
+            "tributary_stream_batch_size",
+            "Records per non-empty GetRecords answer.",
+            None,
+            histogram(BATCH_BUCKETS),
+        ),
+        iterator_age: register(
+            &mut r,
+            "tributary_stream_iterator_age",
+            "Per shard: now minus the ApproximateCreationDateTime of the last record read; 0 when a read finds the shard drained.",
+            Some(Unit::Seconds),
+            Family::default(),
+        ),
+        last_poll: register(
+            &mut r,
+            "tributary_last_poll_age",
+            "Seconds since the last successful GetRecords on any shard.",
+            Some(Unit::Seconds),
+            Age::default(),
+        ),
+        oldest_unpublished_age: register(
+            &mut r,
+            "tributary_shard_oldest_unpublished_age",
+            "Per shard: seconds since the oldest stream record not yet published was created, computed when scraped. Grows while a shard cannot read or publish.",
+            Some(Unit::Seconds),
+            Family::default(),
+        ),
+        shards_reading: register(
+            &mut r,
+            "tributary_shards_reading",
+            "Shards being read now.",
+            None,
+            Gauge::default(),
+        ),
+        shards_waiting: register(
+            &mut r,
+            "tributary_shards_waiting",
+            "Shards ready to be read but not started: more are ready than --max-shards lets run.",
+            None,
+            Gauge::default(),
+        ),
+        shard_paused: register(
+            &mut r,
+            "tributary_shard_paused",
+            "1 for each shard paused because a record can be neither published nor parked (tried again later).",
+            None,
+            Family::default(),
+        ),
+        shard_pauses: register(
+            &mut r,
+            "tributary_shard_pauses",
+            "Times a shard was paused because a record could be neither published nor parked.",
+            None,
+            Counter::default(),
+        ),
+        stream_enabled: register(
+            &mut r,
+            "tributary_stream_enabled",
+            "1 while the table's stream is enabled with NEW_AND_OLD_IMAGES, 0 while it is disabled or unusable.",
+            None,
+            Gauge::default(),
+        ),
+        stream_gaps: register(
+            &mut r,
+            "tributary_stream_gaps",
+            "Times the table's stream was found replaced (disabled, then enabled): changes made in between are in no stream.",
+            None,
+            Counter::default(),
+        ),
+        backfill_needed: register(
+            &mut r,
+            "tributary_stream_backfill_needed",
+            "1 once this process found a gap between two streams of the table: run a snapshot backfill (replay snapshot), then restart the publisher to clear it.",
+            None,
+            Gauge::default(),
+        ),
         parked_total: Counter::default(),
     };
-    r.register(
-        "tributary_stream_records_read",
-        "Stream records read by GetRecords.",
-        m.records_read.clone(),
-    );
-    r.register(
-        "tributary_events_published",
-        "Change events accepted by SNS.",
-        m.events_published.clone(),
-    );
-    r.register(
-        "tributary_records_skipped",
-        "Stream records not published: a MODIFY that changes nothing the contract carries.",
-        m.records_skipped.clone(),
-    );
-    r.register(
-        "tributary_records_parked",
-        "Stream records parked in the failure queue, by reason code.",
-        m.records_parked.clone(),
-    );
-    r.register(
-        "tributary_publish_retries",
-        "PublishBatch entries sent again after a transient failure.",
-        m.publish_retries.clone(),
-    );
-    r.register(
-        "tributary_checkpoints_written",
-        "Shard checkpoints written.",
-        m.checkpoints_written.clone(),
-    );
-    r.register(
-        "tributary_stream_batch_size",
-        "Records per non-empty GetRecords answer.",
-        m.read_batch_size.clone(),
-    );
-    r.register_with_unit(
-        "tributary_stream_iterator_age",
-        "Per shard: now minus the ApproximateCreationDateTime of the last record read; 0 when a read finds the shard drained.",
-        Unit::Seconds,
-        m.iterator_age.clone(),
-    );
-    r.register_with_unit(
-        "tributary_last_poll_age",
-        "Seconds since the last successful GetRecords on any shard.",
-        Unit::Seconds,
-        m.last_poll.clone(),
-    );
-    r.register_with_unit(
-        "tributary_shard_oldest_unpublished_age",
-        "Per shard: seconds since the oldest stream record not yet published was created, computed when scraped. Grows while a shard cannot read or publish.",
-        Unit::Seconds,
-        m.oldest_unpublished_age.clone(),
-    );
-    r.register(
-        "tributary_shards_reading",
-        "Shards being read now.",
-        m.shards_reading.clone(),
-    );
-    r.register(
-        "tributary_shards_waiting",
-        "Shards ready to be read but not started: more are ready than --max-shards lets run.",
-        m.shards_waiting.clone(),
-    );
-    r.register(
-        "tributary_shard_paused",
-        "1 for each shard paused because a record can be neither published nor parked (tried again later).",
-        m.shard_paused.clone(),
-    );
-    r.register(
-        "tributary_shard_pauses",
-        "Times a shard was paused because a record could be neither published nor parked.",
-        m.shard_pauses.clone(),
-    );
-    r.register(
-        "tributary_stream_enabled",
-        "1 while the table's stream is enabled with NEW_AND_OLD_IMAGES, 0 while it is disabled or unusable.",
-        m.stream_enabled.clone(),
-    );
-    r.register(
-        "tributary_stream_gaps",
-        "Times the table's stream was found replaced (disabled, then enabled): changes made in between are in no stream.",
-        m.stream_gaps.clone(),
-    );
-    r.register(
-        "tributary_stream_backfill_needed",
-        "1 once this process found a gap between two streams of the table: run a snapshot backfill (replay snapshot), then restart the publisher to clear it.",
-        m.backfill_needed.clone(),
-    );
+
     m.stream_enabled.set(1.0);
     PublisherMetrics {
         registry: Arc::new(r),

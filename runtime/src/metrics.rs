@@ -87,6 +87,22 @@ pub fn registry(service: &'static str) -> Registry {
     r
 }
 
+/// Registers `metric` under `name` (with `unit` last, when given) and hands it back: a
+/// family is declared in one expression.
+pub fn register<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    metric: M,
+) -> M {
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, metric.clone()),
+        None => registry.register(name, help, metric.clone()),
+    }
+    metric
+}
+
 /// The whole registry in the OpenMetrics text format.
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();

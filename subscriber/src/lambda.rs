@@ -35,9 +35,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tracing::{debug, error, info, warn};
 
 use crate::batch::process_batch;
-use crate::queue::{
-    DeadLetterQueue, MAX_BATCH_ENTRIES, MAX_VISIBILITY_TIMEOUT_SECS, Parker, ReceivedMessage,
-};
+use crate::queue::{DeadLetterQueue, MAX_BATCH_ENTRIES, Parker, ReceivedMessage};
 use crate::redrive::max_receive_count_from_redrive_policy;
 use crate::retry::{RetryStep, STORE_RETRY_VISIBILITY_MAX, retry_step};
 use crate::secret::DatabaseSecret;
@@ -368,15 +366,7 @@ impl SubscriberLambda {
             let entries: Vec<_> = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, (message, delay))| {
-                    let secs = delay.as_secs().min(MAX_VISIBILITY_TIMEOUT_SECS);
-                    aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(&message.receipt_handle)
-                        .visibility_timeout(i32::try_from(secs).expect("capped at 43200"))
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
+                .map(|(i, (message, delay))| crate::queue::visibility_entry(i, message, *delay))
                 .collect();
             match self
                 .dlq

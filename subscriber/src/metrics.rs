@@ -9,7 +9,7 @@ use std::sync::{Arc, LazyLock};
 
 use runtime::metrics::{
     Age, BATCH_BUCKETS, Counter, Family, Histogram, LAG_BUCKETS_SECS, ReasonLabel, Registry, Unit,
-    histogram,
+    histogram, register,
 };
 use time::OffsetDateTime;
 
@@ -45,69 +45,78 @@ static METRICS: LazyLock<SubscriberMetrics> = LazyLock::new(|| {
     let mut r = runtime::metrics::registry("subscriber");
     let m = SubscriberMetrics {
         registry: Arc::default(),
-        messages_received: Counter::default(),
-        receive_batch_size: histogram(BATCH_BUCKETS),
-        receive_failures: Counter::default(),
-        last_poll: Age::default(),
-        events_applied: Counter::default(),
-        events_stale: Counter::default(),
-        history_duplicates: Counter::default(),
-        messages_parked: Family::default(),
-        messages_retried: Counter::default(),
-        replication_lag: histogram(LAG_BUCKETS_SECS),
+        messages_received: register(
+            &mut r,
+            "tributary_messages_received",
+            "SQS messages received by the subscriber.",
+            None,
+            Counter::default(),
+        ),
+        receive_batch_size: register(
+            &mut r,
+            "tributary_receive_batch_size",
+            "Messages per batch a worker applies: one non-empty ReceiveMessage answer, or several gathered from a backlog.",
+            None,
+            histogram(BATCH_BUCKETS),
+        ),
+        receive_failures: register(
+            &mut r,
+            "tributary_receive_failures",
+            "ReceiveMessage calls that failed.",
+            None,
+            Counter::default(),
+        ),
+        last_poll: register(
+            &mut r,
+            "tributary_last_poll_age",
+            "Seconds since the last successful ReceiveMessage (empty or not).",
+            Some(Unit::Seconds),
+            Age::default(),
+        ),
+        events_applied: register(
+            &mut r,
+            "tributary_events_applied",
+            "Events that changed the analytics state (committed).",
+            None,
+            Counter::default(),
+        ),
+        events_stale: register(
+            &mut r,
+            "tributary_events_stale",
+            "Events skipped as stale: not newer than the stored row, or superseded in their batch.",
+            None,
+            Counter::default(),
+        ),
+        history_duplicates: register(
+            &mut r,
+            "tributary_history_duplicates",
+            "Events already in the history table (redeliveries, duplicates).",
+            None,
+            Counter::default(),
+        ),
+        messages_parked: register(
+            &mut r,
+            "tributary_messages_parked",
+            "Messages parked in the DLQ, by reason code.",
+            None,
+            Family::default(),
+        ),
+        messages_retried: register(
+            &mut r,
+            "tributary_messages_retried",
+            "Messages left on the queue for a later attempt after a transient failure.",
+            None,
+            Counter::default(),
+        ),
+        replication_lag: register(
+            &mut r,
+            "tributary_replication_lag",
+            "Commit time of an applied batch minus each event's occurred_at.",
+            Some(Unit::Seconds),
+            histogram(LAG_BUCKETS_SECS),
+        ),
     };
-    r.register(
-        "tributary_messages_received",
-        "SQS messages received by the subscriber.",
-        m.messages_received.clone(),
-    );
-    r.register(
-        "tributary_receive_batch_size",
-        "Messages per batch a worker applies: one non-empty ReceiveMessage answer, or several gathered from a backlog.",
-        m.receive_batch_size.clone(),
-    );
-    r.register(
-        "tributary_receive_failures",
-        "ReceiveMessage calls that failed.",
-        m.receive_failures.clone(),
-    );
-    r.register_with_unit(
-        "tributary_last_poll_age",
-        "Seconds since the last successful ReceiveMessage (empty or not).",
-        Unit::Seconds,
-        m.last_poll.clone(),
-    );
-    r.register(
-        "tributary_events_applied",
-        "Events that changed the analytics state (committed).",
-        m.events_applied.clone(),
-    );
-    r.register(
-        "tributary_events_stale",
-        "Events skipped as stale: not newer than the stored row, or superseded in their batch.",
-        m.events_stale.clone(),
-    );
-    r.register(
-        "tributary_history_duplicates",
-        "Events already in the history table (redeliveries, duplicates).",
-        m.history_duplicates.clone(),
-    );
-    r.register(
-        "tributary_messages_parked",
-        "Messages parked in the DLQ, by reason code.",
-        m.messages_parked.clone(),
-    );
-    r.register(
-        "tributary_messages_retried",
-        "Messages left on the queue for a later attempt after a transient failure.",
-        m.messages_retried.clone(),
-    );
-    r.register_with_unit(
-        "tributary_replication_lag",
-        "Commit time of an applied batch minus each event's occurred_at.",
-        Unit::Seconds,
-        m.replication_lag.clone(),
-    );
+
     for reason in park_reasons() {
         // Declared at 0, so a dashboard sees every reason before its first park.
         drop(m.messages_parked.get_or_create(&ReasonLabel::of(reason)));

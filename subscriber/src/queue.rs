@@ -462,13 +462,7 @@ impl SqsQueue {
                     .iter()
                     .map(|&i| {
                         let (message, delay) = changes[i];
-                        let secs = delay.as_secs().min(MAX_VISIBILITY_TIMEOUT_SECS);
-                        ChangeMessageVisibilityBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .receipt_handle(&message.receipt_handle)
-                            .visibility_timeout(i32::try_from(secs).expect("capped at 43200"))
-                            .build()
-                            .expect("id and receipt handle are set")
+                        visibility_entry(i, message, delay)
                     })
                     .collect();
                 async move {
@@ -638,6 +632,22 @@ impl Parker for SqsQueue {
         }
         Ok(())
     }
+}
+
+/// The `ChangeMessageVisibilityBatch` entry (request id `id`) that makes `message` come
+/// back after `delay`, capped at [`MAX_VISIBILITY_TIMEOUT_SECS`].
+pub(crate) fn visibility_entry(
+    id: usize,
+    message: &ReceivedMessage,
+    delay: Duration,
+) -> ChangeMessageVisibilityBatchRequestEntry {
+    let secs = delay.as_secs().min(MAX_VISIBILITY_TIMEOUT_SECS);
+    ChangeMessageVisibilityBatchRequestEntry::builder()
+        .id(id.to_string())
+        .receipt_handle(&message.receipt_handle)
+        .visibility_timeout(i32::try_from(secs).expect("capped at 43200"))
+        .build()
+        .expect("id and receipt handle are set")
 }
 
 /// How deletes and visibility changes retry their failed entries: five rounds, from
