@@ -205,8 +205,24 @@ async fn check(
     }
     kill(&child, "TERM")?;
     match exit_within(&mut child, Duration::from_secs(5)).await? {
-        Some(Some(130)) => Ok(()),
+        Some(Some(130)) => {}
         other => bail!("{binary}: {other:?} after the second signal, expected exit 130"),
+    }
+    // The first signal started a drain (the handler cancelled the binary's token and
+    // said so), and the second forced the exit: in that order.
+    let mut err = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut err).await?;
+    }
+    let at = |level: &str, sig: &str| {
+        err.lines()
+            .position(|l| l.contains(level) && l.contains(&format!("signal=\"SIG{sig}\"")))
+    };
+    match (at("INFO", signal), at("WARN", "TERM")) {
+        (Some(drain), Some(forced)) if drain < forced => Ok(()),
+        _ => bail!(
+            "{binary}: no drain logged on the first SIG{signal} before the forced exit; stderr:\n{err}"
+        ),
     }
 }
 
