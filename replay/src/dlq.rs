@@ -11,27 +11,29 @@
 //! dry-run or refused messages): an empty receive alone proves nothing, as messages
 //! received by someone else are invisible for a while. Those are waited for up to
 //! `--in-flight-wait-secs`, then reported as remaining (exit 1).
+//!
+//! Every decision (move task or loop, move / would move / keep, batch planning, what
+//! SQS's answers mean, the report's counts) is PURE, in [`decide`]; this module only
+//! talks to SQS.
+
+mod decide;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use serde::Serialize;
-use subscriber::parking::{DETAIL_ATTRIBUTE, REASON_ATTRIBUTE, SOURCE_MESSAGE_ID_ATTRIBUTE};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::limiter::RateLimiter;
+use decide::{AfterIdle, SendResult, Settled, TaskStep, Triage};
+pub use decide::{NO_REASON, plan_sends};
 
-use runtime::limits::sqs::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
-
-/// Reason shown for a message SQS moved by itself (its redrive policy's
-/// `maxReceiveCount`), which carries no reason attribute.
-pub const NO_REASON: &str = "none";
+use runtime::limits::sqs::MAX_BATCH_BYTES;
 
 /// How the move is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,7 +64,7 @@ pub struct Options {
 }
 
 /// One message the loop looked at.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Seen {
     pub message_id: String,
     pub reason: String,
@@ -72,7 +74,7 @@ pub struct Seen {
     pub outcome: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub method: String,
     pub dry_run: bool,
@@ -86,75 +88,6 @@ pub struct Report {
     /// received: in flight elsewhere past `--in-flight-wait-secs`. Non-zero is a failure.
     pub remaining: u64,
     pub messages: Vec<Seen>,
-}
-
-/// Splits messages of these sizes (bytes, as `entry_size` counts them) into
-/// `SendMessageBatch` calls within [`MAX_BATCH_ENTRIES`] and [`MAX_BATCH_BYTES`],
-/// keeping their order. Returns the batches (indexes into `sizes`) and the indexes of
-/// messages too large for any batch, which are never sent.
-pub fn plan_sends(sizes: &[usize]) -> (Vec<Vec<usize>>, Vec<usize>) {
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    let mut too_large = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
-    let mut bytes = 0;
-    for (i, &size) in sizes.iter().enumerate() {
-        if size > MAX_BATCH_BYTES {
-            too_large.push(i);
-            continue;
-        }
-        if current.len() == MAX_BATCH_ENTRIES || bytes + size > MAX_BATCH_BYTES {
-            batches.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        bytes += size;
-        current.push(i);
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    (batches, too_large)
-}
-
-/// The bytes a copy of `m` counts towards [`MAX_BATCH_BYTES`]: its body and the
-/// attributes copied with it (name, data type and value of each).
-fn entry_size(m: &Message, attributes: &HashMap<String, MessageAttributeValue>) -> usize {
-    let body = m.body().map_or(0, str::len);
-    let attributes: usize = attributes
-        .iter()
-        .map(|(name, v)| name.len() + v.data_type().len() + v.string_value().map_or(0, str::len))
-        .sum();
-    body + attributes
-}
-
-/// What the loop does after a receive brought no message it had not seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AfterIdle {
-    /// The DLQ holds only what this loop holds: everything was examined.
-    Done,
-    /// Messages this loop never saw are in the DLQ (invisible, in flight elsewhere):
-    /// receive again.
-    Wait,
-    /// They stayed out of reach for the whole in-flight wait: stop and report them.
-    GiveUp { remaining: u64 },
-}
-
-/// Decides whether the loop has examined every message: `in_dlq` is the DLQ's
-/// visible plus invisible count, `held` the messages this loop holds invisible
-/// itself, `idle_for` the time since a receive last brought an unseen message.
-pub(crate) fn after_idle(
-    in_dlq: u64,
-    held: u64,
-    idle_for: Duration,
-    in_flight_wait: Duration,
-) -> AfterIdle {
-    let unseen = in_dlq.saturating_sub(held);
-    if unseen == 0 {
-        AfterIdle::Done
-    } else if idle_for >= in_flight_wait {
-        AfterIdle::GiveUp { remaining: unseen }
-    } else {
-        AfterIdle::Wait
-    }
 }
 
 /// The DLQ's visible plus invisible messages, as SQS approximates them.
@@ -245,16 +178,10 @@ pub async fn run(
 ) -> Result<Report, DlqError> {
     let dlq_arn = queue_arn(sqs, &options.dlq_url, "DLQ", "--dlq-url").await?;
     let queue_arn = queue_arn(sqs, &options.queue_url, "queue", "--queue-url").await?;
-    if options.method == Method::Auto
-        && options.reasons.is_empty()
-        && !options.dry_run
-        && options.max.is_none()
+    if decide::uses_move_task(options)
+        && let Some(report) = move_task(sqs, &dlq_arn, &queue_arn, options.rate, shutdown).await?
     {
-        match move_task(sqs, &dlq_arn, &queue_arn, options.rate, shutdown).await {
-            Ok(Some(report)) => return Ok(report),
-            Ok(None) => {}
-            Err(e) => return Err(e),
-        }
+        return Ok(report);
     }
     redrive_loop(sqs, options, shutdown, &mut on_message).await
 }
@@ -297,28 +224,18 @@ async fn move_task(
                 detail: "the started task is not listed".into(),
             });
         };
-        let status = task.status().unwrap_or("UNKNOWN").to_owned();
+        let status = task.status().unwrap_or("UNKNOWN");
         let moved = u64::try_from(task.approximate_number_of_messages_moved()).unwrap_or(0);
         info!(%status, moved, "Message move task progress.");
-        match status.as_str() {
-            "COMPLETED" => {
-                return Ok(Some(Report {
-                    method: "StartMessageMoveTask".into(),
-                    moved,
-                    examined: moved,
-                    ..Report::default()
-                }));
-            }
-            "FAILED" | "CANCELLED" => {
+        match decide::task_step(status, moved, task.failure_reason()) {
+            TaskStep::Completed(report) => return Ok(Some(report)),
+            TaskStep::Failed(detail) => {
                 return Err(DlqError::Sqs {
                     operation: "StartMessageMoveTask",
-                    detail: format!(
-                        "task {status} after {moved} messages: {}",
-                        task.failure_reason().unwrap_or("no reason given")
-                    ),
+                    detail,
                 });
             }
-            _ => {}
+            TaskStep::Running => {}
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -348,10 +265,10 @@ async fn redrive_loop(
     // visible again at once.
     let mut held: HashMap<String, String> = HashMap::new();
     let mut last_fresh = Instant::now();
-    let hold_secs = i32::try_from(options.hold.as_secs()).unwrap_or(60).max(1);
+    let hold_secs = decide::hold_secs(options.hold);
     let result = async {
         while !shutdown.is_cancelled() {
-            if options.max.is_some_and(|max| report.moved >= max) {
+            if decide::reached_max(options.max, report.moved) {
                 break;
             }
             let out = sqs
@@ -365,22 +282,11 @@ async fn redrive_loop(
                 .send()
                 .await
                 .map_err(sqs_error("ReceiveMessage"))?;
-            let messages = out.messages.unwrap_or_default();
-            let mut fresh: Vec<Message> = Vec::new();
-            for m in messages {
-                let (Some(id), Some(handle)) = (m.message_id(), m.receipt_handle()) else {
-                    continue;
-                };
-                if seen.insert(id.to_owned()) {
-                    fresh.push(m);
-                } else if let Some(h) = held.get_mut(id) {
-                    // Seen before, its hold expired: held again under this handle.
-                    handle.clone_into(h);
-                }
-            }
+            let fresh =
+                decide::fresh_messages(out.messages.unwrap_or_default(), &mut seen, &mut held);
             if fresh.is_empty() {
                 let in_dlq = dlq_count(sqs, &options.dlq_url).await?;
-                match after_idle(
+                match decide::after_idle(
                     in_dlq,
                     held.len() as u64,
                     last_fresh.elapsed(),
@@ -403,28 +309,20 @@ async fn redrive_loop(
             let mut to_move = Vec::new();
             for m in fresh {
                 report.examined += 1;
-                let mut s = describe(&m);
-                let wanted = options.reasons.is_empty() || options.reasons.contains(&s.reason);
-                let room = options
-                    .max
-                    .is_none_or(|max| report.moved + (to_move.len() as u64) < max);
-                if !wanted || !room || options.dry_run {
-                    if let Some(h) = m.receipt_handle() {
-                        held.insert(s.message_id.clone(), h.to_owned());
+                let s = decide::describe(&m);
+                let settled = match decide::triage(options, report.moved, to_move.len(), &s.reason)
+                {
+                    Triage::Move => {
+                        to_move.push((m, s));
+                        continue;
                     }
-                    if wanted && room {
-                        s.outcome = "would-move".into();
-                        report.moved += 1;
-                        *report.by_reason.entry(s.reason.clone()).or_default() += 1;
-                    } else {
-                        s.outcome = "kept".into();
-                        report.kept += 1;
-                    }
-                    on_message(&s);
-                    report.messages.push(s);
-                } else {
-                    to_move.push((m, s));
+                    Triage::WouldMove => Settled::WouldMove,
+                    Triage::Keep => Settled::Kept,
+                };
+                if settled.stays() {
+                    hold(&mut held, &m, &s);
                 }
+                on_message(decide::settle(&mut report, s, &settled));
             }
             if to_move.is_empty() {
                 continue;
@@ -440,6 +338,13 @@ async fn redrive_loop(
     result.map(|()| report)
 }
 
+/// Holds `m` under its latest receipt handle, to be released at the end.
+fn hold(held: &mut HashMap<String, String>, m: &Message, s: &Seen) {
+    if let Some(h) = m.receipt_handle() {
+        held.insert(s.message_id.clone(), h.to_owned());
+    }
+}
+
 /// Moves the messages in batches within the `SendMessageBatch` limits; a message too
 /// large for any batch stays in the DLQ (held, released at the end) and counts as
 /// failed.
@@ -453,23 +358,18 @@ async fn move_messages(
 ) -> Result<(), DlqError> {
     let sizes: Vec<usize> = messages
         .iter()
-        .map(|(m, _)| entry_size(m, &original_attributes(m.message_attributes())))
+        .map(|(m, _)| decide::entry_size(m, &decide::original_attributes(m.message_attributes())))
         .collect();
     let (batches, too_large) = plan_sends(&sizes);
     let mut messages: Vec<Option<(Message, Seen)>> = messages.into_iter().map(Some).collect();
     for i in too_large {
-        let (m, mut s) = messages[i].take().expect("each index is planned once");
+        let (m, s) = messages[i].take().expect("each index is planned once");
         warn!(message_id = %s.message_id, bytes = sizes[i], limit = MAX_BATCH_BYTES, "The message is larger than SQS accepts in a send; it stays in the DLQ.");
-        s.outcome = format!(
-            "failed: {} bytes, more than the {MAX_BATCH_BYTES} SQS accepts",
-            sizes[i]
-        );
-        report.failed += 1;
-        if let Some(h) = m.receipt_handle() {
-            held.insert(s.message_id.clone(), h.to_owned());
+        let outcome = decide::too_large(sizes[i]);
+        if outcome.stays() {
+            hold(held, &m, &s);
         }
-        on_message(&s);
-        report.messages.push(s);
+        on_message(decide::settle(report, s, &outcome));
     }
     for batch in batches {
         let batch: Vec<(Message, Seen)> = batch
@@ -490,26 +390,11 @@ async fn move_batch(
     held: &mut HashMap<String, String>,
     on_message: &mut impl FnMut(&Seen),
 ) -> Result<(), DlqError> {
-    let fifo = options.queue_url.ends_with(".fifo");
+    let fifo = decide::is_fifo(&options.queue_url);
     let entries: Vec<SendMessageBatchRequestEntry> = batch
         .iter()
         .enumerate()
-        .map(|(i, (m, _))| {
-            let system = m.attributes();
-            let get = |name: MessageSystemAttributeName| system.and_then(|a| a.get(&name)).cloned();
-            let mut entry = SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(m.body().unwrap_or_default())
-                .set_message_attributes(Some(original_attributes(m.message_attributes())));
-            if fifo {
-                entry = entry
-                    .set_message_group_id(get(MessageSystemAttributeName::MessageGroupId))
-                    .set_message_deduplication_id(get(
-                        MessageSystemAttributeName::MessageDeduplicationId,
-                    ));
-            }
-            entry.build().expect("id and body are set")
-        })
+        .map(|(i, (m, _))| decide::send_entry(i, m, fifo))
         .collect();
     let out = sqs
         .send_message_batch()
@@ -518,47 +403,36 @@ async fn move_batch(
         .send()
         .await
         .map_err(sqs_error("SendMessageBatch"))?;
-    let failed: HashMap<&str, String> = out
+    let refused: HashMap<&str, String> = out
         .failed()
         .iter()
-        .map(|f| {
-            (
-                f.id(),
-                format!("{}: {}", f.code(), f.message().unwrap_or_default()),
-            )
-        })
+        .map(|f| (f.id(), decide::refusal(f.code(), f.message())))
         .collect();
+    let accepted: HashSet<&str> = out.successful().iter().map(|ok| ok.id()).collect();
     let mut deletes = Vec::new();
     let mut settled = Vec::new();
-    for (i, (m, mut s)) in batch.into_iter().enumerate() {
+    for (i, (m, s)) in batch.into_iter().enumerate() {
         let id = i.to_string();
-        if let Some(why) = failed.get(id.as_str()) {
-            // Not deleted: it stays in the DLQ and shows again once its hold expires.
-            warn!(message_id = %s.message_id, error = %why, "The queue refused the copy; the message stays in the DLQ.");
-            s.outcome = format!("failed: {why}");
-            report.failed += 1;
-            if let Some(h) = m.receipt_handle() {
-                held.insert(s.message_id.clone(), h.to_owned());
-            }
-        } else if out.successful().iter().any(|ok| ok.id() == id) {
-            deletes.push(
+        let result = decide::send_result(&id, &refused, &accepted);
+        let outcome = result.settled();
+        if outcome.stays() {
+            // Not deleted: it stays in the DLQ, held until the end.
+            hold(held, &m, &s);
+        }
+        match &result {
+            SendResult::Accepted => deletes.push(
                 DeleteMessageBatchRequestEntry::builder()
                     .id(id)
                     .receipt_handle(m.receipt_handle().unwrap_or_default())
                     .build()
                     .expect("id and handle are set"),
-            );
-            s.outcome = "moved".into();
-            report.moved += 1;
-            *report.by_reason.entry(s.reason.clone()).or_default() += 1;
-        } else {
-            s.outcome = "failed: neither accepted nor refused".into();
-            report.failed += 1;
-            if let Some(h) = m.receipt_handle() {
-                held.insert(s.message_id.clone(), h.to_owned());
+            ),
+            SendResult::Refused(why) => {
+                warn!(message_id = %s.message_id, error = %why, "The queue refused the copy; the message stays in the DLQ.");
             }
+            SendResult::Unanswered => {}
         }
-        settled.push(s);
+        settled.push((s, outcome));
     }
     if !deletes.is_empty() {
         let out = sqs
@@ -578,62 +452,10 @@ async fn move_batch(
             );
         }
     }
-    for s in settled {
-        on_message(&s);
-        report.messages.push(s);
+    for (s, result) in settled {
+        on_message(decide::settle(report, s, &result));
     }
     Ok(())
-}
-
-/// The message's attributes minus the parking bookkeeping (reason, detail, source id),
-/// which describes the parking, not the event. Binary attributes are not copied (see
-/// the subscriber's `dlq_attributes`).
-pub(crate) fn original_attributes(
-    attributes: Option<&HashMap<String, MessageAttributeValue>>,
-) -> HashMap<String, MessageAttributeValue> {
-    attributes
-        .into_iter()
-        .flatten()
-        .filter(|(name, _)| {
-            ![
-                REASON_ATTRIBUTE,
-                DETAIL_ATTRIBUTE,
-                SOURCE_MESSAGE_ID_ATTRIBUTE,
-            ]
-            .contains(&name.as_str())
-        })
-        .filter(|(_, v)| v.data_type().starts_with("String") || v.data_type().starts_with("Number"))
-        .map(|(name, v)| {
-            let copy = MessageAttributeValue::builder()
-                .data_type(v.data_type())
-                .set_string_value(v.string_value().map(str::to_owned))
-                .build()
-                .expect("data type is set");
-            (name.clone(), copy)
-        })
-        .collect()
-}
-
-fn describe(m: &Message) -> Seen {
-    let attribute = |name: &str| {
-        m.message_attributes()
-            .and_then(|a| a.get(name))
-            .and_then(|v| v.string_value())
-            .map(str::to_owned)
-    };
-    let event = m
-        .body()
-        .and_then(|b| subscriber::envelope::decode_body(b).ok());
-    Seen {
-        message_id: m.message_id().unwrap_or_default().to_owned(),
-        reason: attribute(REASON_ATTRIBUTE).unwrap_or_else(|| NO_REASON.to_owned()),
-        key: event.as_ref().map(|e| e.key.clone()),
-        event_type: event
-            .as_ref()
-            .map(|e| e.change.event_type().as_str().to_owned())
-            .or_else(|| attribute("event_type")),
-        outcome: String::new(),
-    }
 }
 
 async fn release(sqs: &aws_sdk_sqs::Client, dlq_url: &str, handles: &[String]) {
@@ -659,59 +481,5 @@ async fn release(sqs: &aws_sdk_sqs::Client, dlq_url: &str, handles: &[String]) {
         {
             warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "Could not release held DLQ messages; they become visible when their hold expires.");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const KIB: usize = 1024;
-
-    #[test]
-    fn batches_never_exceed_the_total_size_sqs_accepts() {
-        let sizes = [100 * KIB, 100 * KIB, 100 * KIB, 10 * KIB, 250 * KIB];
-        let (batches, too_large) = plan_sends(&sizes);
-        assert_eq!(batches, vec![vec![0, 1], vec![2, 3], vec![4]]);
-        assert!(too_large.is_empty());
-        for batch in &batches {
-            let total: usize = batch.iter().map(|&i| sizes[i]).sum();
-            assert!(total <= MAX_BATCH_BYTES, "{batch:?}: {total} bytes");
-        }
-    }
-
-    #[test]
-    fn batches_hold_at_most_ten_entries_in_order() {
-        let (batches, _) = plan_sends(&[10; 23]);
-        assert_eq!(
-            batches.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![10, 10, 3]
-        );
-        assert_eq!(batches.concat(), (0..23).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn an_entry_over_the_limit_is_reported_and_never_sent() {
-        let (batches, too_large) = plan_sends(&[KIB, MAX_BATCH_BYTES + 1, MAX_BATCH_BYTES]);
-        assert_eq!(too_large, vec![1]);
-        assert_eq!(batches, vec![vec![0], vec![2]]);
-    }
-
-    #[test]
-    fn an_empty_receive_ends_the_loop_only_when_the_dlq_holds_nothing_unseen() {
-        let wait = Duration::from_secs(60);
-        // Everything left is what the loop holds itself (kept, dry run).
-        assert_eq!(after_idle(3, 3, Duration::ZERO, wait), AfterIdle::Done);
-        assert_eq!(after_idle(0, 0, Duration::ZERO, wait), AfterIdle::Done);
-        // Two messages in flight elsewhere: wait for them to come back.
-        assert_eq!(
-            after_idle(5, 3, Duration::from_secs(5), wait),
-            AfterIdle::Wait
-        );
-        // They stayed away for the whole wait: reported, not ignored.
-        assert_eq!(
-            after_idle(5, 3, Duration::from_secs(60), wait),
-            AfterIdle::GiveUp { remaining: 2 }
-        );
     }
 }
