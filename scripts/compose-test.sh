@@ -9,7 +9,7 @@
 #   3. the subscriber's /metrics: tributary_events_applied_total climbs while the demo
 #      writes; the publisher's tributary_events_published_total too;
 #   4. /readyz: 200; 503 while PostgreSQL is stopped; 200 again once it is started;
-#   5. once the demo writer has finished: `subscriber status` says IN SYNC and
+#   5. once the demo writer has finished: `replay status` says IN SYNC and
 #      `replay verify` finds every DynamoDB item equal to its analytics row (so the rows
 #      are what the demo wrote), and the history holds rows;
 #   6. `docker compose stop subscriber` drains: exit status 0, not a SIGKILL (137);
@@ -107,10 +107,10 @@ writer_done() {
 }
 wait_for 300 "the demo writer finishing" writer_done
 in_sync() {
-  compose exec -T "$sub" bash -c '. env/aws.env && subscriber status' > "$run/status.txt" 2>&1 \
+  compose exec -T "$sub" bash -c '. env/aws.env && replay status' > "$run/status.txt" 2>&1 \
     && grep -q '^analytics *IN SYNC' "$run/status.txt"
 }
-wait_for 120 "subscriber status IN SYNC" in_sync
+wait_for 120 "replay status IN SYNC" in_sync
 sed 's/^/  /' "$run/status.txt" >&2
 compose exec -T "$sub" bash -c '. env/aws.env && replay verify --table profiles' > "$run/verify.txt" 2>&1 \
   || { cat "$run/verify.txt" >&2; fail "replay verify found drift"; }

@@ -4,22 +4,27 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use subscriber::config::DatabaseUrl;
+/// The analytics store, as `verify` and `status` reach it: the subscriber's own
+/// settings, under the same names.
+pub use subscriber::config::DatabaseArgs;
+use subscriber::status::Url;
 
 use crate::dest::Target;
 use crate::dlq::Method;
 
-/// Backfills and repairs for tributary: snapshot a table into the pipeline, return
-/// parked messages from a DLQ, verify the analytics store against the source and
-/// repair drift.
+/// The operator's tool for tributary: is the analytics store in sync and what is
+/// parked (status), snapshot a table into the pipeline, return parked messages from a
+/// DLQ, publish again what the publisher parked, verify the analytics store against the
+/// source and repair drift.
 ///
 /// AWS settings come from the standard chain (AWS_REGION, AWS_PROFILE, credentials,
 /// AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_DYNAMODB / _SNS / _SQS for emulators).
 /// Logs go to standard error (RUST_LOG filters, default info); results to standard out.
 ///
-/// Exit status: 0 success (verify: in sync); 1 finished with failures (verify: drift
-/// found or left); 2 a bad flag or setting (nothing was sent); 130 interrupted (a
-/// snapshot saved its state: run the same command again to resume).
+/// Exit status: 0 success (verify: in sync; status: shown, in sync or not); 1 finished
+/// with failures (verify: drift found or left; status: SQS or PostgreSQL could not be
+/// read); 2 a bad flag or setting (nothing was sent); 130 interrupted (a snapshot saved
+/// its state: run the same command again to resume).
 #[derive(Debug, Parser)]
 #[command(name = "replay", version)]
 pub struct Cli {
@@ -39,6 +44,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// One screen: is the analytics store in sync, how far behind, what is parked in
+    /// the DLQ and why (queue, DLQ and failure-queue depths, a peek at the DLQ, the lag
+    /// of the last applied changes). Reads only: DLQ messages are peeked and made
+    /// visible again at once. Reads the subscriber's and the publisher's own settings
+    /// (DATABASE_URL, SUBSCRIBER_QUEUE_URL…), so it runs as is in their environment.
+    /// --json prints one JSON object for scripts.
+    Status(StatusArgs),
     /// Backfill subscribers from the source table: a parallel Scan, each item sent as a
     /// `profile.snapshot` event with the item's version. Safe while live traffic flows
     /// (a snapshot never overwrites a newer change nor resurrects a deleted item) and
@@ -216,24 +228,8 @@ pub struct VerifyArgs {
     #[arg(long, env = "REPLAY_TABLE", value_name = "NAME")]
     pub table: String,
 
-    /// The analytics store (`postgres://user:password@host:5432/db`); its password is
-    /// never shown.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: DatabaseUrl,
-
-    /// Connect to a non-loopback PostgreSQL host without verifying its certificate (any
-    /// `sslmode` but `verify-full`/`verify-ca`); refused without it. Logged at WARN.
-    /// Default: false.
-    #[arg(
-        long,
-        env = "SUBSCRIBER_ALLOW_INSECURE_DB_TLS",
-        value_name = "BOOL",
-        default_value = "false",
-        num_args = 0..=1,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub allow_insecure_database_tls: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 
     /// Re-emit events for exactly the drifted keys to this queue (the subscriber's),
     /// then wait for them to be in sync.
@@ -271,6 +267,48 @@ pub struct VerifyArgs {
     pub progress_secs: u64,
 }
 
+/// The settings of `replay status`. The queue URLs are the subscriber's and the
+/// publisher's own variables, not REPLAY_* ones: the command runs in their environment.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub queues: subscriber::config::QueueArgs,
+
+    /// URL of the publisher's failure queue (the publisher's setting), where it parks
+    /// the records it could not publish: any message there means the analytics store
+    /// is not in sync. Default: not read (the status then says it did not check).
+    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
+    pub failure_queue_url: Option<Url>,
+
+    /// Minutes of history the lag summary covers, one line per minute (1–1440).
+    /// Default: 5.
+    #[arg(long, env = "REPLAY_WINDOW_MINUTES", value_name = "MINUTES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1440))]
+    pub window_minutes: u32,
+
+    /// Most DLQ messages peeked to group the parked ones by reason (1–10000).
+    /// Default: 100.
+    #[arg(long, env = "REPLAY_PEEK", value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub peek: u32,
+}
+
+impl StatusArgs {
+    /// What [`subscriber::status::gather`] reads.
+    pub fn options(&self) -> subscriber::status::Options {
+        subscriber::status::Options {
+            queue_url: self.queues.queue_url.clone(),
+            dlq_url: self.queues.dlq_url.clone(),
+            failure_queue_url: self.failure_queue_url.clone(),
+            window_minutes: self.window_minutes,
+            peek: usize::try_from(self.peek).expect("at most 10000 fits a usize"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +338,115 @@ mod tests {
         assert!(parse(&with(&["--failure-queue-url", "http://f"])).is_ok());
         assert!(parse(&with(&["--bucket", "b", "--s3-path-style"])).is_ok());
         assert!(parse(&with(&["--invocation-record", "a.json,b.json"])).is_ok());
+    }
+
+    /// `replay status --database-url … ARGS`: the global `--json` and the status args.
+    fn status(args: &[&str]) -> Result<(bool, StatusArgs), clap::Error> {
+        let argv = [
+            &[
+                "replay",
+                "status",
+                "--database-url",
+                "postgres://u@127.0.0.1/db",
+            ][..],
+            args,
+        ]
+        .concat();
+        let cli = Cli::try_parse_from(argv)?;
+        match cli.command {
+            Command::Status(status) => Ok((cli.json, status)),
+            _ => unreachable!("parsed status"),
+        }
+    }
+
+    #[test]
+    fn status_defaults_follow_the_documentation() {
+        let (json, args) =
+            status(&["--queue-url", "http://127.0.0.1:4566/000000000000/q"]).unwrap();
+        assert!(!json);
+        let options = args.options();
+        assert_eq!(
+            options.queue_url.as_str(),
+            "http://127.0.0.1:4566/000000000000/q"
+        );
+        assert_eq!(options.dlq_url, None);
+        assert_eq!(options.failure_queue_url, None);
+        assert_eq!(options.window_minutes, 5);
+        assert_eq!(options.peek, 100);
+        assert!(!args.database.allow_insecure_database_tls);
+    }
+
+    #[test]
+    fn status_takes_json_after_the_subcommand_and_its_queues_as_urls() {
+        let q = "http://127.0.0.1:4566/000000000000/q";
+        let (json, args) = status(&[
+            "--queue-url",
+            q,
+            "--dlq-url",
+            "http://127.0.0.1:4566/000000000000/dlq",
+            "--failure-queue-url",
+            "http://127.0.0.1:4566/000000000000/failures",
+            "--window-minutes",
+            "30",
+            "--peek",
+            "7",
+            "--json",
+        ])
+        .unwrap();
+        assert!(json);
+        let options = args.options();
+        assert_eq!(
+            options.dlq_url.unwrap().as_str(),
+            "http://127.0.0.1:4566/000000000000/dlq"
+        );
+        assert_eq!(
+            options.failure_queue_url.unwrap().as_str(),
+            "http://127.0.0.1:4566/000000000000/failures"
+        );
+        assert_eq!((options.window_minutes, options.peek), (30, 7));
+        assert!(status(&[]).is_err(), "the queue is required");
+        assert!(status(&["--queue-url", "queue please"]).is_err());
+        assert!(status(&["--queue-url", "sqs://q"]).is_err());
+        assert!(status(&["--queue-url", q, "--window-minutes", "0"]).is_err());
+        assert!(status(&["--queue-url", q, "--window-minutes", "1441"]).is_err());
+        assert!(status(&["--queue-url", q, "--peek", "0"]).is_err());
+        assert!(status(&["--queue-url", q, "--peek", "10001"]).is_err());
+    }
+
+    #[test]
+    fn every_status_flag_names_its_environment_variable() {
+        let cli = Cli::command();
+        let status = cli.find_subcommand("status").unwrap();
+        let env = |id: &str| {
+            status
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(env("database_url").as_deref(), Some("DATABASE_URL"));
+        assert_eq!(
+            env("allow_insecure_database_tls").as_deref(),
+            Some("SUBSCRIBER_ALLOW_INSECURE_DB_TLS")
+        );
+        assert_eq!(env("queue_url").as_deref(), Some("SUBSCRIBER_QUEUE_URL"));
+        assert_eq!(env("dlq_url").as_deref(), Some("SUBSCRIBER_DLQ_URL"));
+        assert_eq!(
+            env("failure_queue_url").as_deref(),
+            Some("PUBLISHER_FAILURE_QUEUE_URL")
+        );
+        assert_eq!(
+            env("window_minutes").as_deref(),
+            Some("REPLAY_WINDOW_MINUTES")
+        );
+        assert_eq!(env("peek").as_deref(), Some("REPLAY_PEEK"));
+        for arg in status.get_arguments() {
+            assert!(
+                arg.get_help().is_some_and(|h| !h.to_string().is_empty()),
+                "--{} has no help",
+                arg.get_id()
+            );
+        }
     }
 
     #[test]

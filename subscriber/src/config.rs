@@ -18,7 +18,8 @@ use url::Url;
     version,
     about = "Applies profile change events from SQS to the PostgreSQL analytics store.",
     after_help = "Logging: RUST_LOG sets the level filter (tracing EnvFilter syntax, \
-                  e.g. `info,subscriber=debug`; default: info)."
+                  e.g. `info,subscriber=debug`; default: info).\n\
+                  Is the analytics store in sync, what is parked: `replay status`."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -30,53 +31,16 @@ pub struct Cli {
 
 /// What the binary does.
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start and matched at once; boxing `Run` would save nothing"
+)]
 pub enum Command {
     /// Receive from the queue and apply to the analytics store until SIGTERM or SIGINT,
     /// then finish the batches in flight and exit 0.
     Run(RunConfig),
     /// Apply the analytics store's pending migrations and exit.
     Migrate(MigrateConfig),
-    /// One screen: is the analytics store in sync, how far behind, what is parked in the
-    /// DLQ and why. Reads only (DLQ messages are peeked and made visible again at once).
-    Status(StatusConfig),
-}
-
-/// Settings of `subscriber status`.
-#[derive(Debug, Clone, Args)]
-pub struct StatusConfig {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    /// URL of the SQS queue the subscriber consumes. Required.
-    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
-    pub queue_url: Url,
-
-    /// URL of the dead-letter queue. Default: the queue's RedrivePolicy target.
-    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
-    pub dlq_url: Option<Url>,
-
-    /// URL of the publisher's failure queue, where it parks the records it could not
-    /// publish: any message there means the analytics store is not in sync. Default:
-    /// not read (the status then says it did not check).
-    #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
-    pub failure_queue_url: Option<Url>,
-
-    /// Print one JSON object (for scripts) instead of the screen.
-    #[arg(long)]
-    pub json: bool,
-
-    /// Minutes of history the lag summary covers, one line per minute. Default: 5.
-    #[arg(long, value_name = "MINUTES", default_value_t = 5,
-          value_parser = clap::value_parser!(u32).range(1..=1440))]
-    pub window_minutes: u32,
-
-    /// Most DLQ messages peeked to group the parked ones by reason. Default: 100.
-    #[arg(long, value_name = "N", default_value_t = 100,
-          value_parser = clap::value_parser!(u32).range(1..=10000))]
-    pub peek: u32,
-
-    #[command(flatten)]
-    pub aws: runtime::aws::AwsArgs,
 }
 
 /// The database connection setting shared by every subcommand.
@@ -102,6 +66,21 @@ pub struct DatabaseArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub allow_insecure_database_tls: bool,
+}
+
+/// The queue the subscriber consumes and its DLQ: `subscriber run`'s settings, which
+/// `replay status` reads under the same names.
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// URL of the SQS queue the subscriber consumes. Required.
+    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
+    pub queue_url: Url,
+
+    /// URL of the dead-letter queue that undecodable or refused messages are parked in.
+    /// Default: the queue's RedrivePolicy target; the subscriber refuses to start if
+    /// there is neither.
+    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
+    pub dlq_url: Option<Url>,
 }
 
 /// The database settings of `subscriber-lambda`: the URL itself, or (deployed) the ARN
@@ -313,15 +292,8 @@ pub struct RunConfig {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
-    /// URL of the SQS queue to consume. Required.
-    #[arg(long, env = "SUBSCRIBER_QUEUE_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
-    pub queue_url: Url,
-
-    /// URL of the dead-letter queue that undecodable or refused messages are parked in.
-    /// Default: the queue's RedrivePolicy target; the subscriber refuses to start if
-    /// there is neither.
-    #[arg(long, env = "SUBSCRIBER_DLQ_URL", value_name = "URL", value_parser = runtime::cli::parse_http_url)]
-    pub dlq_url: Option<Url>,
+    #[command(flatten)]
+    pub queues: QueueArgs,
 
     #[command(flatten)]
     pub topic: crate::envelope::TopicCheck,
@@ -458,8 +430,8 @@ impl RunConfig {
     pub fn log_settings(&self) {
         tracing::info!(
             database_url = %self.database.database_url,
-            queue_url = %self.queue_url,
-            dlq_url = self.dlq_url.as_ref().map_or("(from RedrivePolicy)", Url::as_str),
+            queue_url = %self.queues.queue_url,
+            dlq_url = self.queues.dlq_url.as_ref().map_or("(from RedrivePolicy)", Url::as_str),
             workers = self.workers.get(),
             max_messages = self.max_messages,
             wait_time_secs = self.wait_time_secs,
@@ -784,7 +756,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Run(config) => config,
-            Command::Migrate(_) | Command::Status(_) => unreachable!("parsed run"),
+            Command::Migrate(_) => unreachable!("parsed run"),
         })
     }
 
@@ -796,7 +768,7 @@ mod tests {
         assert_eq!(config.wait_time_secs, 20);
         assert_eq!(config.db_max_connections(), 5);
         assert!(!config.migrate_on_start);
-        assert!(config.dlq_url.is_none());
+        assert!(config.queues.dlq_url.is_none());
     }
 
     #[test]
@@ -973,7 +945,7 @@ mod tls_and_pool_tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(config) => config,
-            Command::Migrate(_) | Command::Status(_) => unreachable!("parsed run"),
+            Command::Migrate(_) => unreachable!("parsed run"),
         }
     }
 

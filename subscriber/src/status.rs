@@ -1,6 +1,7 @@
-//! `subscriber status`: one screen answering "is analytics in sync, how far behind,
-//! what is parked and why" — from the queue's and the DLQ's depths, a peek at the DLQ,
-//! and the history table's `applied_at − occurred_at`.
+//! The replication's status (the operator runs it as `replay status`): one screen
+//! answering "is analytics in sync, how far behind, what is parked and why" — from the
+//! queue's and the DLQ's depths, a peek at the DLQ, and the history table's
+//! `applied_at − occurred_at`.
 //!
 //! Reads only: DLQ messages are received with a short visibility timeout and made
 //! visible again at once (their receive count goes up by one, which a DLQ without a
@@ -16,8 +17,9 @@ use serde::Serialize;
 use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+/// The type of [`Options`]' queue URLs, for callers that do not depend on `url`.
+pub use url::Url;
 
-use crate::config::StatusConfig;
 use crate::queue::{ReceiveSettings, SqsQueue};
 
 /// Visibility timeout of a peeked DLQ message, in seconds: long enough for the peek to
@@ -30,6 +32,23 @@ const SAMPLE_BODY_CHARS: usize = 160;
 /// Reason shown for a DLQ message without a `tributary-reason` attribute: SQS moved
 /// it after `maxReceiveCount` receives.
 pub const NO_REASON: &str = "(none: moved by the redrive policy)";
+
+/// What [`gather`] reads, however the caller came by it (`replay status` parses it
+/// from its command line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The queue the subscriber consumes.
+    pub queue_url: Url,
+    /// The subscriber's dead-letter queue; `None`: the queue's RedrivePolicy target.
+    pub dlq_url: Option<Url>,
+    /// The publisher's failure queue, where it parks the records it could not publish;
+    /// `None`: not read (the status then says it did not check).
+    pub failure_queue_url: Option<Url>,
+    /// Minutes of history the lag summary covers, one line per minute.
+    pub window_minutes: u32,
+    /// Most DLQ messages peeked to group the parked ones by reason.
+    pub peek: usize,
+}
 
 /// Why the status could not be gathered.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +71,8 @@ pub struct Status {
     pub in_sync: bool,
     pub queue: QueueDepth,
     pub dlq: QueueDepth,
-    /// The publisher's failure queue; `None` when `--failure-queue-url` was not given.
+    /// The publisher's failure queue; `None` when [`Options::failure_queue_url`] was not
+    /// given.
     pub failure_queue: Option<QueueDepth>,
     pub lag: Lag,
     /// Parked messages grouped by reason, from a peek at up to `peek` DLQ messages.
@@ -141,31 +161,27 @@ pub struct KeySpace {
 ///
 /// # Errors
 /// [`StatusError`] when SQS or PostgreSQL cannot be read.
-pub async fn gather(
-    config: &StatusConfig,
-    sqs: Client,
-    pool: &PgPool,
-) -> Result<Status, StatusError> {
+pub async fn gather(options: &Options, sqs: Client, pool: &PgPool) -> Result<Status, StatusError> {
     let settings = ReceiveSettings {
         max_messages: 10,
         wait_time_secs: 0,
     };
     let source = SqsQueue::connect(
         sqs.clone(),
-        &config.queue_url,
-        config.dlq_url.as_ref(),
+        &options.queue_url,
+        options.dlq_url.as_ref(),
         settings,
     )
     .await?;
     let queue = depth(&sqs, source.queue_url()).await?;
     let dlq = depth(&sqs, source.dlq_url()).await?;
-    let failure_queue = match &config.failure_queue_url {
+    let failure_queue = match &options.failure_queue_url {
         Some(url) => Some(depth(&sqs, url.as_str()).await?),
         None => None,
     };
-    let peeked = peek(&sqs, source.dlq_url(), config.peek as usize).await?;
+    let peeked = peek(&sqs, source.dlq_url(), options.peek).await?;
     let parked = group_parked(&peeked);
-    let lag = lag(pool, config.window_minutes).await?;
+    let lag = lag(pool, options.window_minutes).await?;
     let key_spaces = key_spaces(pool).await?;
     Ok(Status {
         in_sync: queue.total() == 0

@@ -124,8 +124,8 @@ pub async fn run(
     };
     let Some(queue) = connect_until_bound(
         sqs,
-        &config.queue_url,
-        config.dlq_url.as_ref(),
+        &config.queues.queue_url,
+        config.queues.dlq_url.as_ref(),
         receive,
         &shutdown,
     )

@@ -133,7 +133,7 @@ async fn a_bad_setting_stops_each_binary_at_start_with_one_line_naming_it() -> R
             "sslmode=verify-full",
         ),
         (
-            "subscriber",
+            "replay",
             &["status"],
             &subscriber,
             ("DATABASE_URL", remote),
@@ -431,7 +431,7 @@ async fn a_bad_setting_stops_each_binary_at_start_with_one_line_naming_it() -> R
             "TRIBUTARY_AWS_ATTEMPT_TIMEOUT_MS",
         ),
         (
-            "subscriber",
+            "replay",
             &["status"],
             &subscriber,
             ("TRIBUTARY_AWS_OPERATION_TIMEOUT_MS", "0"),

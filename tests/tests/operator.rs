@@ -1,7 +1,7 @@
 //! End-to-end: the operator's view. `/metrics`, `/healthz` and `/readyz` of the real
 //! `publisher` and `subscriber run` while events flow; readiness when PostgreSQL goes
 //! away (a proxy between the subscriber and the shared server is cut — the server
-//! itself is never touched); `subscriber status` against a state set up on purpose.
+//! itself is never touched); `replay status` against a state set up on purpose.
 #![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
@@ -13,8 +13,6 @@ use anyhow::{Context, Result};
 use e2e::free_port;
 use e2e::operator::{TcpProxy, http_get, sample};
 use e2e::{Stack, eventually, terminate};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 use stack::demo::{Traffic, TrafficPlan};
@@ -25,12 +23,7 @@ use tokio_util::sync::CancellationToken;
 const CONVERGE: Duration = Duration::from_secs(90);
 
 async fn write(stack: &Stack, prefix: &str, seed: u64, plan: TrafficPlan) -> Result<Traffic> {
-    let mut traffic = Traffic::new(prefix);
-    let mut rng = StdRng::seed_from_u64(seed);
-    traffic
-        .run(&stack.writer(), &mut rng, &plan, &CancellationToken::new())
-        .await?;
-    Ok(traffic)
+    stack.write_traffic(prefix, seed, plan).await
 }
 
 async fn metrics(addr: SocketAddr) -> Result<String> {
@@ -225,24 +218,30 @@ async fn status_shows_the_parked_messages_by_reason_and_the_lag_it_was_given() -
         Some(0)
     );
 
-    let status = |json: bool| {
-        let mut cmd = std::process::Command::new(e2e::bin("subscriber").unwrap());
+    // `replay status`, in text or JSON, told of the publisher's failure queue or not.
+    let run_status = |json: bool, failure_queue: bool| -> Result<serde_json::Value> {
+        let mut cmd = std::process::Command::new(e2e::bin("replay")?);
         cmd.arg("status")
             .env("DATABASE_URL", &stack.database_url)
             .env("SUBSCRIBER_QUEUE_URL", &stack.resources.queue_url)
             .env("RUST_LOG", "warn");
+        if failure_queue {
+            let url = &stack.resources.failure_queue_url;
+            cmd.env("PUBLISHER_FAILURE_QUEUE_URL", url);
+        }
         if json {
             cmd.arg("--json");
         }
-        cmd.output()
+        let out = cmd.output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(out.status.success(), "replay status failed: {stderr}");
+        Ok(if json {
+            serde_json::from_slice(&out.stdout)?
+        } else {
+            String::from_utf8(out.stdout)?.into()
+        })
     };
-    let out = status(true)?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let s = run_status(true, false)?;
 
     assert_eq!(s["in_sync"], false, "{s:#}");
     assert_eq!(
@@ -295,15 +294,14 @@ async fn status_shows_the_parked_messages_by_reason_and_the_lag_it_was_given() -
     // Read-only: the peeked messages are visible again at once.
     assert_eq!(stack.queue_depth(&stack.resources.dlq_url).await?, 3);
 
-    let out = status(false)?;
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout)?;
+    let text = run_status(false, false)?;
+    let text = text.as_str().unwrap_or_default();
     assert!(
         text.starts_with("analytics   NOT IN SYNC: 3 messages parked in the DLQ\n"),
         "{text}"
     );
     assert!(text.contains("malformed_json"), "{text}");
-    assert!(text.contains(&space), "{text}");
+    assert!(text.contains(space.as_str()), "{text}");
 
     // Once the DLQ is dealt with, it is in sync.
     stack
@@ -313,8 +311,7 @@ async fn status_shows_the_parked_messages_by_reason_and_the_lag_it_was_given() -
             CONVERGE,
         )
         .await?;
-    let out = status(true)?;
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let s = run_status(true, false)?;
     assert_eq!(s["in_sync"], true, "{s:#}");
 
     // A record the publisher parked in its failure queue: not in sync, and said so.
@@ -326,31 +323,11 @@ async fn status_shows_the_parked_messages_by_reason_and_the_lag_it_was_given() -
         .message_body("{\"reason\":\"publish_refused\"}")
         .send()
         .await?;
-    let with_failures = |json: bool| {
-        let mut cmd = std::process::Command::new(e2e::bin("subscriber").unwrap());
-        cmd.arg("status")
-            .env("DATABASE_URL", &stack.database_url)
-            .env("SUBSCRIBER_QUEUE_URL", &stack.resources.queue_url)
-            .env(
-                "PUBLISHER_FAILURE_QUEUE_URL",
-                &stack.resources.failure_queue_url,
-            )
-            .env("RUST_LOG", "warn");
-        if json {
-            cmd.arg("--json");
-        }
-        cmd.output()
-    };
-    let out = with_failures(true)?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let s = run_status(true, true)?;
     assert_eq!(s["in_sync"], false, "{s:#}");
     assert_eq!(s["failure_queue"]["visible"], 1, "{s:#}");
-    let text = String::from_utf8(with_failures(false)?.stdout)?;
+    let text = run_status(false, true)?;
+    let text = text.as_str().unwrap_or_default();
     assert!(
         text.starts_with(
             "analytics   NOT IN SYNC: 1 records parked in the publisher's failure queue"

@@ -1,10 +1,11 @@
-//! `replay`: snapshot backfill, DLQ redrive, verify and repair. See `replay --help`.
+//! `replay`: the replication's status, snapshot backfill, DLQ redrive, republish,
+//! verify and repair. See `replay --help`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use contracts::SchemaVersion;
-use replay::cli::{Cli, Command, DlqArgs, RepublishArgs, SnapshotArgs, VerifyArgs};
+use replay::cli::{Cli, Command, DlqArgs, RepublishArgs, SnapshotArgs, StatusArgs, VerifyArgs};
 use replay::{dlq, republish, snapshot, verify};
 use runtime::aws::Clients;
 use runtime::shutdown::ShutdownNotes;
@@ -35,6 +36,7 @@ async fn main() -> ExitCode {
     let aws = runtime::aws::sdk_config(&cli.aws).await;
     let clients = Clients::new(&aws);
     let code = match cli.command {
+        Command::Status(args) => run_status(&clients, args, cli.json).await,
         Command::Snapshot(args) => run_snapshot(&clients, args, cli.json, &shutdown).await,
         Command::Dlq(args) => run_dlq(&clients, args, cli.json, &shutdown).await,
         Command::Verify(args) => run_verify(&clients, args, cli.json, &shutdown).await,
@@ -52,6 +54,64 @@ fn print_json<T: Serialize>(report: &T) {
         Ok(line) => println!("{line}"),
         Err(e) => eprintln!("error: cannot write the report as JSON: {e}"),
     }
+}
+
+/// `replay status`: exit 0 once shown, in sync or not (scripts read `in_sync`); 1 when
+/// SQS or PostgreSQL cannot be read.
+async fn run_status(clients: &Clients, args: StatusArgs, json: bool) -> u8 {
+    if let Err(line) = args.database.check_tls() {
+        eprintln!("{line}");
+        return BAD_SETTING;
+    }
+    let url = &args.database.database_url;
+    let pool = match PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url.expose_secret())
+        .await
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!(
+                "error: cannot connect to the analytics store {}: {e}",
+                url.redacted()
+            );
+            return FAILED;
+        }
+    };
+    let options = args.options();
+    let gathered = tokio::time::timeout(
+        subscriber::status::STATUS_TIMEOUT,
+        subscriber::status::gather(&options, clients.sqs.clone(), &pool),
+    )
+    .await;
+    let status = match gathered {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            eprintln!("error: {}", runtime::report::error_chain(&e));
+            return FAILED;
+        }
+        Err(_) => {
+            eprintln!(
+                "error: status took longer than {} s",
+                subscriber::status::STATUS_TIMEOUT.as_secs()
+            );
+            return FAILED;
+        }
+    };
+    if json {
+        // Pretty, as `subscriber status --json` printed it: one object, read whole.
+        match serde_json::to_string_pretty(&status) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: cannot write the status as JSON: {e}");
+                return FAILED;
+            }
+        }
+    } else {
+        print!("{}", subscriber::status::render(&status));
+    }
+    0
 }
 
 async fn run_snapshot(
@@ -195,13 +255,11 @@ async fn run_verify(
     json: bool,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> u8 {
-    if let Err(line) =
-        subscriber::config::check_database_tls(&args.database_url, args.allow_insecure_database_tls)
-    {
+    if let Err(line) = args.database.check_tls() {
         eprintln!("{line}");
         return BAD_SETTING;
     }
-    let options = match args.database_url.consumer_connect_options() {
+    let options = match args.database.database_url.consumer_connect_options() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: invalid value for --database-url (env DATABASE_URL): {e}");
@@ -218,7 +276,7 @@ async fn run_verify(
         Err(e) => {
             eprintln!(
                 "error: cannot connect to the analytics store {}: {e}",
-                args.database_url.redacted()
+                args.database.database_url.redacted()
             );
             return BAD_SETTING;
         }

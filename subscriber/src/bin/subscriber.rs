@@ -1,5 +1,5 @@
 //! `subscriber run` (consume until SIGTERM/SIGINT, drain, exit 0; a second signal exits
-//! 130 at once) and `subscriber migrate`.
+//! 130 at once) and `subscriber migrate`. (The replication's status is `replay status`.)
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -64,35 +64,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(addr) = config.ops.metrics_addr {
                 let probe = subscriber::readiness::probe_pool(options.clone());
                 let endpoints =
-                    subscriber::readiness::endpoints(probe, &sqs, config.queue_url.as_str());
+                    subscriber::readiness::endpoints(probe, &sqs, config.queues.queue_url.as_str());
                 runtime::server::serve(addr, endpoints, shutdown.clone())
                     .await
                     .with_context(|| format!("serving TRIBUTARY_METRICS_ADDR {addr}"))?;
             }
             subscriber::worker::run(&config, sqs, pool, shutdown).await?;
             info!("Subscriber stopped.");
-        }
-        Command::Status(config) => {
-            let aws = runtime::aws::sdk_config(&config.aws).await;
-            let pool = PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(config.database.database_url.expose_secret())
-                .await
-                .context("connecting to DATABASE_URL")?;
-            let sqs = aws_sdk_sqs::Client::new(&aws);
-            let status = tokio::time::timeout(
-                subscriber::status::STATUS_TIMEOUT,
-                subscriber::status::gather(&config, sqs, &pool),
-            )
-            .await
-            .context("status took too long")?
-            .map_err(|e| anyhow::anyhow!(runtime::report::error_chain(&e)))?;
-            if config.json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", subscriber::status::render(&status));
-            }
         }
     }
     Ok(())
@@ -104,7 +82,6 @@ fn check_settings(command: &Command) -> Result<(), String> {
     let database = match command {
         Command::Migrate(c) => &c.database,
         Command::Run(c) => &c.database,
-        Command::Status(c) => &c.database,
     };
     database.check_tls()?;
     if let Command::Run(config) = command {
