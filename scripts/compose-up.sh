@@ -40,7 +40,7 @@ cd "$root"
 
 project="${TRIBUTARY_COMPOSE_PROJECT:-tributary-stack}"
 run="${TRIBUTARY_COMPOSE_RUN_DIR:-$root/.run/compose}"
-cache="${TRIBUTARY_CACHE_DIR:-$HOME/.cache/tributary}"
+cache="${TRIBUTARY_CACHE:-$HOME/.cache/tributary}"
 health_every="${TRIBUTARY_COMPOSE_HEALTH_EVERY:-2}"
 wait_secs="${TRIBUTARY_COMPOSE_WAIT_SECS:-300}"
 export COMPOSE_PROFILES="${COMPOSE_PROFILES:-localstack}"

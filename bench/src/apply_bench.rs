@@ -16,21 +16,31 @@ use tokio::sync::Mutex;
 use crate::workload::{self, Mix, Workload};
 
 /// Settings of one apply run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ApplyArgs {
-    pub admin_url: String,
+    /// Events in the workload (creates, updates, deletes, duplicates, reordered).
+    #[arg(long, default_value = "100000")]
     pub events: usize,
+    /// Distinct profiles the events touch.
+    #[arg(long, default_value = "20000")]
     pub keys: usize,
     /// Events the peer applies (a prefix of the workload): at one commit per event it
     /// would take minutes to do them all, and its rate does not depend on the count.
+    #[arg(long, default_value = "10000")]
     pub peer_events: usize,
     /// Concurrent workers for the peer and for tributary (the subscriber's default).
+    #[arg(long, default_value = "4")]
     pub workers: usize,
-    /// Events per transaction as the container worker forms them.
+    /// Events per transaction of the container worker under backlog: the subscriber's
+    /// default `--batch-max-messages`.
+    #[arg(long, default_value_t = 100)]
     pub container_batch: usize,
-    /// Events per invocation of the Lambda (the SQS event source mapping's default).
+    /// Events per Lambda invocation: the BatchSize of the SQS event source mapping in
+    /// deploy/template.yaml.
+    #[arg(long, default_value = "100")]
     pub lambda_batch: usize,
     /// Rows per statement of the ceiling.
+    #[arg(long, default_value = "10000")]
     pub ceiling_rows: usize,
 }
 
@@ -50,7 +60,7 @@ impl Row {
 }
 
 /// Runs every contender against a scratch database and prints the table.
-pub async fn run(args: &ApplyArgs) -> Result<()> {
+pub async fn run(admin_url: &str, args: &ApplyArgs) -> Result<()> {
     let mix = Mix {
         events: args.events,
         keys: args.keys,
@@ -67,7 +77,7 @@ pub async fn run(args: &ApplyArgs) -> Result<()> {
         w.stats.out_of_order,
         mix.keys
     );
-    let db = ScratchDb::create(&args.admin_url).await?;
+    let db = ScratchDb::create(admin_url).await?;
     let result = contenders(args, &w, &db).await;
     db.drop_it().await?;
     let rows = result?;
@@ -381,10 +391,34 @@ async fn verify(db: &ScratchDb, events: &[ChangeEvent]) -> Result<()> {
     Ok(())
 }
 
+/// The state upsert's conflict clause and version guard, shared by [`CEILING`] and
+/// [`PEER_STATE`]: every column from `excluded`, only when the event ranks above the
+/// stored row (the guard of `contracts::Rank::SQL_GUARD_COLUMNS`).
+macro_rules! guarded_update {
+    () => {
+        r#"ON CONFLICT (user_id) DO UPDATE SET
+    email = excluded.email, display_name = excluded.display_name,
+    country = excluded.country, plan = excluded.plan,
+    marketing_email = excluded.marketing_email, marketing_sms = excluded.marketing_sms,
+    locale = excluded.locale, time_zone = excluded.time_zone,
+    lifetime_value_cents = excluded.lifetime_value_cents,
+    created_at = excluded.created_at, updated_at = excluded.updated_at,
+    deleted = excluded.deleted, deleted_reason = excluded.deleted_reason,
+    generation = excluded.generation, version = excluded.version,
+    schema_version = excluded.schema_version,
+    last_event_id = excluded.last_event_id, occurred_at = excluded.occurred_at,
+    applied_at = now()
+WHERE (stored.generation, stored.version, stored.deleted::int, stored.schema_version)
+    < (excluded.generation, excluded.version, excluded.deleted::int, excluded.schema_version)
+"#
+    };
+}
+
 /// PostgreSQL's own ceiling: the workload in one statement per chunk. `DISTINCT ON
 /// (key)` keeps each key's greatest-ranked row, ordered by [`ceiling_sql`]'s
 /// `{rank_order}`, which is [`contracts::Rank::sql_order_greatest_first`].
-const CEILING: &str = r#"
+const CEILING: &str = concat!(
+    r#"
 WITH e AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bool[],
                          $6::text[], $7::text[], $8::int2[], $9::text[], $10::timestamptz[],
@@ -412,21 +446,9 @@ SELECT DISTINCT ON (key) key, email, display_name, country, plan, marketing_emai
        reason, generation, version, schema_version, event_id, occurred_at
 FROM e
 ORDER BY key, {rank_order}
-ON CONFLICT (user_id) DO UPDATE SET
-    email = excluded.email, display_name = excluded.display_name,
-    country = excluded.country, plan = excluded.plan,
-    marketing_email = excluded.marketing_email, marketing_sms = excluded.marketing_sms,
-    locale = excluded.locale, time_zone = excluded.time_zone,
-    lifetime_value_cents = excluded.lifetime_value_cents,
-    created_at = excluded.created_at, updated_at = excluded.updated_at,
-    deleted = excluded.deleted, deleted_reason = excluded.deleted_reason,
-    generation = excluded.generation, version = excluded.version,
-    schema_version = excluded.schema_version,
-    last_event_id = excluded.last_event_id, occurred_at = excluded.occurred_at,
-    applied_at = now()
-WHERE (stored.generation, stored.version, stored.deleted::int, stored.schema_version)
-    < (excluded.generation, excluded.version, excluded.deleted::int, excluded.schema_version)
-"#;
+"#,
+    guarded_update!()
+);
 
 /// [`CEILING`] with the rank order filled in.
 fn ceiling_sql() -> String {
@@ -552,54 +574,35 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12)
 ON CONFLICT DO NOTHING
 "#;
 
-const PEER_STATE: &str = r#"
+const PEER_STATE: &str = concat!(
+    r#"
 INSERT INTO analytics.user_profiles AS stored
     (user_id, email, display_name, country, plan, marketing_email, marketing_sms, locale,
      time_zone, lifetime_value_cents, created_at, updated_at, deleted, deleted_reason,
      generation, version, last_event_id, occurred_at, schema_version)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::numeric, $11, $12, $13, $14, $15, $16, $17, $18,
         $19)
-ON CONFLICT (user_id) DO UPDATE SET
-    email = excluded.email, display_name = excluded.display_name,
-    country = excluded.country, plan = excluded.plan,
-    marketing_email = excluded.marketing_email, marketing_sms = excluded.marketing_sms,
-    locale = excluded.locale, time_zone = excluded.time_zone,
-    lifetime_value_cents = excluded.lifetime_value_cents,
-    created_at = excluded.created_at, updated_at = excluded.updated_at,
-    deleted = excluded.deleted, deleted_reason = excluded.deleted_reason,
-    generation = excluded.generation, version = excluded.version,
-    schema_version = excluded.schema_version,
-    last_event_id = excluded.last_event_id, occurred_at = excluded.occurred_at,
-    applied_at = now()
-WHERE (stored.generation, stored.version, stored.deleted::int, stored.schema_version)
-    < (excluded.generation, excluded.version, excluded.deleted::int, excluded.schema_version)
-"#;
+"#,
+    guarded_update!()
+);
 
 /// What a typical Lambda subscriber does: per event, BEGIN; insert the history row;
 /// upsert the state row under the same guard; COMMIT. Prepared statements (sqlx caches
 /// them per connection), `workers` events in flight.
 async fn peer(db: &ScratchDb, events: &[ChangeEvent], workers: usize) -> Result<Duration> {
     let pool = db.pool(u32::try_from(workers)?).await?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..workers {
+    let elapsed = drain(events.to_vec(), workers, {
         let pool = pool.clone();
-        let next = Arc::clone(&next);
-        let events: Vec<ChangeEvent> = events.to_vec();
-        tasks.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(e) = events.get(i) else {
-                    return Ok::<(), anyhow::Error>(());
-                };
+        move |e: ChangeEvent| {
+            let pool = pool.clone();
+            async move {
                 // A deadlock between two per-event transactions is retried, as a
                 // Lambda's failed invocation would be.
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match peer_one(&pool, e).await {
-                        Ok(()) => break,
+                    match peer_one(&pool, &e).await {
+                        Ok(()) => return Ok(()),
                         Err(err) if attempt < 5 => {
                             eprintln!("peer: retrying {}: {err}", e.event_id);
                         }
@@ -607,14 +610,41 @@ async fn peer(db: &ScratchDb, events: &[ChangeEvent], workers: usize) -> Result<
                     }
                 }
             }
+        }
+    })
+    .await?;
+    pool.close().await;
+    Ok(elapsed)
+}
+
+/// Runs `workers` tasks, each taking the next item of `work` and handing it to `apply`
+/// until none is left; the time from the start to the last task's end. The first error
+/// ends the run.
+async fn drain<T, F, Fut>(work: Vec<T>, workers: usize, apply: F) -> Result<Duration>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let work = Arc::new(Mutex::new(work.into_iter()));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (work, apply) = (Arc::clone(&work), apply.clone());
+        tasks.spawn(async move {
+            loop {
+                let next = work.lock().await.next();
+                let Some(item) = next else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                apply(item).await?;
+            }
         });
     }
     while let Some(joined) = tasks.join_next().await {
         joined??;
     }
-    let elapsed = start.elapsed();
-    pool.close().await;
-    Ok(elapsed)
+    Ok(start.elapsed())
 }
 
 async fn peer_one(pool: &PgPool, e: &ChangeEvent) -> sqlx::Result<()> {
@@ -708,24 +738,14 @@ async fn tributary(
         })
         .collect::<Result<_>>()?;
     let batches: Vec<Vec<ReceivedMessage>> = messages.chunks(batch).map(<[_]>::to_vec).collect();
-    let batches = Arc::new(Mutex::new(batches.into_iter()));
     let pool = db.pool(u32::try_from(workers + 1)?).await?;
     let parker = Arc::new(CountingParker::default());
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..workers {
-        let pool = pool.clone();
-        let parker = Arc::clone(&parker);
-        let batches = Arc::clone(&batches);
-        tasks.spawn(async move {
-            loop {
-                let next = batches.lock().await.next();
-                let Some(batch) = next else {
-                    return Ok::<(), anyhow::Error>(());
-                };
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
+    let elapsed = drain(batches, workers, {
+        let (pool, parker) = (pool.clone(), Arc::clone(&parker));
+        move |batch: Vec<ReceivedMessage>| {
+            let (pool, parker) = (pool.clone(), Arc::clone(&parker));
+            async move {
+                for _attempt in 0..5 {
                     let outcome =
                         subscriber::batch::process_batch(&pool, parker.as_ref(), &batch).await;
                     if outcome.retry.is_empty() {
@@ -735,20 +755,17 @@ async fn tributary(
                             batch.len(),
                             outcome.succeeded.len()
                         );
-                        break;
+                        return Ok(());
                     }
                     // A deadlock or serialization failure between workers: the worker
                     // would retry these after a visibility delay.
-                    ensure!(attempt < 5, "a batch kept failing");
                     eprintln!("tributary: retrying a batch of {}", batch.len());
                 }
+                bail!("a batch kept failing")
             }
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        joined??;
-    }
-    let elapsed = start.elapsed();
+        }
+    })
+    .await?;
     pool.close().await;
     ensure!(
         parker.parked.load(Ordering::Relaxed) == 0,
@@ -766,31 +783,22 @@ async fn apply_only(
     workers: usize,
 ) -> Result<Duration> {
     let batches: Vec<Vec<ChangeEvent>> = events.chunks(batch).map(<[_]>::to_vec).collect();
-    let batches = Arc::new(Mutex::new(batches.into_iter()));
     let pool = db.pool(u32::try_from(workers + 1)?).await?;
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..workers {
+    let elapsed = drain(batches, workers, {
         let pool = pool.clone();
-        let batches = Arc::clone(&batches);
-        tasks.spawn(async move {
-            loop {
-                let next = batches.lock().await.next();
-                let Some(batch) = next else {
-                    return Ok::<(), anyhow::Error>(());
-                };
+        move |batch: Vec<ChangeEvent>| {
+            let pool = pool.clone();
+            async move {
                 let mut attempt = 0;
                 while let Err(e) = subscriber::apply::apply_atomically(&pool, &batch).await {
                     attempt += 1;
                     ensure!(attempt < 5 && e.is_retryable(), "apply failed: {e}");
                 }
+                Ok(())
             }
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        joined??;
-    }
-    let elapsed = start.elapsed();
+        }
+    })
+    .await?;
     pool.close().await;
     Ok(elapsed)
 }

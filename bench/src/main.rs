@@ -11,7 +11,6 @@
 //!   figures.
 //! - [`proxy`] — the counting proxy the pipeline bench puts in front of each emulator.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -39,49 +38,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// Apply rate against PostgreSQL's own ceiling and a one-transaction-per-event peer.
-    Apply {
-        #[arg(long, default_value = "100000")]
-        events: usize,
-        #[arg(long, default_value = "20000")]
-        keys: usize,
-        /// Events the peer applies (a prefix of the workload).
-        #[arg(long, default_value = "10000")]
-        peer_events: usize,
-        /// Concurrent workers (the subscriber's default).
-        #[arg(long, default_value = "4")]
-        workers: usize,
-        /// Events per transaction of the container worker under backlog: the
-        /// subscriber's default `--batch-max-messages`.
-        #[arg(long, default_value_t = 100)]
-        container_batch: usize,
-        /// Events per Lambda invocation: the BatchSize of the SQS event source mapping
-        /// in deploy/template.yaml.
-        #[arg(long, default_value = "100")]
-        lambda_batch: usize,
-        /// Rows per statement of the ceiling.
-        #[arg(long, default_value = "10000")]
-        ceiling_rows: usize,
-    },
+    Apply(apply_bench::ApplyArgs),
     /// The real binaries on the emulators at fixed write rates.
-    Pipeline {
-        /// Write rates, per second.
-        #[arg(long, value_delimiter = ',', default_value = "50,200")]
-        rates: Vec<u32>,
-        /// Measured seconds per rate.
-        #[arg(long, default_value = "30")]
-        seconds: u64,
-        /// Seconds of writing before the window opens.
-        #[arg(long, default_value = "5")]
-        warmup_secs: u64,
-        #[arg(long, default_value = "500")]
-        keys: usize,
-        /// Directory of the `publisher` and `subscriber` binaries (default: this
-        /// binary's own, so a release bench runs release binaries).
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
-        #[arg(long, default_value = "1000")]
-        raw_messages: usize,
-    },
+    Pipeline(pipeline::PipelineArgs),
 }
 
 /// A random lowercase id for scratch names.
@@ -106,52 +65,8 @@ async fn main() -> ExitCode {
     });
     let work = async {
         match cli.command {
-            Bench::Apply {
-                events,
-                keys,
-                peer_events,
-                workers,
-                container_batch,
-                lambda_batch,
-                ceiling_rows,
-            } => {
-                apply_bench::run(&apply_bench::ApplyArgs {
-                    admin_url: cli.database_url,
-                    events,
-                    keys,
-                    peer_events,
-                    workers,
-                    container_batch,
-                    lambda_batch,
-                    ceiling_rows,
-                })
-                .await
-            }
-            Bench::Pipeline {
-                rates,
-                seconds,
-                warmup_secs,
-                keys,
-                bin_dir,
-                raw_messages,
-            } => {
-                let bin_dir = bin_dir.unwrap_or_else(|| {
-                    std::env::current_exe()
-                        .ok()
-                        .and_then(|p| p.parent().map(PathBuf::from))
-                        .unwrap_or_else(|| PathBuf::from("target/release"))
-                });
-                pipeline::run(&pipeline::PipelineArgs {
-                    admin_url: cli.database_url,
-                    rates,
-                    seconds,
-                    warmup_secs,
-                    keys,
-                    bin_dir,
-                    raw_messages,
-                })
-                .await
-            }
+            Bench::Apply(args) => apply_bench::run(&cli.database_url, &args).await,
+            Bench::Pipeline(args) => pipeline::run(&cli.database_url, &args).await,
         }
     };
     let result = tokio::select! {

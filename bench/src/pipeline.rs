@@ -24,24 +24,44 @@ use crate::apply_bench::ScratchDb;
 use crate::proxy::Proxy;
 
 /// Settings of a pipeline run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct PipelineArgs {
-    pub admin_url: String,
+    /// Write rates, per second.
+    #[arg(long, value_delimiter = ',', default_value = "50,200")]
     pub rates: Vec<u32>,
-    /// Length of the measured window at each rate.
+    /// Length of the measured window at each rate, in seconds.
+    #[arg(long, default_value = "30")]
     pub seconds: u64,
-    /// Writing before the window opens (start-up, first polls, connection set-up).
+    /// Seconds of writing before the window opens (start-up, first polls, connection
+    /// set-up).
+    #[arg(long, default_value = "5")]
     pub warmup_secs: u64,
     /// Distinct profiles the writer creates before mostly editing.
+    #[arg(long, default_value = "500")]
     pub keys: usize,
-    /// Where the `publisher` and `subscriber` binaries are.
-    pub bin_dir: PathBuf,
+    /// Directory of the `publisher` and `subscriber` binaries (default: this binary's
+    /// own, so a release bench runs release binaries).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
     /// Messages the raw SQS drain measures.
+    #[arg(long, default_value = "1000")]
     pub raw_messages: usize,
 }
 
+impl PipelineArgs {
+    /// Where the `publisher` and `subscriber` binaries are.
+    fn bin_dir(&self) -> PathBuf {
+        self.bin_dir.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("target/release"))
+        })
+    }
+}
+
 /// Runs every rate and prints the tables.
-pub async fn run(args: &PipelineArgs) -> Result<()> {
+pub async fn run(admin_url: &str, args: &PipelineArgs) -> Result<()> {
     for var in [
         "AWS_ENDPOINT_URL_DYNAMODB",
         "AWS_ENDPOINT_URL_DYNAMODB_STREAMS",
@@ -59,7 +79,7 @@ pub async fn run(args: &PipelineArgs) -> Result<()> {
     let mut results = Vec::new();
     for &rate in &args.rates {
         let raw = raw_sqs(&clients.sqs, rate, args.raw_messages).await?;
-        let ours = one_rate(args, &clients, rate).await?;
+        let ours = one_rate(admin_url, args, &clients, rate).await?;
         results.push((rate, raw, ours));
     }
     print_tables(&results);
@@ -251,7 +271,12 @@ struct Ours {
     subscriber_hwm_mb: f64,
 }
 
-async fn one_rate(args: &PipelineArgs, clients: &Clients, rate: u32) -> Result<Ours> {
+async fn one_rate(
+    admin_url: &str,
+    args: &PipelineArgs,
+    clients: &Clients,
+    rate: u32,
+) -> Result<Ours> {
     let id = crate::random_id();
     let names = Names {
         table: format!("bench-profiles-{id}"),
@@ -265,7 +290,7 @@ async fn one_rate(args: &PipelineArgs, clients: &Clients, rate: u32) -> Result<O
         visibility_timeout_secs: 30,
     };
     let r = bootstrap(clients, &names).await.context("bootstrap")?;
-    let db = ScratchDb::create(&args.admin_url).await?;
+    let db = ScratchDb::create(admin_url).await?;
     let result = measure(args, clients, rate, &r, &db).await;
     db.drop_it().await?;
     result
@@ -304,7 +329,7 @@ async fn measure(
         all
     };
 
-    let mut publisher = Command::new(args.bin_dir.join("publisher"));
+    let mut publisher = Command::new(args.bin_dir().join("publisher"));
     publisher
         .args(["--table", &r.table, "--topic-arn", &r.topic_arn])
         .args(["--checkpoint-table", &r.checkpoint_table])
@@ -313,7 +338,7 @@ async fn measure(
         .env("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", &pub_streams.url)
         .env("AWS_ENDPOINT_URL_SNS", &pub_sns.url)
         .env("AWS_ENDPOINT_URL_SQS", &pub_sqs.url);
-    let mut subscriber = Command::new(args.bin_dir.join("subscriber"));
+    let mut subscriber = Command::new(args.bin_dir().join("subscriber"));
     subscriber
         .arg("run")
         .env("SUBSCRIBER_QUEUE_URL", &r.queue_url)

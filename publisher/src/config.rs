@@ -39,6 +39,20 @@ impl From<EmitVersion> for SchemaVersion {
 /// (`AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_DYNAMODB`,
 /// `AWS_ENDPOINT_URL_DYNAMODB_STREAMS`, `AWS_ENDPOINT_URL_SNS`, `AWS_ENDPOINT_URL_SQS`,
 /// `AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, …) as every AWS SDK reads them.
+/// `--schema-version`, the same in both modes.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct EmitArgs {
+    /// Contract schema version to publish. 2 is current; 1 acts as a publisher that
+    /// predates v2 (for rolling deploys).
+    #[arg(
+        long,
+        env = "PUBLISHER_SCHEMA_VERSION",
+        value_enum,
+        default_value = "2"
+    )]
+    pub schema_version: EmitVersion,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct PublisherConfig {
     /// Source DynamoDB table; its stream must be enabled with NEW_AND_OLD_IMAGES.
@@ -75,15 +89,8 @@ pub struct PublisherConfig {
     )]
     pub start_position: StartPosition,
 
-    /// Contract schema version to publish. 2 is current; 1 acts as a publisher that
-    /// predates v2 (for rolling deploys).
-    #[arg(
-        long,
-        env = "PUBLISHER_SCHEMA_VERSION",
-        value_enum,
-        default_value = "2"
-    )]
-    pub schema_version: EmitVersion,
+    #[command(flatten)]
+    pub emit: EmitArgs,
 
     /// This publisher's name in the lease (a random suffix is added per start). Default:
     /// host name and process id.
@@ -178,14 +185,8 @@ pub struct PublisherLambdaConfig {
     #[arg(long, env = "PUBLISHER_FAILURE_QUEUE_URL", value_parser = runtime::cli::parse_http_url)]
     pub failure_queue_url: url::Url,
 
-    /// Contract schema version to publish (2 is current).
-    #[arg(
-        long,
-        env = "PUBLISHER_SCHEMA_VERSION",
-        value_enum,
-        default_value = "2"
-    )]
-    pub schema_version: EmitVersion,
+    #[command(flatten)]
+    pub emit: EmitArgs,
 
     /// Table name stamped on events whose stream ARN does not name one (emulated
     /// events). Default: read from each event's `eventSourceARN`.
@@ -276,7 +277,7 @@ mod tests {
         assert_eq!(cli.config.lease_ttl, Duration::from_secs(30));
         assert_eq!(cli.config.start_position, StartPosition::TrimHorizon);
         assert_eq!(
-            SchemaVersion::from(cli.config.schema_version),
+            SchemaVersion::from(cli.config.emit.schema_version),
             SchemaVersion::V2
         );
     }

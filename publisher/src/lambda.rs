@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use contracts::SchemaVersion;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -36,79 +36,52 @@ use crate::sink::SnsSink;
 pub(crate) const UNKNOWN_SHARD: &str = "-";
 
 /// A DynamoDB-stream event as an event-source mapping delivers it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct StreamEvent {
-    #[serde(rename = "Records", default)]
+    #[serde(rename = "Records")]
     pub records: Vec<StreamEventRecord>,
 }
 
 /// One record of a [`StreamEvent`]. Only what the publisher reads is typed; every field
 /// is optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct StreamEventRecord {
-    #[serde(rename = "eventID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "eventID")]
     pub event_id: Option<String>,
-    #[serde(rename = "eventName", default, skip_serializing_if = "Option::is_none")]
     pub event_name: Option<String>,
-    #[serde(
-        rename = "eventVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
     pub event_version: Option<String>,
-    #[serde(
-        rename = "eventSource",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
     pub event_source: Option<String>,
-    #[serde(
-        rename = "eventSourceARN",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "eventSourceARN")]
     pub event_source_arn: Option<String>,
-    #[serde(rename = "awsRegion", default, skip_serializing_if = "Option::is_none")]
     pub aws_region: Option<String>,
-    #[serde(default)]
     pub dynamodb: StreamEventData,
-    #[serde(
-        rename = "userIdentity",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
     pub user_identity: Option<UserIdentity>,
 }
 
 /// The `dynamodb` part of a record. Attribute values are kept as JSON until converted,
 /// so one odd value cannot make the whole event undecodable.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
 pub struct StreamEventData {
-    #[serde(default)]
     pub keys: BTreeMap<String, Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_image: Option<BTreeMap<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_image: Option<BTreeMap<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence_number: Option<String>,
     /// Epoch seconds (a JSON number, sometimes fractional or in exponent form). A
     /// timestamp, not an item number: reading it as `f64` loses nothing that matters.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approximate_creation_date_time: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_view_type: Option<String>,
 }
 
 /// Who made the change; `Service` / `dynamodb.amazonaws.com` for a TTL removal.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct UserIdentity {
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type")]
     pub kind: Option<String>,
-    #[serde(rename = "principalId", default)]
     pub principal_id: Option<String>,
 }
 

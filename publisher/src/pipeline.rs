@@ -349,7 +349,7 @@ impl Pipeline {
                 table: config.table.clone(),
                 stream_arn,
             },
-            emit: config.schema_version.into(),
+            emit: config.emit.schema_version.into(),
             start_position: config.start_position,
             pacing: Pacing {
                 idle_min: config.idle_poll_min,

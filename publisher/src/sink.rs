@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_sns as sns;
 use contracts::{ChangeEvent, SchemaVersion};
-use runtime::backoff::Backoff;
-use runtime::batch::{RetryPolicy, Sent, entry_results_of};
+use runtime::batch::{RetryPolicy, Sent, answer};
 use sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use tokio_util::sync::CancellationToken;
 
@@ -18,16 +17,6 @@ pub use runtime::limits::sns::{MAX_BATCH_ENTRIES, MAX_DEDUPLICATION_ID, MAX_PAYL
 
 /// Room kept per entry for message attributes, which count towards the payload size.
 const ATTRIBUTE_ALLOWANCE: usize = 128;
-
-/// Retries of a `PublishBatch`: until SNS takes every entry or shutdown, from 50 ms
-/// doubling to 20 s; the calls of one batch one at a time.
-const RETRY: RetryPolicy = RetryPolicy {
-    backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(20)),
-    max_retries: None,
-    concurrency: 1,
-    retry_call_errors: true,
-    in_flight_grace: None,
-};
 
 /// How long a `PublishBatch` in flight at shutdown may still take when the client has
 /// no attempt timeout of its own.
@@ -60,6 +49,26 @@ impl Encoded {
             schema_version: as_version,
             body,
         }
+    }
+
+    /// The message attributes every event carries, as `(name, data type, value)`: what
+    /// subscription filter policies match on (docs/contract.md). SNS and SQS take the
+    /// same ones.
+    pub fn attributes(&self) -> [(&'static str, &'static str, String); 2] {
+        [
+            ("event_type", "String", self.event_type.to_owned()),
+            (
+                "schema_version",
+                "Number",
+                self.schema_version.number().to_string(),
+            ),
+        ]
+    }
+
+    /// `(message group id, deduplication id)` on a FIFO topic or queue: the key's group
+    /// keeps its events in order, the event id makes a copy a no-op ([`fifo_id`]).
+    pub fn fifo_ids(&self) -> (String, String) {
+        (fifo_id(&self.key), fifo_id(&self.event_id))
     }
 }
 
@@ -146,33 +155,60 @@ pub fn plan_batches_within(
     (batches, rejected)
 }
 
-/// The request entry for one event; `id` is its index in the batch.
+/// One batch request entry of an encoded event, for SNS (`PublishBatchRequestEntry`)
+/// or SQS (`SendMessageBatchRequestEntry`): the two SDKs' types differ, their fields
+/// do not. `id` is the event's index in the batch.
+macro_rules! entry_of {
+    ($entry:ident, $attribute:path, $body:ident, $id:expr, $event:expr, $fifo:expr) => {{
+        let event: &Encoded = $event;
+        let mut entry = $entry::builder()
+            .id($id.to_string())
+            .$body(event.body.clone());
+        for (name, data_type, value) in event.attributes() {
+            let attribute = <$attribute>::builder()
+                .data_type(data_type)
+                .string_value(value);
+            entry = entry.message_attributes(name, attribute.build().expect("data type is set"));
+        }
+        if $fifo {
+            let (group, deduplication) = event.fifo_ids();
+            entry = entry
+                .message_group_id(group)
+                .message_deduplication_id(deduplication);
+        }
+        entry.build().expect("id and body are set")
+    }};
+}
+
+/// The SNS request entry for one event; `id` is its index in the batch.
 pub(crate) fn entry_for(id: usize, event: &Encoded, fifo: bool) -> PublishBatchRequestEntry {
-    let string_attr = |v: &str| {
-        MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(v)
-            .build()
-            .expect("data type is set")
-    };
-    let mut entry = PublishBatchRequestEntry::builder()
-        .id(id.to_string())
-        .message(event.body.clone())
-        .message_attributes("event_type", string_attr(event.event_type))
-        .message_attributes(
-            "schema_version",
-            MessageAttributeValue::builder()
-                .data_type("Number")
-                .string_value(event.schema_version.number().to_string())
-                .build()
-                .expect("data type is set"),
-        );
-    if fifo {
-        entry = entry
-            .message_group_id(fifo_id(&event.key))
-            .message_deduplication_id(fifo_id(&event.event_id));
+    entry_of!(
+        PublishBatchRequestEntry,
+        MessageAttributeValue,
+        message,
+        id,
+        event,
+        fifo
+    )
+}
+
+impl Encoded {
+    /// The SQS request entry for this event; `id` is its index in the batch.
+    pub fn sqs_entry(
+        &self,
+        id: usize,
+        fifo: bool,
+    ) -> aws_sdk_sqs::types::SendMessageBatchRequestEntry {
+        use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+        entry_of!(
+            SendMessageBatchRequestEntry,
+            MessageAttributeValue,
+            message_body,
+            id,
+            self,
+            fifo
+        )
     }
-    entry.build().expect("id and message are set")
 }
 
 /// A FIFO message group or deduplication id: the value itself when it fits the 128
@@ -354,7 +390,7 @@ impl SnsSink {
     ) -> Result<PublishReport, PublishError> {
         let policy = RetryPolicy {
             in_flight_grace: Some(self.drain_grace()),
-            ..RETRY
+            ..RetryPolicy::UNTIL_ACCEPTED
         };
         let batch_ref = &batch;
         let answer = runtime::batch::send(
@@ -364,22 +400,10 @@ impl SnsSink {
             policy,
             Some(shutdown),
             |ids: Vec<usize>| {
-                let entries: Vec<_> = ids
-                    .iter()
-                    .map(|&i| entry_for(i, &batch_ref[i], self.fifo))
-                    .collect();
-                async move {
-                    let out = self
-                        .client
-                        .publish_batch()
-                        .topic_arn(&self.topic_arn)
-                        .set_publish_batch_request_entries(Some(entries))
-                        .send()
-                        .await
-                        .map_err(|e| runtime::report::describe_sdk_error(&e))?;
-                    let successful = out.successful().iter().filter_map(|s| s.id());
-                    Ok::<_, String>(entry_results_of(&ids, successful, out.failed()))
-                }
+                let entries = ids.iter().map(|&i| entry_for(i, &batch_ref[i], self.fifo));
+                let call = self.client.publish_batch().topic_arn(&self.topic_arn);
+                let call = call.set_publish_batch_request_entries(Some(entries.collect()));
+                async move { answer(&ids, call.send().await) }
             },
         )
         .await;

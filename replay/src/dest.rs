@@ -1,26 +1,12 @@
 //! Where replayed events go: the topic (every subscriber gets them) or one
 //! subscriber's queue (only the subscriber being backfilled or repaired).
 
-use std::time::Duration;
-
-use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use publisher::sink::{BatchLimits, Encoded, PublishError, Rejected, SnsSink, plan_batches_within};
-use runtime::backoff::Backoff;
-use runtime::batch::{RetryPolicy, entry_results_of};
+use runtime::batch::{RetryPolicy, answer};
 use tokio_util::sync::CancellationToken;
 
 use runtime::limits::sqs::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 
-/// Retries of a send to a queue: until it passes or shutdown, from 50 ms doubling to
-/// 20 s, one call at a time (with one event per key per batch, a FIFO queue keeps each
-/// key's order).
-const RETRY: RetryPolicy = RetryPolicy {
-    backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(20)),
-    max_retries: None,
-    concurrency: 1,
-    retry_call_errors: true,
-    in_flight_grace: None,
-};
 /// `SendMessageBatch`'s limits, and the allowance per entry for its message attributes.
 const SQS_LIMITS: BatchLimits = BatchLimits {
     max_entries: MAX_BATCH_ENTRIES,
@@ -164,22 +150,13 @@ impl QueueSink {
             "SendMessageBatch",
             batch.len(),
             MAX_BATCH_ENTRIES,
-            RETRY,
+            RetryPolicy::UNTIL_ACCEPTED,
             Some(shutdown),
             |ids: Vec<usize>| {
-                let entries: Vec<_> = ids.iter().map(|&i| self.entry(i, &batch_ref[i])).collect();
-                async move {
-                    let out = self
-                        .client
-                        .send_message_batch()
-                        .queue_url(&self.queue_url)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await
-                        .map_err(|e| runtime::report::describe_sdk_error(&e))?;
-                    let successful = out.successful().iter().map(|s| s.id());
-                    Ok::<_, String>(entry_results_of(&ids, successful, out.failed()))
-                }
+                let entries = ids.iter().map(|&i| batch_ref[i].sqs_entry(i, self.fifo));
+                let call = self.client.send_message_batch().queue_url(&self.queue_url);
+                let call = call.set_entries(Some(entries.collect()));
+                async move { answer(&ids, call.send().await) }
             },
         )
         .await;
@@ -187,30 +164,6 @@ impl QueueSink {
         sent.accepted += report.published;
         sent.rejected.extend(report.rejected);
         Ok(())
-    }
-
-    fn entry(&self, id: usize, event: &Encoded) -> SendMessageBatchRequestEntry {
-        let attr = |data_type: &str, v: String| {
-            MessageAttributeValue::builder()
-                .data_type(data_type)
-                .string_value(v)
-                .build()
-                .expect("data type is set")
-        };
-        let mut entry = SendMessageBatchRequestEntry::builder()
-            .id(id.to_string())
-            .message_body(event.body.clone())
-            .message_attributes("event_type", attr("String", event.event_type.to_owned()))
-            .message_attributes(
-                "schema_version",
-                attr("Number", event.schema_version.number().to_string()),
-            );
-        if self.fifo {
-            entry = entry
-                .message_group_id(publisher::sink::fifo_id(&event.key))
-                .message_deduplication_id(publisher::sink::fifo_id(&event.event_id));
-        }
-        entry.build().expect("id and body are set")
     }
 }
 

@@ -2,8 +2,8 @@
 //! repairs it. `replay verify` reads both sides and asks this; the order it judges by is
 //! [`contracts::Rank`]'s.
 
-use contracts::{Change, ChangeEvent, DeleteReason, Position, Rank, Source};
-use publisher::record::{self, Item};
+use contracts::{Change, ChangeEvent, DeleteReason, Position, Rank};
+use publisher::record::Item;
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -105,20 +105,10 @@ pub(crate) fn repair_event(
             // A delete at the live row's own position ranks above it.
             let position = drift.stored?.position;
             let change = Change::Deleted(DeleteReason::Deleted);
-            Some(ChangeEvent {
-                event_id: record::derived_event_id(&drift.key, position, &change),
-                key: drift.key.clone(),
-                position,
-                occurred_at: now,
-                published_at: now,
-                source: Source {
-                    table: table.to_owned(),
-                    stream_arn: None,
-                    sequence_number: None,
-                },
-                published_schema: contracts::CURRENT_SCHEMA_VERSION,
-                change,
-            })
+            let key = drift.key.clone();
+            Some(items::replayed_event(
+                key, position, change, table, now, now,
+            ))
         }
         Kind::Ahead | Kind::UnreadableSource => None,
     }

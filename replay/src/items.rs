@@ -76,7 +76,29 @@ pub fn snapshot_event(
     let key = profile.user_id.clone();
     let occurred_at = profile.updated_at;
     let change = Change::Snapshot(profile);
-    Ok(ChangeEvent {
+    Ok(replayed_event(
+        key,
+        position,
+        change,
+        table,
+        occurred_at,
+        now,
+    ))
+}
+
+/// An event `replay` sends on its own (a snapshot, a repair's tombstone): not read from
+/// a stream, so its source names only the table, and its id is derived from key,
+/// position and change ([`record::derived_event_id`]), so sending it again is
+/// recognisably the same event.
+pub fn replayed_event(
+    key: String,
+    position: contracts::Position,
+    change: Change,
+    table: &str,
+    occurred_at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> ChangeEvent {
+    ChangeEvent {
         event_id: record::derived_event_id(&key, position, &change),
         key,
         position,
@@ -89,7 +111,7 @@ pub fn snapshot_event(
         },
         published_schema: contracts::CURRENT_SCHEMA_VERSION,
         change,
-    })
+    }
 }
 
 /// Encodes events for sending, tagged by their index.

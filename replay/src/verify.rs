@@ -441,67 +441,33 @@ async fn compare_present(pool: &PgPool, page: &[Item]) -> Result<Vec<Drift>, Ver
     if projected.is_empty() {
         return Ok(drift);
     }
-    let col = |f: &dyn Fn(&(Position, Profile)) -> Option<String>| -> Vec<Option<String>> {
-        projected.iter().map(f).collect()
-    };
+    // One array per column, in COMPARE_PRESENT's parameter order.
+    fn col<T>(rows: &[(Position, Profile)], f: impl Fn(&(Position, Profile)) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
     let positions: HashMap<&str, Position> = projected
         .iter()
         .map(|(pos, p)| (p.user_id.as_str(), *pos))
         .collect();
     let rows = sqlx::query(COMPARE_PRESENT)
-        .bind(
-            projected
-                .iter()
-                .map(|(_, p)| p.user_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            projected
-                .iter()
-                .map(|(pos, _)| pos.generation)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            projected
-                .iter()
-                .map(|(pos, _)| pos.version)
-                .collect::<Vec<_>>(),
-        )
-        .bind(col(&|(_, p)| Some(p.email.clone())))
-        .bind(col(&|(_, p)| Some(p.display_name.clone())))
-        .bind(col(&|(_, p)| p.country.clone()))
-        .bind(col(&|(_, p)| Some(p.plan.clone())))
-        .bind(
-            projected
-                .iter()
-                .map(|(_, p)| p.consents.marketing_email)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            projected
-                .iter()
-                .map(|(_, p)| p.consents.marketing_sms)
-                .collect::<Vec<_>>(),
-        )
-        .bind(col(&|(_, p)| p.locale.clone()))
-        .bind(col(&|(_, p)| p.time_zone.clone()))
-        .bind(col(&|(_, p)| {
+        .bind(col(&projected, |(_, p)| p.user_id.clone()))
+        .bind(col(&projected, |(pos, _)| pos.generation))
+        .bind(col(&projected, |(pos, _)| pos.version))
+        .bind(col(&projected, |(_, p)| Some(p.email.clone())))
+        .bind(col(&projected, |(_, p)| Some(p.display_name.clone())))
+        .bind(col(&projected, |(_, p)| p.country.clone()))
+        .bind(col(&projected, |(_, p)| Some(p.plan.clone())))
+        .bind(col(&projected, |(_, p)| p.consents.marketing_email))
+        .bind(col(&projected, |(_, p)| p.consents.marketing_sms))
+        .bind(col(&projected, |(_, p)| p.locale.clone()))
+        .bind(col(&projected, |(_, p)| p.time_zone.clone()))
+        .bind(col(&projected, |(_, p)| {
             p.lifetime_value_cents
                 .as_ref()
                 .map(|n| n.as_str().to_owned())
         }))
-        .bind(
-            projected
-                .iter()
-                .map(|(_, p)| p.created_at)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            projected
-                .iter()
-                .map(|(_, p)| p.updated_at)
-                .collect::<Vec<_>>(),
-        )
+        .bind(col(&projected, |(_, p)| p.created_at))
+        .bind(col(&projected, |(_, p)| p.updated_at))
         .fetch_all(pool)
         .await?;
     for row in rows {

@@ -44,27 +44,26 @@ pub struct FailedEntry {
     pub sender_fault: bool,
 }
 
-impl From<&aws_sdk_sqs::types::BatchResultErrorEntry> for FailedEntry {
-    fn from(f: &aws_sdk_sqs::types::BatchResultErrorEntry) -> Self {
-        FailedEntry {
-            id: f.id().to_owned(),
-            code: f.code().to_owned(),
-            message: f.message().unwrap_or_default().to_owned(),
-            sender_fault: f.sender_fault(),
+/// SNS and SQS report a failed entry in the same shape, as two types.
+macro_rules! failed_entry_from {
+    ($($entry:ty),+) => {$(
+        impl From<&$entry> for FailedEntry {
+            fn from(f: &$entry) -> Self {
+                FailedEntry {
+                    id: f.id().to_owned(),
+                    code: f.code().to_owned(),
+                    message: f.message().unwrap_or_default().to_owned(),
+                    sender_fault: f.sender_fault(),
+                }
+            }
         }
-    }
+    )+};
 }
 
-impl From<&aws_sdk_sns::types::BatchResultErrorEntry> for FailedEntry {
-    fn from(f: &aws_sdk_sns::types::BatchResultErrorEntry) -> Self {
-        FailedEntry {
-            id: f.id().to_owned(),
-            code: f.code().to_owned(),
-            message: f.message().unwrap_or_default().to_owned(),
-            sender_fault: f.sender_fault(),
-        }
-    }
-}
+failed_entry_from!(
+    aws_sdk_sqs::types::BatchResultErrorEntry,
+    aws_sdk_sns::types::BatchResultErrorEntry
+);
 
 /// PURE: what happened to each entry of one call, in the order of `ids` (the entries'
 /// request `Id`s, as numbers), from the ids the answer lists as successful and the
@@ -99,18 +98,47 @@ pub fn entry_results<'a>(
 /// Rounds of failures after which each further one is logged at ERROR.
 pub const ESCALATE_AFTER: u32 = 5;
 
-/// [`entry_results`] from an SDK answer's own `Failed` list (SNS's or SQS's
-/// `BatchResultErrorEntry`).
-pub fn entry_results_of<'a, F>(
+/// An SDK batch answer (`PublishBatch`, `SendMessageBatch`, `DeleteMessageBatch`,
+/// `ChangeMessageVisibilityBatch`): what it says of each entry.
+pub trait BatchOutput {
+    /// [`entry_results`] of this answer, for the entries `ids` of its request.
+    fn results(&self, ids: &[usize]) -> Vec<EntryResult>;
+}
+
+macro_rules! batch_output {
+    ($($output:ty),+ $(,)?) => {$(
+        impl BatchOutput for $output {
+            fn results(&self, ids: &[usize]) -> Vec<EntryResult> {
+                let failed: Vec<FailedEntry> = self.failed().iter().map(FailedEntry::from).collect();
+                entry_results(ids, self.successful().iter().filter_map(|s| s.id().into()), &failed)
+            }
+        }
+    )+};
+}
+
+batch_output!(
+    aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchOutput,
+    aws_sdk_sqs::operation::change_message_visibility_batch::ChangeMessageVisibilityBatchOutput,
+    aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput,
+    aws_sdk_sns::operation::publish_batch::PublishBatchOutput,
+);
+
+/// What a batch call came to, for [`send`]: the answer's [`EntryResult`]s, or the
+/// call's error as one line ([`crate::report::describe_sdk_error`]).
+///
+/// # Errors
+/// The call's own error.
+pub fn answer<O, E, R>(
     ids: &[usize],
-    successful: impl IntoIterator<Item = &'a str>,
-    failed: &[F],
-) -> Vec<EntryResult>
+    call: Result<O, aws_sdk_sqs::error::SdkError<E, R>>,
+) -> Result<Vec<EntryResult>, String>
 where
-    for<'f> FailedEntry: From<&'f F>,
+    O: BatchOutput,
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
 {
-    let failed: Vec<FailedEntry> = failed.iter().map(FailedEntry::from).collect();
-    entry_results(ids, successful, &failed)
+    call.map(|output| output.results(ids))
+        .map_err(|e| crate::report::describe_sdk_error(&e))
 }
 
 /// How [`send`] retries.
@@ -131,6 +159,22 @@ pub struct RetryPolicy {
     /// take before it is abandoned (its entries then count as unsent). `None`: calls in
     /// flight are always awaited (each is bounded by the client's own timeouts).
     pub in_flight_grace: Option<std::time::Duration>,
+}
+
+impl RetryPolicy {
+    /// Until every entry is accepted or shutdown comes: from 50 ms doubling to 20 s,
+    /// one call at a time (so a FIFO target keeps each key's order). For sends that
+    /// must not drop an event for a throttle: publishing, replaying.
+    pub const UNTIL_ACCEPTED: RetryPolicy = RetryPolicy {
+        backoff: Backoff::new(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(20),
+        ),
+        max_retries: None,
+        concurrency: 1,
+        retry_call_errors: true,
+        in_flight_grace: None,
+    };
 }
 
 /// What [`send`] did.

@@ -166,6 +166,11 @@ fn unix_millis(t: SystemTime) -> u64 {
 mod tests {
     use super::*;
 
+    /// Asserts that the rendered `text` holds `line`, showing the whole text if not.
+    fn has(text: &str, line: &str) {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+
     #[test]
     fn a_counter_gets_its_total_suffix_and_its_labels() {
         let mut r = registry("test");
@@ -176,15 +181,9 @@ mod tests {
             .inc_by(3);
         drop(parked.get_or_create(&ReasonLabel::of("apply_rejected")));
         let text = render(&r);
-        assert!(text.contains("# TYPE x_parked counter\n"), "{text}");
-        assert!(
-            text.contains("x_parked_total{reason=\"malformed_json\"} 3\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("x_parked_total{reason=\"apply_rejected\"} 0\n"),
-            "{text}"
-        );
+        has(&text, "# TYPE x_parked counter\n");
+        has(&text, "x_parked_total{reason=\"malformed_json\"} 3\n");
+        has(&text, "x_parked_total{reason=\"apply_rejected\"} 0\n");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
@@ -209,20 +208,11 @@ mod tests {
             lag.observe(v);
         }
         let text = render(&r);
-        assert!(
-            text.contains("lag_seconds_bucket{le=\"0.1\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lag_seconds_bucket{le=\"1.0\"} 3\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lag_seconds_bucket{le=\"+Inf\"} 4\n"),
-            "{text}"
-        );
-        assert!(text.contains("lag_seconds_sum 4.25\n"), "{text}");
-        assert!(text.contains("lag_seconds_count 4\n"), "{text}");
+        has(&text, "lag_seconds_bucket{le=\"0.1\"} 1\n");
+        has(&text, "lag_seconds_bucket{le=\"1.0\"} 3\n");
+        has(&text, "lag_seconds_bucket{le=\"+Inf\"} 4\n");
+        has(&text, "lag_seconds_sum 4.25\n");
+        has(&text, "lag_seconds_count 4\n");
     }
 
     #[test]
@@ -242,7 +232,7 @@ mod tests {
         assert!((secs - 30.0).abs() < 1e-9, "{secs}");
         since.touch();
         let text = render(&r);
-        assert!(text.contains("oldest_seconds{shard=\"s-1\"} 30"), "{text}");
-        assert!(text.contains("since_poll_seconds 0"), "{text}");
+        has(&text, "oldest_seconds{shard=\"s-1\"} 30");
+        has(&text, "since_poll_seconds 0");
     }
 }

@@ -174,6 +174,19 @@ pub struct WriteError {
     pub message: String,
 }
 
+impl WriteError {
+    fn of<E, R>(item: &ProfileItem, e: &ddb::error::SdkError<E, R>) -> Self
+    where
+        E: ddb::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        WriteError {
+            user_id: item.user_id.clone(),
+            message: runtime::report::describe_sdk_error(e),
+        }
+    }
+}
+
 /// Writes profiles with the profile service's concurrency rules.
 #[derive(Debug, Clone)]
 pub struct ProfileWriter {
@@ -259,10 +272,7 @@ impl ProfileWriter {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| WriteError {
-                user_id: item.user_id.clone(),
-                message: runtime::report::describe_sdk_error(&e),
-            })
+            .map_err(|e| WriteError::of(item, &e))
     }
 
     /// Replaces a profile whose stored version is `item.version - 1`.
@@ -283,10 +293,7 @@ impl ProfileWriter {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| WriteError {
-                user_id: item.user_id.clone(),
-                message: runtime::report::describe_sdk_error(&e),
-            })
+            .map_err(|e| WriteError::of(item, &e))
     }
 
     /// Deletes a profile at the version the caller last saw.
@@ -304,10 +311,7 @@ impl ProfileWriter {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| WriteError {
-                user_id: item.user_id.clone(),
-                message: runtime::report::describe_sdk_error(&e),
-            })
+            .map_err(|e| WriteError::of(item, &e))
     }
 }
 

@@ -583,6 +583,19 @@ pub(crate) mod test_events {
             Change::Deleted(DeleteReason::Deleted),
         )
     }
+
+    /// Runs one statement the test needs (a schema change behind the service's back).
+    pub async fn exec(pool: &sqlx::PgPool, sql: &str) {
+        sqlx::query(sql).execute(pool).await.unwrap();
+    }
+
+    /// Rows in `table`.
+    pub async fn count(pool: &sqlx::PgPool, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
 }
 
 #[cfg(test)]
@@ -660,10 +673,7 @@ mod db_tests {
     }
 
     async fn history_count(pool: &PgPool) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM analytics.profile_changes")
-            .fetch_one(pool)
-            .await
-            .unwrap()
+        count(pool, "analytics.profile_changes").await
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
@@ -757,10 +767,11 @@ mod db_tests {
         let richest = ((true, Some("Europe/London".to_owned()), 2), (2, true));
         // One at a time, alternating, in both starting orders: the row never flaps.
         for order in [[&v2, &v1, &v2, &v1], [&v1, &v2, &v1, &v2]] {
-            sqlx::query("TRUNCATE analytics.user_profiles, analytics.profile_changes")
-                .execute(&pool)
-                .await
-                .unwrap();
+            exec(
+                &pool,
+                "TRUNCATE analytics.user_profiles, analytics.profile_changes",
+            )
+            .await;
             for (i, event) in order.into_iter().enumerate() {
                 apply_atomically(&pool, std::slice::from_ref(event))
                     .await
@@ -773,10 +784,11 @@ mod db_tests {
         }
         // Both copies in one batch, in either order.
         for batch in [[v1.clone(), v2.clone()], [v2.clone(), v1.clone()]] {
-            sqlx::query("TRUNCATE analytics.user_profiles, analytics.profile_changes")
-                .execute(&pool)
-                .await
-                .unwrap();
+            exec(
+                &pool,
+                "TRUNCATE analytics.user_profiles, analytics.profile_changes",
+            )
+            .await;
             let report = apply_atomically(&pool, &batch).await.unwrap();
             assert_eq!((report.history_inserted, report.applied), (1, 1));
             assert_eq!(sms_and_zone(&pool).await, richest);
@@ -1018,10 +1030,11 @@ mod db_tests {
         apply_atomically(&pool, &[upsert("a", 1, 4, "a@x")])
             .await
             .unwrap();
-        sqlx::query("UPDATE analytics.user_profiles SET email = 'tampered@x'")
-            .execute(&pool)
-            .await
-            .unwrap();
+        exec(
+            &pool,
+            "UPDATE analytics.user_profiles SET email = 'tampered@x'",
+        )
+        .await;
         // An identical redelivery of an untouched row writes nothing …
         apply_atomically(&pool, &[upsert("b", 1, 1, "b@x")])
             .await
@@ -1061,10 +1074,11 @@ mod db_tests {
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn a_not_null_column_added_behind_our_back_needs_an_operator(pool: PgPool) {
-        sqlx::query("ALTER TABLE analytics.user_profiles ADD COLUMN tenant text NOT NULL")
-            .execute(&pool)
-            .await
-            .unwrap();
+        exec(
+            &pool,
+            "ALTER TABLE analytics.user_profiles ADD COLUMN tenant text NOT NULL",
+        )
+        .await;
         let err = apply_atomically(&pool, &[upsert("a", 1, 1, "a@x")])
             .await
             .unwrap_err();
@@ -1076,20 +1090,14 @@ mod db_tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn the_probe_passes_on_a_migrated_store_and_fails_without_its_tables(pool: PgPool) {
         probe(&pool).await.unwrap();
-        sqlx::query("DROP TABLE analytics.profile_changes")
-            .execute(&pool)
-            .await
-            .unwrap();
+        exec(&pool, "DROP TABLE analytics.profile_changes").await;
         let err = probe(&pool).await.unwrap_err();
         assert_eq!(classify(&err), FailureKind::NeedsOperator);
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn missing_table_needs_an_operator_and_is_retried(pool: PgPool) {
-        sqlx::query("DROP TABLE analytics.profile_changes")
-            .execute(&pool)
-            .await
-            .unwrap();
+        exec(&pool, "DROP TABLE analytics.profile_changes").await;
         let err = apply_atomically(&pool, &[upsert("a", 1, 1, "a@x")])
             .await
             .unwrap_err();

@@ -362,13 +362,10 @@ mod db_tests {
         String::from_utf8(event.encode(contracts::SchemaVersion::V2)).unwrap()
     }
 
-    use crate::apply::test_events::{delete, upsert};
+    use crate::apply::test_events::{count, delete, exec, upsert};
 
     async fn profile_count(pool: &PgPool) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM analytics.user_profiles")
-            .fetch_one(pool)
-            .await
-            .unwrap()
+        count(pool, "analytics.user_profiles").await
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
@@ -442,10 +439,11 @@ mod db_tests {
     async fn a_column_narrowed_under_us_parks_nothing_even_one_message_at_a_time(pool: PgPool) {
         // A schema drift that refuses every event with a data exception (22001), met
         // under low traffic: each batch holds one good message.
-        sqlx::query("ALTER TABLE analytics.user_profiles ALTER COLUMN email TYPE varchar(3)")
-            .execute(&pool)
-            .await
-            .unwrap();
+        exec(
+            &pool,
+            "ALTER TABLE analytics.user_profiles ALTER COLUMN email TYPE varchar(3)",
+        )
+        .await;
         for (id, key) in [("m1", "a"), ("m2", "b")] {
             let parker = RecordingParker::default();
             let messages = [message(id, &body(&upsert(key, 1, 1, "long@example.com")))];
@@ -506,10 +504,7 @@ mod db_tests {
         crate::apply::probe_with_good_event(&pool).await.unwrap();
         crate::apply::probe_with_good_event(&pool).await.unwrap();
         assert_eq!(profile_count(&pool).await, 0);
-        let history: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics.profile_changes")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let history = count(&pool, "analytics.profile_changes").await;
         assert_eq!(history, 0);
     }
 
@@ -526,10 +521,11 @@ mod db_tests {
     async fn a_constraint_added_behind_our_back_retries_good_messages_and_opens_the_gate(
         pool: PgPool,
     ) {
-        sqlx::query("ALTER TABLE analytics.user_profiles ADD COLUMN tenant text NOT NULL")
-            .execute(&pool)
-            .await
-            .unwrap();
+        exec(
+            &pool,
+            "ALTER TABLE analytics.user_profiles ADD COLUMN tenant text NOT NULL",
+        )
+        .await;
         let parker = RecordingParker::default();
         let messages = [
             message("m1", &body(&upsert("a", 1, 1, "a@x"))),
@@ -555,10 +551,7 @@ mod db_tests {
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn a_store_without_its_tables_retries_everything_and_parks_nothing(pool: PgPool) {
-        sqlx::query("DROP SCHEMA analytics CASCADE")
-            .execute(&pool)
-            .await
-            .unwrap();
+        exec(&pool, "DROP SCHEMA analytics CASCADE").await;
         let parker = RecordingParker::default();
         let messages = [
             message("m1", &body(&upsert("a", 1, 1, "a@x"))),

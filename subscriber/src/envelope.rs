@@ -105,6 +105,13 @@ pub(crate) const FOREIGN_TOPIC: &str = "foreign_topic";
 pub(crate) const BAD_SNS_ENVELOPE: &str = "bad_sns_envelope";
 
 impl BodyError {
+    /// Every value [`BodyError::reason_code`] gives, from the codes' own definitions.
+    pub fn reason_codes() -> impl Iterator<Item = &'static str> {
+        contracts::DecodeError::REASON_CODES
+            .into_iter()
+            .chain([BAD_SNS_ENVELOPE, FOREIGN_TOPIC])
+    }
+
     /// A short, stable, low-cardinality name for the failure: the `tributary-reason`
     /// attribute on the parked message.
     pub fn reason_code(&self) -> &'static str {

@@ -247,6 +247,22 @@ mod tests {
         ))
     }
 
+    /// An open gate (opened by `kind`, `reason`) and a probe call counter.
+    fn opened(kind: FailureKind, reason: &str) -> (Arc<StoreGate>, Arc<AtomicUsize>) {
+        let gate = gate();
+        gate.open(kind, reason);
+        (gate, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// The next worker's admission, within [`WAIT`].
+    async fn next(workers: &mut tokio::task::JoinSet<Admission>) -> Admission {
+        tokio::time::timeout(WAIT, workers.join_next())
+            .await
+            .expect("a worker is admitted in time")
+            .expect("a worker is left")
+            .expect("the worker did not panic")
+    }
+
     /// A probe that fails `failing` times, then passes; counts its calls.
     fn probe(
         calls: &Arc<AtomicUsize>,
@@ -284,20 +300,14 @@ mod tests {
 
     #[tokio::test]
     async fn while_open_no_worker_is_admitted_until_a_probe_and_a_trial_pass() {
-        let gate = gate();
-        gate.open(FailureKind::Transient, "connection refused");
-        let calls = Arc::new(AtomicUsize::new(0));
+        let (gate, calls) = opened(FailureKind::Transient, "connection refused");
         let shutdown = CancellationToken::new();
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..3 {
             let (gate, probe, shutdown) = (Arc::clone(&gate), probe(&calls, 2), shutdown.clone());
             workers.spawn(async move { gate.admit(probe, &shutdown).await });
         }
-        let first = tokio::time::timeout(WAIT, workers.join_next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let first = next(&mut workers).await;
         let Admission::Trial(trial) = first else {
             panic!("the prober gets the trial, got {first:?}");
         };
@@ -313,11 +323,7 @@ mod tests {
 
         gate.trial_passed(trial);
         for _ in 0..2 {
-            let admitted = tokio::time::timeout(WAIT, workers.join_next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
+            let admitted = next(&mut workers).await;
             assert!(matches!(admitted, Admission::Receive), "{admitted:?}");
         }
         assert_eq!(gate.state(), GateState::Closed);
@@ -326,9 +332,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_trial_reopens_the_gate_and_probes_again() {
-        let gate = gate();
-        gate.open(FailureKind::NeedsOperator, "23502");
-        let calls = Arc::new(AtomicUsize::new(0));
+        let (gate, calls) = opened(FailureKind::NeedsOperator, "23502");
         let shutdown = CancellationToken::new();
         let Admission::Trial(trial) = gate.admit(probe(&calls, 0), &shutdown).await else {
             panic!("expected a trial");
@@ -342,9 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_releases_the_prober_and_the_waiters_of_an_open_gate() {
-        let gate = gate();
-        gate.open(FailureKind::Transient, "connection refused");
-        let calls = Arc::new(AtomicUsize::new(0));
+        let (gate, calls) = opened(FailureKind::Transient, "connection refused");
         let shutdown = CancellationToken::new();
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..2 {
@@ -358,11 +360,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         shutdown.cancel();
         for _ in 0..2 {
-            let admitted = tokio::time::timeout(WAIT, workers.join_next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
+            let admitted = next(&mut workers).await;
             assert!(matches!(admitted, Admission::Shutdown), "{admitted:?}");
         }
         assert!(calls.load(Ordering::SeqCst) >= 2);

@@ -45,33 +45,26 @@ mod tests {
 
     const VISIBILITY: Duration = Duration::from_secs(30);
 
+    /// `keep_step` after `elapsed` seconds of a 30 s visibility timeout.
+    fn after(elapsed: u64) -> KeepStep {
+        keep_step(Duration::from_secs(elapsed), VISIBILITY)
+    }
+
     #[test]
     fn a_fresh_batch_goes_on() {
         assert_eq!(keep_step(Duration::ZERO, VISIBILITY), KeepStep::Go);
-        assert_eq!(keep_step(Duration::from_secs(14), VISIBILITY), KeepStep::Go);
+        assert_eq!(after(14), KeepStep::Go);
     }
 
     #[test]
     fn half_the_visibility_gone_asks_for_an_extension() {
-        assert_eq!(
-            keep_step(Duration::from_secs(15), VISIBILITY),
-            KeepStep::Extend
-        );
-        assert_eq!(
-            keep_step(Duration::from_secs(23), VISIBILITY),
-            KeepStep::Extend
-        );
+        assert_eq!(after(15), KeepStep::Extend);
+        assert_eq!(after(23), KeepStep::Extend);
     }
 
     #[test]
     fn a_visibility_about_to_run_out_gives_the_messages_back() {
-        assert_eq!(
-            keep_step(Duration::from_secs(24), VISIBILITY),
-            KeepStep::GiveBack
-        );
-        assert_eq!(
-            keep_step(Duration::from_secs(90), VISIBILITY),
-            KeepStep::GiveBack
-        );
+        assert_eq!(after(24), KeepStep::GiveBack);
+        assert_eq!(after(90), KeepStep::GiveBack);
     }
 }

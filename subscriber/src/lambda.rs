@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_sqs::types::MessageAttributeValue;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -51,50 +51,36 @@ pub const STORE_UNAVAILABLE: &str = "store_unavailable";
 pub(crate) const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An SQS event as an event-source mapping delivers it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct SqsEvent {
-    #[serde(rename = "Records", default)]
+    #[serde(rename = "Records")]
     pub records: Vec<SqsEventRecord>,
 }
 
 /// One message of an [`SqsEvent`]; every field optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct SqsEventRecord {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt_handle: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// System attributes (`ApproximateReceiveCount`, `SentTimestamp`, …), strings.
-    #[serde(default)]
     pub attributes: BTreeMap<String, Value>,
-    #[serde(default)]
     pub message_attributes: BTreeMap<String, SqsMessageAttribute>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub md5_of_body: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_source: Option<String>,
-    #[serde(
-        rename = "eventSourceARN",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "eventSourceARN")]
     pub event_source_arn: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_region: Option<String>,
 }
 
 /// A message attribute in the Lambda event's shape.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct SqsMessageAttribute {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub string_value: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary_value: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_type: Option<String>,
 }
 

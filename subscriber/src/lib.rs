@@ -32,7 +32,8 @@
 //! - [`readiness`] — `/readyz`'s checks, on a one-connection pool of their own.
 //! - [`secret`] — the database URL from Secrets Manager (`subscriber-lambda`), re-read
 //!   when PostgreSQL refuses the credentials.
-//! - [`status`] — `subscriber status`: is the analytics store in sync, what is parked.
+//! - [`status`] — what `replay status` shows: is the analytics store in sync, what is
+//!   parked and why.
 //! - [`lambda`] — the `subscriber-lambda` handler: SQS event → [`batch::process_batch`]
 //!   → partial batch response, with its own lenient event types and a lazily created
 //!   pool per execution environment.

@@ -17,9 +17,7 @@ use time::OffsetDateTime;
 /// sees every series before the first park. Built from the codes' own definitions, so
 /// it cannot drift from them.
 pub(crate) fn park_reasons() -> impl Iterator<Item = &'static str> {
-    contracts::DecodeError::REASON_CODES.into_iter().chain([
-        crate::envelope::BAD_SNS_ENVELOPE,
-        crate::envelope::FOREIGN_TOPIC,
+    crate::envelope::BodyError::reason_codes().chain([
         crate::batch::APPLY_REJECTED,
         crate::lambda::STORE_UNAVAILABLE,
     ])

@@ -15,7 +15,7 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
 };
 use runtime::backoff::Backoff;
-use runtime::batch::{EntryResult, RetryPolicy, entry_results_of};
+use runtime::batch::{BatchOutput, EntryResult, RetryPolicy};
 use tracing::{debug, error, instrument, warn};
 use url::Url;
 
@@ -425,17 +425,12 @@ impl SqsQueue {
                         .expect("id and receipt handle are set")
                 })
                 .collect();
+            let call = self.client.delete_message_batch().queue_url(queue_url);
+            let call = call.set_entries(Some(entries)).send();
             async move {
-                let output = self
-                    .client
-                    .delete_message_batch()
-                    .queue_url(queue_url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error(Operation::Delete, queue_url, e))?;
-                let successful = output.successful().iter().map(|s| s.id());
-                Ok(entry_results_of(&indexes, successful, output.failed()))
+                let output = call.await;
+                let output = output.map_err(|e| sdk_error(Operation::Delete, queue_url, e))?;
+                Ok(output.results(&indexes))
             }
         })
         .await
@@ -465,35 +460,17 @@ impl SqsQueue {
                         visibility_entry(i, message, delay)
                     })
                     .collect();
+                let call = self.client.change_message_visibility_batch();
+                let call = call.queue_url(queue_url).set_entries(Some(entries)).send();
                 async move {
-                    let output = self
-                        .client
-                        .change_message_visibility_batch()
-                        .queue_url(queue_url)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await
-                        .map_err(|e| sdk_error(Operation::ChangeVisibility, queue_url, e))?;
-                    let successful = output.successful().iter().map(|s| s.id());
-                    Ok(entry_results_of(&indexes, successful, output.failed()))
+                    let output = call.await;
+                    let output =
+                        output.map_err(|e| sdk_error(Operation::ChangeVisibility, queue_url, e))?;
+                    Ok(output.results(&indexes))
                 }
             },
         )
         .await
-    }
-
-    /// Sends a copy of `message` to the DLQ ([`DeadLetterQueue::send`]). Does not
-    /// delete it.
-    ///
-    /// # Errors
-    /// [`QueueError::Sdk`]; the message must then stay on the main queue.
-    pub async fn send_to_dlq(
-        &self,
-        message: &ReceivedMessage,
-        reason_code: &'static str,
-        detail: &str,
-    ) -> Result<(), QueueError> {
-        self.dlq.send(message, reason_code, detail).await
     }
 }
 
@@ -614,17 +591,16 @@ impl Parker for SqsQueue {
         }
     }
 
-    /// Sends to the DLQ first and deletes from the main queue after, so a crash in
-    /// between leaves a duplicate in the DLQ, never a lost message.
-    #[instrument(skip_all, fields(message_id = %message.message_id, reason = reason_code))]
+    /// Parks in the DLQ first ([`DeadLetterQueue`]'s `park`) and deletes from the main
+    /// queue after, so a crash in between leaves a duplicate in the DLQ, never a lost
+    /// message.
     async fn park(
         &self,
         message: &ReceivedMessage,
-        reason_code: &'static str,
+        reason: &'static str,
         detail: &str,
     ) -> Result<(), QueueError> {
-        self.send_to_dlq(message, reason_code, detail).await?;
-        crate::metrics::metrics().parked(&message.message_id, reason_code, detail, self.dlq.url());
+        self.dlq.park(message, reason, detail).await?;
         if let Err(e) = self.delete_batch(&[message]).await {
             // It is safe in the DLQ; if it comes back it is parked again (a duplicate
             // in the DLQ, which a redrive applies idempotently).
@@ -716,16 +692,8 @@ async fn read_visibility_timeout(
     client: &Client,
     queue_url: &str,
 ) -> Result<Option<Duration>, QueueError> {
-    let output = client
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(QueueAttributeName::VisibilityTimeout)
-        .send()
-        .await
-        .map_err(|e| sdk_error(Operation::GetQueueAttributes, queue_url, e))?;
-    Ok(output
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
+    let secs = read_attribute(client, queue_url, QueueAttributeName::VisibilityTimeout).await?;
+    Ok(secs
         .and_then(|secs| secs.parse::<u64>().ok())
         .map(Duration::from_secs))
 }
@@ -734,17 +702,23 @@ async fn read_redrive_policy(
     client: &Client,
     queue_url: &str,
 ) -> Result<Option<String>, QueueError> {
+    read_attribute(client, queue_url, QueueAttributeName::RedrivePolicy).await
+}
+
+/// One attribute of a queue (`GetQueueAttributes`); `None` when the queue has none.
+async fn read_attribute(
+    client: &Client,
+    queue_url: &str,
+    name: QueueAttributeName,
+) -> Result<Option<String>, QueueError> {
     let output = client
         .get_queue_attributes()
         .queue_url(queue_url)
-        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .attribute_names(name.clone())
         .send()
         .await
         .map_err(|e| sdk_error(Operation::GetQueueAttributes, queue_url, e))?;
-    Ok(output
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-        .cloned())
+    Ok(output.attributes().and_then(|a| a.get(&name)).cloned())
 }
 
 /// The URL of the DLQ a RedrivePolicy names.

@@ -35,7 +35,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             aws_sdk_sqs::Client::new(&aws),
             Some(config.failure_queue_url.to_string()),
         ),
-        emit: config.schema_version.into(),
+        emit: config.emit.schema_version.into(),
         table: config.table,
         deadline_margin: config.deadline_margin,
     };
