@@ -22,11 +22,12 @@ use runtime::aws::Clients;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Row};
 use stack::bootstrap::{Names, Resources, bootstrap};
-use stack::demo::ProfileWriter;
+use stack::demo::{ProfileWriter, Traffic, TrafficPlan};
 use tokio::process::{Child, Command};
 
 pub mod operator;
 pub mod outage;
+pub mod stream;
 
 /// A random lowercase id for resource names.
 pub fn random_id() -> String {
@@ -113,6 +114,21 @@ pub fn require_env() -> Result<String> {
         .context("TRIBUTARY_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh")
 }
 
+/// The resource names of the stack with random id `id`.
+fn stack_names(id: &str) -> Names {
+    Names {
+        table: format!("profiles-{id}"),
+        checkpoint_table: format!("checkpoints-{id}"),
+        topic: format!("profile-changes-{id}"),
+        queue: format!("analytics-{id}"),
+        dlq: format!("analytics-dlq-{id}"),
+        failure_queue: format!("publish-failures-{id}"),
+        delivery_dlq: format!("delivery-dlq-{id}"),
+        max_receive_count: 5,
+        visibility_timeout_secs: 30,
+    }
+}
+
 /// One test's private pipeline: table, stream, topic, queues, database.
 #[derive(Debug)]
 pub struct Stack {
@@ -145,17 +161,7 @@ impl Stack {
         let id = random_id();
         let config = runtime::aws::default_sdk_config().await;
         let clients = Clients::new(&config);
-        let names = Names {
-            table: format!("profiles-{id}"),
-            checkpoint_table: format!("checkpoints-{id}"),
-            topic: format!("profile-changes-{id}"),
-            queue: format!("analytics-{id}"),
-            dlq: format!("analytics-dlq-{id}"),
-            failure_queue: format!("publish-failures-{id}"),
-            delivery_dlq: format!("delivery-dlq-{id}"),
-            max_receive_count: 5,
-            visibility_timeout_secs: 30,
-        };
+        let names = stack_names(&id);
         let resources = bootstrap(&clients, &names).await.context("bootstrap")?;
         // Bootstrap is idempotent: running it again finds the same resources.
         let again = bootstrap(&clients, &names)
@@ -173,7 +179,7 @@ impl Stack {
             .send()
             .await?;
         let tap_queue_url = tap.queue_url.context("tap queue url")?;
-        let tap_arn = queue_arn(&clients, &tap_queue_url).await?;
+        let tap_arn = queue_arn_of(&clients, &tap_queue_url).await?;
         clients
             .sns
             .subscribe()
@@ -229,8 +235,35 @@ impl Stack {
         Ok(())
     }
 
+    /// The names the stack was bootstrapped with.
+    pub fn names(&self) -> Names {
+        stack_names(&self.id)
+    }
+
     pub fn writer(&self) -> ProfileWriter {
         ProfileWriter::new(self.clients.dynamodb.clone(), self.resources.table.clone())
+    }
+
+    /// Writes `plan` as the profile service would, seeded so every run writes the same
+    /// traffic, and returns what was written.
+    pub async fn write_traffic(
+        &self,
+        prefix: &str,
+        seed: u64,
+        plan: TrafficPlan,
+    ) -> Result<Traffic> {
+        use rand::SeedableRng;
+        let mut traffic = Traffic::new(prefix);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        traffic
+            .run(
+                &self.writer(),
+                &mut rng,
+                &plan,
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .await?;
+        Ok(traffic)
     }
 
     /// Starts the real `publisher` binary on this stack; extra flags appended.
@@ -243,33 +276,31 @@ impl Stack {
     /// on its own, beside another one.
     pub fn spawn_publisher_on(&self, checkpoint_table: &str, extra: &[&str]) -> Result<Child> {
         let r = &self.resources;
-        let mut cmd = Command::new(bin("publisher")?);
-        cmd.args([
-            "--table",
-            &r.table,
-            "--topic-arn",
-            &r.topic_arn,
-            "--checkpoint-table",
-            checkpoint_table,
-        ])
-        .args([
-            "--failure-queue-url",
-            &r.failure_queue_url,
-            "--lease-ttl-secs",
-            "3",
-            "--idle-poll-max-ms",
-            "300",
-        ])
-        .args(extra)
-        .env("TRIBUTARY_LOG_FORMAT", "text")
-        .env(
-            "RUST_LOG",
-            std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-        self.route_sns_sqs(&mut cmd);
+        let mut cmd =
+            self.publisher_command(&r.table, checkpoint_table, &r.failure_queue_url, extra)?;
         Ok(cmd.spawn()?)
+    }
+
+    /// The `publisher` command [`Stack::spawn_publisher`] runs, reading `table`, keeping
+    /// its checkpoints in `checkpoint_table` and parking into `failure_queue` (the test
+    /// may set more before spawning it).
+    pub fn publisher_command(
+        &self,
+        table: &str,
+        checkpoint_table: &str,
+        failure_queue: &str,
+        extra: &[&str],
+    ) -> Result<Command> {
+        let topic = &self.resources.topic_arn;
+        let mut cmd = Command::new(bin("publisher")?);
+        cmd.args(["--table", table, "--topic-arn", topic])
+            .args(["--checkpoint-table", checkpoint_table])
+            .args(["--failure-queue-url", failure_queue])
+            .args(["--lease-ttl-secs", "3", "--idle-poll-max-ms", "300"])
+            .args(extra);
+        test_logs(&mut cmd);
+        self.route_sns_sqs(&mut cmd);
+        Ok(cmd)
     }
 
     /// Points a binary at [`Stack::sns_sqs_via`], when set.
@@ -282,23 +313,23 @@ impl Stack {
 
     /// Starts the real `subscriber run` on this stack; extra flags appended.
     pub fn spawn_subscriber(&self, extra: &[&str]) -> Result<Child> {
+        Ok(self.subscriber_command("1", extra)?.spawn()?)
+    }
+
+    /// The `subscriber run` command [`Stack::spawn_subscriber`] runs, long-polling for
+    /// `wait_time_secs` (the test may set more before spawning it).
+    pub fn subscriber_command(&self, wait_time_secs: &str, extra: &[&str]) -> Result<Command> {
         let r = &self.resources;
         let mut cmd = Command::new(bin("subscriber")?);
         cmd.arg("run")
             .env("SUBSCRIBER_QUEUE_URL", &r.queue_url)
             .env("SUBSCRIBER_DLQ_URL", &r.dlq_url)
             .env("DATABASE_URL", &self.database_url)
-            .env("SUBSCRIBER_WAIT_TIME_SECS", "1")
-            .env("TRIBUTARY_LOG_FORMAT", "text")
-            .env(
-                "RUST_LOG",
-                std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .args(extra)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+            .env("SUBSCRIBER_WAIT_TIME_SECS", wait_time_secs)
+            .args(extra);
+        test_logs(&mut cmd);
         self.route_sns_sqs(&mut cmd);
-        Ok(cmd.spawn()?)
+        Ok(cmd)
     }
 
     /// Every item in the source table, as the publisher's decoder sees it.
@@ -447,52 +478,63 @@ impl Stack {
                 Instant::now() < deadline,
                 "queue still not drained after {timeout:?}"
             );
-            let msgs = self
-                .clients
-                .sqs
-                .receive_message()
-                .queue_url(queue_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .message_attribute_names("All")
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .send()
-                .await?
-                .messages
-                .unwrap_or_default();
+            let msgs = self.receive(queue_url).await?;
             if msgs.is_empty() {
                 continue;
             }
             last_seen = Instant::now();
-            // One DeleteMessageBatch per receive: moto slows as a queue grows, and ten
-            // single deletes per receive made draining the test's bottleneck.
-            let entries = msgs
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
-                        .build()
-                        .expect("id and handle set")
-                })
-                .collect();
-            let deleted = self
-                .clients
-                .sqs
-                .delete_message_batch()
-                .queue_url(queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await?;
-            anyhow::ensure!(
-                deleted.failed.is_empty(),
-                "delete failed: {:?}",
-                deleted.failed
-            );
+            self.delete_batch(queue_url, &msgs).await?;
             out.extend(msgs);
         }
         Ok(out)
+    }
+
+    /// One receive of up to ten messages (one-second long poll), with every attribute.
+    pub async fn receive(&self, queue_url: &str) -> Result<Vec<Message>> {
+        Ok(self
+            .clients
+            .sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await?
+            .messages
+            .unwrap_or_default())
+    }
+
+    /// Deletes received messages (at most ten) with one `DeleteMessageBatch`: moto slows
+    /// as a queue grows, and ten single deletes per receive made draining the test's
+    /// bottleneck.
+    pub async fn delete_batch(&self, queue_url: &str, msgs: &[Message]) -> Result<()> {
+        let entries = msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
+                    .build()
+                    .expect("id and handle set")
+            })
+            .collect();
+        let deleted = self
+            .clients
+            .sqs
+            .delete_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            deleted.failed.is_empty(),
+            "delete failed: {:?}",
+            deleted.failed
+        );
+        Ok(())
     }
 
     /// Sends bodies to the subscriber's queue, ten at a time.
@@ -553,6 +595,65 @@ impl Stack {
         Ok(name)
     }
 
+    /// The ARN of one of the stack's queues.
+    pub async fn queue_arn(&self, url: &str) -> Result<String> {
+        queue_arn_of(&self.clients, url).await
+    }
+
+    /// Writes one raw item into the source table.
+    pub async fn put_item(&self, item: std::collections::HashMap<String, DdbValue>) -> Result<()> {
+        self.clients
+            .dynamodb
+            .put_item()
+            .table_name(&self.resources.table)
+            .set_item(Some(item))
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// Sends one raw body (e.g. poison: `"not an event"`) to the subscriber's queue.
+    pub async fn send_raw(&self, body: &str) -> Result<()> {
+        self.clients
+            .sqs
+            .send_message()
+            .queue_url(&self.resources.queue_url)
+            .message_body(body)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// Takes (receives and deletes) messages from `url` until at least `count` have
+    /// come, each round draining until `quiet`; fails after `timeout`.
+    pub async fn take_at_least(
+        &self,
+        url: &str,
+        count: usize,
+        quiet: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<Message>> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < count {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {count} messages arrived in {url} after {timeout:?}",
+                got.len()
+            );
+            got.extend(self.drain(url, quiet, timeout).await?);
+        }
+        Ok(got)
+    }
+
+    /// Waits until [`Stack::queue_depth`] of `url` is `depth`.
+    pub async fn wait_depth(&self, url: &str, depth: u64, timeout: Duration) -> Result<()> {
+        eventually(&format!("{depth} messages in {url}"), timeout, || async {
+            Ok((self.queue_depth(url).await? == depth).then_some(()))
+        })
+        .await
+    }
+
     /// Visible plus in-flight messages of a queue.
     pub async fn queue_depth(&self, queue_url: &str) -> Result<u64> {
         let attrs = self
@@ -577,7 +678,7 @@ impl Stack {
     }
 }
 
-async fn queue_arn(clients: &Clients, url: &str) -> Result<String> {
+async fn queue_arn_of(clients: &Clients, url: &str) -> Result<String> {
     clients
         .sqs
         .get_queue_attributes()
@@ -681,6 +782,68 @@ pub fn signal(child: &Child, sig: &str) -> Result<()> {
         .args([&format!("-{sig}"), &pid.to_string()])
         .status()?;
     anyhow::ensure!(status.success(), "kill -{sig} {pid} failed");
+    Ok(())
+}
+
+/// The log level the binaries run at: `TRIBUTARY_TEST_LOG`, else `warn`.
+pub fn test_log_level() -> String {
+    std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+/// What every binary a test starts gets: text logs at [`test_log_level`], no standard
+/// in, killed when dropped.
+pub fn test_logs(cmd: &mut Command) -> &mut Command {
+    cmd.env("TRIBUTARY_LOG_FORMAT", "text")
+        .env("RUST_LOG", test_log_level())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+}
+
+/// The workspace binary `name` with `args`, set up by [`test_logs`].
+pub fn bin_command(name: &str, args: &[&str]) -> Result<Command> {
+    let mut cmd = Command::new(bin(name)?);
+    cmd.args(args);
+    test_logs(&mut cmd);
+    Ok(cmd)
+}
+
+/// Runs `cmd` to the end, bounded by `timeout`, returning its output.
+pub async fn run_to_end(mut cmd: Command, timeout: Duration) -> Result<std::process::Output> {
+    tokio::time::timeout(timeout, cmd.output())
+        .await
+        .context("the command did not finish")?
+        .context("the command did not start")
+}
+
+/// A finished command's standard out followed by its standard error.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A string message attribute of a received SQS message, when it has one.
+pub fn message_attr_opt(m: &Message, name: &str) -> Option<String> {
+    m.message_attributes
+        .as_ref()
+        .and_then(|a| a.get(name))
+        .and_then(|v| v.string_value.clone())
+}
+
+/// A string message attribute of a received SQS message (empty when absent).
+pub fn message_attr(m: &Message, name: &str) -> String {
+    message_attr_opt(m, name).unwrap_or_default()
+}
+
+/// Sends SIGTERM and asserts the process exits with status 0 within `timeout`.
+pub async fn stops_cleanly(child: &mut Child, timeout: Duration) -> Result<()> {
+    let code = terminate(child, timeout).await?;
+    anyhow::ensure!(
+        code == Some(0),
+        "exit status after SIGTERM: {code:?}, expected Some(0)"
+    );
     Ok(())
 }
 

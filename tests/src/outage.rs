@@ -83,3 +83,98 @@ impl Drop for CutProxy {
         self.task.abort();
     }
 }
+
+/// A TCP proxy to an upstream (`host:port`) that can freeze: from
+/// [`FreezeProxy::freeze`] on it forwards nothing more in either direction on any
+/// connection, old or new, and closes none (a half-open peer, one that stopped
+/// answering mid-run behind a pooled connection), so a call through it hangs.
+#[derive(Debug)]
+pub struct FreezeProxy {
+    pub addr: SocketAddr,
+    frozen: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezeProxy {
+    /// Listens on a free loopback port.
+    pub async fn start(upstream: impl std::fmt::Display) -> Result<FreezeProxy> {
+        FreezeProxy::start_on(0, upstream).await
+    }
+
+    /// Listens on loopback port `port` (0: any free one).
+    pub async fn start_on(port: u16, upstream: impl std::fmt::Display) -> Result<FreezeProxy> {
+        let upstream = upstream.to_string();
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let frozen = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&frozen);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let flag = Arc::clone(&flag);
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if flag.load(Ordering::SeqCst) {
+                        // Held open, never answered.
+                        let _held = client;
+                        std::future::pending::<()>().await;
+                        return;
+                    }
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pump(client_read, server_write, Arc::clone(&flag)),
+                        pump(server_read, client_write, flag)
+                    );
+                });
+            }
+        });
+        Ok(FreezeProxy { addr, frozen, task })
+    }
+
+    /// `http://` and the proxy's address: the endpoint URL to hand a binary.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// From now on nothing is forwarded, and nothing is closed.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FreezeProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies bytes until end of stream, or holds both ends forever once `frozen` is set.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if frozen.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

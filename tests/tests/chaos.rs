@@ -35,9 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use e2e::outage::CutProxy;
-use e2e::{PrivatePostgres, Stack, signal, terminate};
+use e2e::{PrivatePostgres, Stack, signal, stops_cleanly, terminate};
 use publisher::record::{Origin, to_event};
 use publisher::stream::{StartAt, StreamReader};
 use rand::rngs::StdRng;
@@ -123,39 +122,11 @@ async fn run_tap(
 ) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     while !stop.is_cancelled() {
-        let msgs = stack
-            .clients
-            .sqs
-            .receive_message()
-            .queue_url(&stack.tap_queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await?
-            .messages
-            .unwrap_or_default();
+        let msgs = stack.receive(&stack.tap_queue_url).await?;
         if msgs.is_empty() {
             continue;
         }
-        let entries = msgs
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        stack
-            .clients
-            .sqs
-            .delete_message_batch()
-            .queue_url(&stack.tap_queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await?;
+        stack.delete_batch(&stack.tap_queue_url, &msgs).await?;
         let bodies: Vec<String> = msgs.into_iter().filter_map(|m| m.body).collect();
         let dups: Vec<String> = bodies
             .iter()
@@ -275,11 +246,7 @@ async fn parked(stack: &Stack, url: &str) -> Result<BTreeMap<String, usize>> {
         .drain(url, Duration::from_secs(2), Duration::from_secs(120))
         .await?
     {
-        let reason = m
-            .message_attributes
-            .as_ref()
-            .and_then(|a| a.get("tributary-reason"))
-            .and_then(|v| v.string_value.clone())
+        let reason = e2e::message_attr_opt(&m, "tributary-reason")
             .unwrap_or_else(|| "none (redriven by maxReceiveCount)".into());
         *out.entry(reason).or_default() += 1;
     }
@@ -564,18 +531,9 @@ async fn chaos_run_loses_nothing_and_applies_nothing_twice() -> Result<()> {
         terminate(&mut zombie, Duration::from_secs(30)).await?;
     }
     // All three still stop cleanly after all that.
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(30)).await?,
-        Some(0)
-    );
-    assert_eq!(
-        terminate(&mut old_publisher, Duration::from_secs(30)).await?,
-        Some(0)
-    );
-    assert_eq!(
-        terminate(&mut subscriber, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
+    stops_cleanly(&mut old_publisher, Duration::from_secs(30)).await?;
+    stops_cleanly(&mut subscriber, Duration::from_secs(30)).await?;
     let stack = Arc::into_inner(stack).context("stack still shared")?;
     stack.teardown().await?;
     drop(pg);

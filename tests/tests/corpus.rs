@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue as Ddb;
 use base64::Engine;
-use e2e::{Stack, eventually, terminate};
+use e2e::{Stack, eventually, stops_cleanly};
 use publisher::record::{AttributeValue, Item, Origin, StreamRecord, project, to_event};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -83,15 +83,9 @@ fn the_corpus_has_at_least_fifty_files_each_named_for_a_known_reason() {
         "{} files",
         sub.len() + table.len() + records.len()
     );
-    let known_sub = [
-        "malformed_json",
-        "schema_mismatch",
-        "unsupported_schema_version",
-        "missing_schema_version",
-        "invalid_event",
-        "bad_sns_envelope",
-        APPLY_REJECTED,
-    ];
+    let known_sub: Vec<&str> = subscriber::envelope::BodyError::reason_codes()
+        .chain([APPLY_REJECTED])
+        .collect();
     for c in &sub {
         assert!(known_sub.contains(&c.reason.as_str()), "{c:?}");
     }
@@ -400,10 +394,7 @@ async fn every_corpus_body_sent_among_good_traffic_is_parked_with_its_reason() -
 
     // No panic, no stall: the subscriber is still running and stops cleanly.
     assert!(subscriber.try_wait()?.is_none(), "the subscriber died");
-    assert_eq!(
-        terminate(&mut subscriber, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut subscriber, Duration::from_secs(30)).await?;
     stack.teardown().await
 }
 
@@ -494,9 +485,6 @@ async fn every_corpus_item_written_to_the_table_is_parked_or_published_as_expect
     assert_eq!(published, want_published);
 
     assert!(publisher.try_wait()?.is_none(), "the publisher died");
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
     stack.teardown().await
 }

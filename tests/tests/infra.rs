@@ -4,11 +4,11 @@
 #![cfg(feature = "e2e")]
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_sdk_sqs::types::QueueAttributeName;
-use e2e::{Stack, eventually};
+use e2e::{Stack, eventually, message_attr};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use stack::demo::ProfileItem;
@@ -23,45 +23,11 @@ fn emulator() -> String {
     std::env::var("TRIBUTARY_SNS_SQS_EMULATOR").unwrap_or_default()
 }
 
-async fn queue_arn(stack: &Stack, url: &str) -> Result<String> {
-    stack
-        .clients
-        .sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await?
-        .attributes
-        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-        .context("no QueueArn")
-}
-
 /// Takes messages from `url` until `count` have come, or fails after [`CONVERGE`].
 async fn take(stack: &Stack, url: &str, count: usize) -> Result<Vec<aws_sdk_sqs::types::Message>> {
-    let deadline = Instant::now() + CONVERGE;
-    let mut got = Vec::new();
-    while got.len() < count {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {count} messages arrived in {url} after {CONVERGE:?}",
-            got.len()
-        );
-        got.extend(
-            stack
-                .drain(url, Duration::from_millis(500), CONVERGE)
-                .await?,
-        );
-    }
-    Ok(got)
-}
-
-fn reason(m: &aws_sdk_sqs::types::Message) -> String {
-    m.message_attributes
-        .as_ref()
-        .and_then(|a| a.get("tributary-reason"))
-        .and_then(|v| v.string_value.clone())
-        .unwrap_or_default()
+    stack
+        .take_at_least(url, count, Duration::from_millis(500), CONVERGE)
+        .await
 }
 
 #[tokio::test]
@@ -104,8 +70,8 @@ async fn an_item_holding_characters_sqs_refuses_replicates_exactly() -> Result<(
     let event: serde_json::Value = serde_json::from_str(awkward)?;
     assert_eq!(event["data"]["display_name"], AWKWARD);
 
-    assert_eq!(e2e::terminate(&mut publisher, CONVERGE).await?, Some(0));
-    assert_eq!(e2e::terminate(&mut subscriber, CONVERGE).await?, Some(0));
+    e2e::stops_cleanly(&mut publisher, CONVERGE).await?;
+    e2e::stops_cleanly(&mut subscriber, CONVERGE).await?;
     stack.teardown().await
 }
 
@@ -128,7 +94,7 @@ async fn bootstrap_gives_the_subscription_a_delivery_dlq_only_the_topic_may_send
             .get("RedrivePolicy")
             .context("the subscription has no RedrivePolicy")?,
     )?;
-    let dlq_arn = queue_arn(&stack, &r.delivery_dlq_url).await?;
+    let dlq_arn = stack.queue_arn(&r.delivery_dlq_url).await?;
     assert_eq!(redrive["deadLetterTargetArn"], dlq_arn.as_str());
     assert_ne!(r.delivery_dlq_url, r.dlq_url, "a queue of its own");
 
@@ -192,7 +158,7 @@ async fn an_event_sns_could_not_deliver_waits_in_the_delivery_dlq_and_replay_ret
     // The queue comes back (bootstrap is idempotent: same name, same URL).
     let config = runtime::aws::default_sdk_config().await;
     let clients = runtime::aws::Clients::new(&config);
-    let again = stack::bootstrap::bootstrap(&clients, &names(&stack)).await?;
+    let again = stack::bootstrap::bootstrap(&clients, &stack.names()).await?;
     assert_eq!(again.queue_url, r.queue_url);
     let out = tokio::process::Command::new(e2e::bin("replay")?)
         .args([
@@ -213,25 +179,9 @@ async fn an_event_sns_could_not_deliver_waits_in_the_delivery_dlq_and_replay_ret
     let mut subscriber = stack.spawn_subscriber(&[])?;
     stack.wait_converged(CONVERGE).await?;
     assert_eq!(stack.queue_depth(&r.delivery_dlq_url).await?, 0);
-    assert_eq!(e2e::terminate(&mut publisher, CONVERGE).await?, Some(0));
-    assert_eq!(e2e::terminate(&mut subscriber, CONVERGE).await?, Some(0));
+    e2e::stops_cleanly(&mut publisher, CONVERGE).await?;
+    e2e::stops_cleanly(&mut subscriber, CONVERGE).await?;
     stack.teardown().await
-}
-
-/// The names the stack was bootstrapped with (see `Stack::on_server`).
-fn names(stack: &Stack) -> stack::bootstrap::Names {
-    let id = &stack.id;
-    stack::bootstrap::Names {
-        table: format!("profiles-{id}"),
-        checkpoint_table: format!("checkpoints-{id}"),
-        topic: format!("profile-changes-{id}"),
-        queue: format!("analytics-{id}"),
-        dlq: format!("analytics-dlq-{id}"),
-        delivery_dlq: format!("delivery-dlq-{id}"),
-        failure_queue: format!("publish-failures-{id}"),
-        max_receive_count: 5,
-        visibility_timeout_secs: 30,
-    }
 }
 
 #[tokio::test]
@@ -270,10 +220,13 @@ async fn an_sns_envelope_from_another_topic_is_parked_and_one_from_the_topic_app
 
     let parked = take(&stack, &r.dlq_url, 1).await?;
     assert_eq!(parked[0].body.as_deref(), Some(foreign_body.as_str()));
-    assert_eq!(reason(&parked[0]), "foreign_topic");
+    assert_eq!(
+        message_attr(&parked[0], "tributary-reason"),
+        "foreign_topic"
+    );
     stack.wait_converged(CONVERGE).await?;
     assert!(!stack.analytics_rows().await?.contains_key("forged-1"));
-    assert_eq!(e2e::terminate(&mut subscriber, CONVERGE).await?, Some(0));
+    e2e::stops_cleanly(&mut subscriber, CONVERGE).await?;
     stack.teardown().await
 }
 
@@ -367,7 +320,7 @@ async fn a_key_frozen_by_a_forged_version_is_reset_by_the_documented_repair() ->
     .fetch_one(&stack.pool)
     .await?;
     assert_eq!(forged_history, 0);
-    assert_eq!(e2e::terminate(&mut publisher, CONVERGE).await?, Some(0));
-    assert_eq!(e2e::terminate(&mut subscriber, CONVERGE).await?, Some(0));
+    e2e::stops_cleanly(&mut publisher, CONVERGE).await?;
+    e2e::stops_cleanly(&mut subscriber, CONVERGE).await?;
     stack.teardown().await
 }

@@ -13,9 +13,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use aws_sdk_dynamodbstreams::types as st;
-use base64::Engine as _;
-use e2e::{Stack, eventually};
+use e2e::stream::stream_record_json;
+use e2e::{Stack, eventually, message_attr};
 use publisher::lambda::{PublisherLambda, StreamEvent};
 use publisher::park::{FailureQueue, ParkedRecord};
 use publisher::sink::SnsSink;
@@ -55,6 +54,14 @@ fn publisher_handler(stack: &Stack, topic_arn: &str, failure_queue_url: &str) ->
     }
 }
 
+fn dead_letter_queue(stack: &Stack, dlq_url: &str) -> DeadLetterQueue {
+    DeadLetterQueue::new(
+        stack.clients.sqs.clone(),
+        dlq_url.to_owned(),
+        MAX_MESSAGE_BYTES,
+    )
+}
+
 fn subscriber_handler(stack: &Stack, dlq_url: &str) -> SubscriberLambda {
     // The options the binary uses: the URL's, plus the consumer's session settings.
     let connect = stack
@@ -66,11 +73,7 @@ fn subscriber_handler(stack: &Stack, dlq_url: &str) -> SubscriberLambda {
     SubscriberLambda::new(
         connect,
         2,
-        DeadLetterQueue::new(
-            stack.clients.sqs.clone(),
-            dlq_url.to_owned(),
-            MAX_MESSAGE_BYTES,
-        ),
+        dead_letter_queue(stack, dlq_url),
         Duration::from_secs(1),
     )
 }
@@ -86,20 +89,9 @@ async fn take(
     queue_url: &str,
     count: usize,
 ) -> Result<Vec<aws_sdk_sqs::types::Message>> {
-    let deadline = Instant::now() + WAIT;
-    let mut got = Vec::new();
-    while got.len() < count {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {count} messages arrived",
-            got.len()
-        );
-        got.extend(
-            stack
-                .drain(queue_url, Duration::from_millis(300), WAIT)
-                .await?,
-        );
-    }
+    let got = stack
+        .take_at_least(queue_url, count, Duration::from_millis(300), WAIT)
+        .await?;
     anyhow::ensure!(
         got.len() == count,
         "{} messages, expected {count}",
@@ -192,26 +184,12 @@ async fn subscriber_lambda_backs_off_through_a_database_outage_and_dead_letters_
         .port(proxy.addr.port())
         .options(subscriber::config::SESSION_SETTINGS);
     let queue_url = stack.resources.queue_url.clone();
-    let queue_arn = stack
-        .clients
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await?
-        .attributes
-        .and_then(|mut a| a.remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
-        .context("QueueArn")?;
+    let queue_arn = stack.queue_arn(&queue_url).await?;
     // No SUBSCRIBER_QUEUE_URL: the queue is resolved from the records' eventSourceARN.
     let handler = SubscriberLambda::new(
         connect,
         2,
-        DeadLetterQueue::new(
-            stack.clients.sqs.clone(),
-            stack.resources.dlq_url.clone(),
-            MAX_MESSAGE_BYTES,
-        ),
+        dead_letter_queue(&stack, &stack.resources.dlq_url),
         Duration::from_secs(1),
     );
     let event_of = |messages: &[aws_sdk_sqs::types::Message], receive_count: Option<&str>| {
@@ -343,11 +321,7 @@ async fn subscriber_lambda_reads_a_rotated_database_secret_again_without_a_redep
     let handler = SubscriberLambda::new(
         at_start.consumer_connect_options()?,
         2,
-        DeadLetterQueue::new(
-            stack.clients.sqs.clone(),
-            stack.resources.dlq_url.clone(),
-            MAX_MESSAGE_BYTES,
-        ),
+        dead_letter_queue(&stack, &stack.resources.dlq_url),
         Duration::from_secs(1),
     )
     .with_queue_url(Some(stack.resources.queue_url.clone()))
@@ -380,112 +354,13 @@ async fn subscriber_lambda_reads_a_rotated_database_secret_again_without_a_redep
     stack.teardown().await
 }
 
-/// A stream attribute value in DynamoDB JSON, as Lambda's stream event carries it.
-fn ddb_json(v: &st::AttributeValue) -> Value {
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    match v {
-        st::AttributeValue::S(s) => json!({ "S": s }),
-        st::AttributeValue::N(n) => json!({ "N": n }),
-        st::AttributeValue::B(b) => json!({ "B": b64(b.as_ref()) }),
-        st::AttributeValue::Bool(b) => json!({ "BOOL": b }),
-        st::AttributeValue::Null(b) => json!({ "NULL": b }),
-        st::AttributeValue::M(m) => json!({ "M": item_json(m) }),
-        st::AttributeValue::L(l) => json!({ "L": l.iter().map(ddb_json).collect::<Vec<_>>() }),
-        st::AttributeValue::Ss(v) => json!({ "SS": v }),
-        st::AttributeValue::Ns(v) => json!({ "NS": v }),
-        st::AttributeValue::Bs(v) => {
-            json!({ "BS": v.iter().map(|b| b64(b.as_ref())).collect::<Vec<_>>() })
-        }
-        other => panic!("attribute type not expected from the test's items: {other:?}"),
-    }
-}
-
-fn item_json(item: &HashMap<String, st::AttributeValue>) -> Value {
-    Value::Object(item.iter().map(|(k, v)| (k.clone(), ddb_json(v))).collect())
-}
-
-/// A record as DynamoDB Streams' `GetRecords` returned it, in the shape Lambda's
-/// DynamoDB event carries it.
-fn stream_record_json(r: &st::Record, stream_arn: &str) -> Value {
-    let d = r.dynamodb.as_ref().unwrap();
-    let mut data = json!({
-        "Keys": item_json(d.keys.as_ref().unwrap()),
-        "SequenceNumber": d.sequence_number,
-        "SizeBytes": d.size_bytes,
-        "StreamViewType": d.stream_view_type.as_ref().map(|t| t.as_str()),
-    });
-    if let Some(t) = d.approximate_creation_date_time {
-        data["ApproximateCreationDateTime"] = json!(t.secs());
-    }
-    if let Some(i) = &d.new_image {
-        data["NewImage"] = item_json(i);
-    }
-    if let Some(i) = &d.old_image {
-        data["OldImage"] = item_json(i);
-    }
-    json!({
-        "eventID": r.event_id,
-        "eventName": r.event_name.as_ref().map(|n| n.as_str()),
-        "eventVersion": r.event_version,
-        "eventSource": "aws:dynamodb",
-        "awsRegion": r.aws_region,
-        "eventSourceARN": stream_arn,
-        "dynamodb": data,
-    })
-}
-
-/// Every record the table's stream holds, read with the real Streams API, once at least
-/// `count` are there.
-async fn stream_records(stack: &Stack, count: usize) -> Result<Vec<st::Record>> {
-    let streams = &stack.clients.streams;
-    let arn = &stack.resources.stream_arn;
-    eventually("the stream's records", WAIT, || async {
-        let shards = streams
-            .describe_stream()
-            .stream_arn(arn)
-            .send()
-            .await?
-            .stream_description
-            .and_then(|d| d.shards)
-            .unwrap_or_default();
-        let mut records = Vec::new();
-        for shard in shards {
-            let mut iterator = streams
-                .get_shard_iterator()
-                .stream_arn(arn)
-                .shard_id(shard.shard_id.unwrap_or_default())
-                .shard_iterator_type(st::ShardIteratorType::TrimHorizon)
-                .send()
-                .await?
-                .shard_iterator;
-            while let Some(it) = iterator {
-                let out = streams.get_records().shard_iterator(it).send().await?;
-                let got = out.records.unwrap_or_default();
-                if got.is_empty() {
-                    break;
-                }
-                records.extend(got);
-                iterator = out.next_shard_iterator;
-            }
-        }
-        Ok((records.len() >= count).then_some(records))
-    })
-    .await
-}
-
 async fn parked_records(stack: &Stack, count: usize) -> Result<Vec<(ParkedRecord, String)>> {
     let messages = take(stack, &stack.resources.failure_queue_url, count).await?;
     messages
         .iter()
         .map(|m| {
             let record: ParkedRecord = serde_json::from_str(m.body.as_deref().unwrap_or(""))?;
-            let reason = m
-                .message_attributes
-                .as_ref()
-                .and_then(|a| a.get("tributary-reason"))
-                .and_then(|v| v.string_value.clone())
-                .unwrap_or_default();
-            Ok((record, reason))
+            Ok((record, message_attr(m, "tributary-reason")))
         })
         .collect()
 }
@@ -660,7 +535,7 @@ async fn both_handlers_carry_what_the_dynamodb_local_stream_produced() -> Result
         )
         .await?;
     let total = traffic.stats.total() as usize;
-    let records = stream_records(&stack, total).await?;
+    let records = stack.stream_records(total, WAIT).await?;
     assert_eq!(records.len(), total);
     let mut records: Vec<Value> = records
         .iter()
@@ -740,13 +615,7 @@ async fn subscriber_lambda_applies_the_documented_samples_and_reports_exactly_th
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     let parked = take(&stack, &r.dlq_url, 3).await?;
     for m in &parked {
-        let attrs = m.message_attributes.clone().unwrap_or_default();
-        let attr = |name: &str| {
-            attrs
-                .get(name)
-                .and_then(|v| v.string_value.clone())
-                .unwrap_or_default()
-        };
+        let attr = |name: &str| message_attr(m, name);
         let source_id = attr("tributary-source-message-id");
         assert_eq!(
             attr("tributary-reason"),

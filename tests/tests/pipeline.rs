@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use e2e::{Stack, eventually, terminate};
+use e2e::{Stack, eventually, stops_cleanly};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -59,12 +59,7 @@ async fn take_all(stack: &Stack, queue_url: &str, count: usize) -> Result<Vec<St
 /// Writes `plan` as the profile service would, seeded so every run writes the same
 /// traffic, and returns what was written.
 async fn write(stack: &Stack, prefix: &str, seed: u64, plan: TrafficPlan) -> Result<Traffic> {
-    let mut traffic = Traffic::new(prefix);
-    let mut rng = StdRng::seed_from_u64(seed);
-    traffic
-        .run(&stack.writer(), &mut rng, &plan, &CancellationToken::new())
-        .await?;
-    Ok(traffic)
+    stack.write_traffic(prefix, seed, plan).await
 }
 
 /// A stream sequence number (a decimal string of up to 40 digits, beyond u128),
@@ -83,10 +78,7 @@ impl Seq {
 }
 
 async fn wait_queue_empty(stack: &Stack, url: &str) -> Result<()> {
-    eventually("the queue to empty", CONVERGE, || async {
-        Ok((stack.queue_depth(url).await? == 0).then_some(()))
-    })
-    .await
+    stack.wait_depth(url, 0, CONVERGE).await
 }
 
 #[tokio::test]
@@ -119,14 +111,8 @@ async fn creates_updates_and_deletes_replicate_and_both_stop_cleanly_on_sigterm(
     .await?;
     assert_eq!(stack.history_counts().await?, (total, total));
 
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(20)).await?,
-        Some(0)
-    );
-    assert_eq!(
-        terminate(&mut subscriber, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut publisher, Duration::from_secs(20)).await?;
+    stops_cleanly(&mut subscriber, Duration::from_secs(30)).await?;
     stack.teardown().await
 }
 
@@ -297,12 +283,7 @@ async fn poison_messages_are_parked_with_a_reason_and_good_ones_apply() -> Resul
             )
             .await?
         {
-            let reason = m
-                .message_attributes
-                .as_ref()
-                .and_then(|a| a.get("tributary-reason"))
-                .and_then(|v| v.string_value.clone())
-                .unwrap_or_default();
+            let reason = e2e::message_attr(&m, "tributary-reason");
             parked.push((m.body.unwrap_or_default(), reason));
         }
     }
@@ -561,7 +542,7 @@ async fn v1_and_v2_publishers_over_the_same_positions_converge_on_v2_in_either_o
     let _new = stack.spawn_publisher(&["--schema-version", "2"])?;
     tap_as_version(&stack, 2, first).await?;
     stack.wait_converged(CONVERGE).await?;
-    assert_eq!(terminate(&mut old, Duration::from_secs(20)).await?, Some(0));
+    stops_cleanly(&mut old, Duration::from_secs(20)).await?;
 
     // Order 2: the new publisher delivers the next changes first; the old one, started
     // again from its checkpoint, delivers their v1 copies after.

@@ -9,21 +9,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::{AttributeValue, StreamSpecification, StreamViewType};
 use e2e::free_port;
 use e2e::operator::{http_get, sample};
-use e2e::{Stack, eventually, signal, terminate};
+use e2e::outage::FreezeProxy;
+use e2e::{Stack, eventually, signal, stops_cleanly, terminate};
 use publisher::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 use publisher::stream::{StartAt, StreamReader};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use stack::demo::{Traffic, TrafficPlan};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
@@ -126,20 +124,8 @@ fn spawn_publisher_with(
     env: &[(&str, &str)],
 ) -> Result<Child> {
     let r = &stack.resources;
-    let mut cmd = tokio::process::Command::new(e2e::bin("publisher")?);
-    cmd.args(["--table", table, "--topic-arn", &r.topic_arn])
-        .args(["--checkpoint-table", &r.checkpoint_table])
-        .args(["--failure-queue-url", failure_queue])
-        .args(["--lease-ttl-secs", "3", "--idle-poll-max-ms", "300"])
-        .args(extra)
-        .envs(env.iter().copied())
-        .env("TRIBUTARY_LOG_FORMAT", "text")
-        .env(
-            "RUST_LOG",
-            std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    let mut cmd = stack.publisher_command(table, &r.checkpoint_table, failure_queue, extra)?;
+    cmd.envs(env.iter().copied());
     Ok(cmd.spawn()?)
 }
 
@@ -256,10 +242,7 @@ async fn two_publishers_on_one_table_publish_each_record_once_and_hand_over_on_s
         Ok((observer.load(&shard).await? == Some(Checkpoint::At(last.clone()))).then_some(()))
     })
     .await?;
-    assert_eq!(
-        terminate(&mut staying, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut staying, Duration::from_secs(30)).await?;
     stack.teardown().await
 }
 
@@ -332,10 +315,7 @@ async fn a_paused_publisher_that_wakes_after_a_takeover_never_moves_the_checkpoi
     .await?;
     // The successor stops and releases the lease; then the zombie wakes up to a SIGTERM
     // and tries to checkpoint the position it held, taking the now free lease again.
-    assert_eq!(
-        terminate(&mut successor, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut successor, Duration::from_secs(30)).await?;
     signal(&zombie, "TERM")?;
     signal(&zombie, "CONT")?;
     let exit = tokio::time::timeout(Duration::from_secs(30), zombie.wait())
@@ -451,10 +431,7 @@ async fn a_disabled_and_re_enabled_stream_is_finished_then_followed_and_the_gap_
     .await?;
 
     // A restart follows the new stream (recorded in the checkpoint table), not the old.
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
     let mut publisher = stack.spawn_publisher(&["--shard-discovery-secs", "1"])?;
     let mut again = Traffic::new("again");
     write(&stack, &mut again, 9, TrafficPlan::new(5, 10).rate(100)).await?;
@@ -465,10 +442,7 @@ async fn a_disabled_and_re_enabled_stream_is_finished_then_followed_and_the_gap_
         10,
         "only the new writes, once each: {published:?}"
     );
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
     stack.teardown().await
 }
 
@@ -480,10 +454,7 @@ async fn a_publisher_started_while_the_stream_is_disabled_finishes_the_old_one_a
     let mut traffic = Traffic::new("first");
     write(&stack, &mut traffic, 13, TrafficPlan::new(3, 5).rate(0)).await?;
     tap(&stack, 5).await?;
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
     // Written while no publisher runs, then the stream is disabled: these are only in
     // the old stream, which the next start must finish.
     let mut unread = Traffic::new("unread");
@@ -512,10 +483,7 @@ async fn a_publisher_started_while_the_stream_is_disabled_finishes_the_old_one_a
     let mut after = Traffic::new("after");
     write(&stack, &mut after, 15, TrafficPlan::new(2, 4).rate(0)).await?;
     tap(&stack, 4).await?;
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
     stack.teardown().await
 }
 
@@ -540,10 +508,7 @@ async fn start_position_latest_is_durable_across_a_restart() -> Result<()> {
     let published = tap(&stack, 10).await?;
     let distinct: HashSet<String> = published.iter().map(|b| event_id(b)).collect();
     assert_eq!(distinct.len(), 10);
-    assert_eq!(
-        terminate(&mut second, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut second, Duration::from_secs(30)).await?;
     stack.teardown().await
 }
 
@@ -593,10 +558,7 @@ async fn a_record_that_can_be_neither_published_nor_parked_pauses_its_shard_not_
     // The body names the failing check only; the paused shard is in the gauge above.
     assert!(body.contains("pipeline: failing"), "{body}");
     assert!(publisher.try_wait()?.is_none(), "the publisher stopped");
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
     stack.teardown().await
 }
 
@@ -641,10 +603,7 @@ async fn a_stuck_shard_shows_the_age_of_its_oldest_unpublished_record_growing() 
         "age did not grow: {first} then {second}"
     );
     assert!(publisher.try_wait()?.is_none());
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
     stack.teardown().await
 }
 
@@ -682,84 +641,12 @@ async fn a_missing_table_exits_2_and_an_unreachable_one_is_retried() -> Result<(
     let upstream: SocketAddr = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")?
         .trim_start_matches("http://")
         .parse()?;
-    let _proxy = Proxy::start_on(port, upstream).await?;
+    let _proxy = FreezeProxy::start_on(port, upstream).await?;
     let mut traffic = Traffic::new("late-start");
     write(&stack, &mut traffic, 12, TrafficPlan::new(2, 4).rate(0)).await?;
     tap(&stack, 4).await?;
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
     stack.teardown().await
-}
-
-/// A TCP proxy to `upstream` that can freeze: while frozen, nothing is forwarded
-/// either way (a half-open peer), so a call through it hangs.
-struct Proxy {
-    addr: SocketAddr,
-    frozen: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Result<Proxy> {
-        Proxy::start_on(0, upstream).await
-    }
-
-    async fn start_on(port: u16, upstream: SocketAddr) -> Result<Proxy> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        let addr = listener.local_addr()?;
-        let frozen = Arc::new(AtomicBool::new(false));
-        let f = Arc::clone(&frozen);
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let f = Arc::clone(&f);
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::join!(pump(cr, sw, Arc::clone(&f)), pump(sr, cw, f));
-                });
-            }
-        });
-        Ok(Proxy { addr, frozen, task })
-    }
-
-    fn freeze(&self) {
-        self.frozen.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<AtomicBool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        while frozen.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        while frozen.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
 }
 
 /// Waits for `child` to exit within `limit`; its exit code.
@@ -776,7 +663,7 @@ async fn a_second_signal_stops_the_publisher_and_the_demo_writer_at_once_with_13
     let upstream: SocketAddr = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")?
         .trim_start_matches("http://")
         .parse()?;
-    let proxy = Proxy::start(upstream).await?;
+    let proxy = FreezeProxy::start(upstream).await?;
     let through = format!("http://{}", proxy.addr);
 
     let r = &stack.resources;
@@ -813,7 +700,7 @@ async fn a_second_signal_stops_the_publisher_and_the_demo_writer_at_once_with_13
     );
 
     // The demo writer, its PutItem hanging: the first signal waits, the second exits.
-    let proxy = Proxy::start(upstream).await?;
+    let proxy = FreezeProxy::start(upstream).await?;
     let mut writer = tokio::process::Command::new(e2e::bin("demo-writer")?)
         .args(["--table", &r.table, "--count", "100000", "--rate", "20"])
         .env(

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::AttributeValue as Ddb;
-use e2e::{Stack, bin, eventually, terminate};
+use e2e::{Stack, bin_command, eventually, run_to_end, stops_cleanly};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::Value;
+use stack::bootstrap::Resources;
 use stack::demo::{ProfileItem, Traffic, TrafficPlan};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -21,23 +22,34 @@ use tokio_util::sync::CancellationToken;
 const CONVERGE: Duration = Duration::from_secs(90);
 
 fn replay_command(args: &[&str]) -> Result<Command> {
-    let mut cmd = Command::new(bin("replay")?);
-    cmd.args(args)
-        .env("TRIBUTARY_LOG_FORMAT", "text")
-        .env(
-            "RUST_LOG",
-            std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    Ok(cmd)
+    bin_command("replay", args)
+}
+
+/// `replay snapshot` of the stack's table to `to`, `extra` flags appended.
+fn snapshot<'a>(r: &'a Resources, to: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["snapshot", "--table", r.table.as_str(), "--to", to];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// Runs `replay` to the end (bounded), returning its output.
 async fn replay(args: &[&str]) -> Result<Output> {
-    let out = tokio::time::timeout(CONVERGE, replay_command(args)?.output())
-        .await
-        .context("replay did not finish")??;
+    run_to_end(replay_command(args)?, CONVERGE).await
+}
+
+/// Runs `replay dlq` from the stack's DLQ to its queue, `extra` flags appended; it must
+/// exit 0.
+async fn replay_dlq(stack: &Stack, extra: &[&str]) -> Result<Output> {
+    let r = &stack.resources;
+    let mut args = vec!["dlq", "--dlq-url", &r.dlq_url, "--queue-url", &r.queue_url];
+    args.extend_from_slice(extra);
+    let out = replay(&args).await?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: stderr: {}",
+        stderr(&out)
+    );
     Ok(out)
 }
 
@@ -60,12 +72,7 @@ fn parse_report(out: &Output) -> Result<Value> {
 }
 
 async fn write(stack: &Stack, prefix: &str, seed: u64, plan: TrafficPlan) -> Result<Traffic> {
-    let mut traffic = Traffic::new(prefix);
-    let mut rng = StdRng::seed_from_u64(seed);
-    traffic
-        .run(&stack.writer(), &mut rng, &plan, &CancellationToken::new())
-        .await?;
-    Ok(traffic)
+    stack.write_traffic(prefix, seed, plan).await
 }
 
 /// Creates `n` profiles and updates every third one, as the profile service would.
@@ -85,13 +92,6 @@ async fn seed_items(stack: &Stack, prefix: &str, n: usize, seed: u64) -> Result<
     Ok(items)
 }
 
-async fn wait_queue_empty(stack: &Stack, url: &str) -> Result<()> {
-    eventually("the queue to empty", CONVERGE, || async {
-        Ok((stack.queue_depth(url).await? == 0).then_some(()))
-    })
-    .await
-}
-
 #[tokio::test]
 async fn snapshot_backfills_an_empty_store_through_one_queue_only() -> Result<()> {
     let stack = Stack::new().await?;
@@ -100,19 +100,18 @@ async fn snapshot_backfills_an_empty_store_through_one_queue_only() -> Result<()
 
     // A dry run reads and counts, sends nothing; off a terminal, progress is logged.
     let r = &stack.resources;
-    let mut dry = replay_command(&[
-        "snapshot",
-        "--table",
-        &r.table,
-        "--to",
+    let mut dry = replay_command(&snapshot(
+        r,
         &r.queue_url,
-        "--dry-run",
-        "--rate",
-        "40",
-        "--progress-secs",
-        "1",
-        "--json",
-    ])?;
+        &[
+            "--dry-run",
+            "--rate",
+            "40",
+            "--progress-secs",
+            "1",
+            "--json",
+        ],
+    ))?;
     let out = dry.env("RUST_LOG", "info").output().await?;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let report = parse_report(&out)?;
@@ -132,17 +131,7 @@ async fn snapshot_backfills_an_empty_store_through_one_queue_only() -> Result<()
 
     let mut subscriber = stack.spawn_subscriber(&[])?;
     let r = &stack.resources;
-    let out = replay(&[
-        "snapshot",
-        "--table",
-        &r.table,
-        "--to",
-        &r.queue_url,
-        "--segments",
-        "3",
-        "--json",
-    ])
-    .await?;
+    let out = replay(&snapshot(r, &r.queue_url, &["--segments", "3", "--json"])).await?;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let report = parse_report(&out)?;
     assert_eq!(report["items_read"], live);
@@ -164,7 +153,7 @@ async fn snapshot_backfills_an_empty_store_through_one_queue_only() -> Result<()
         tapped.len()
     );
 
-    assert_eq!(terminate(&mut subscriber, CONVERGE).await?, Some(0));
+    stops_cleanly(&mut subscriber, CONVERGE).await?;
     stack.teardown().await
 }
 
@@ -192,20 +181,19 @@ async fn snapshot_during_live_traffic_converges_without_resurrection() -> Result
     // Small, rate-limited pages: each page is sent a while after it was read, so many
     // snapshot events carry versions the live traffic has already superseded.
     let r = &stack.resources;
-    let out = replay(&[
-        "snapshot",
-        "--table",
-        &r.table,
-        "--to",
+    let out = replay(&snapshot(
+        r,
         &r.topic_arn,
-        "--segments",
-        "2",
-        "--page-size",
-        "5",
-        "--rate",
-        "20",
-        "--json",
-    ])
+        &[
+            "--segments",
+            "2",
+            "--page-size",
+            "5",
+            "--rate",
+            "20",
+            "--json",
+        ],
+    ))
     .await?;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let report = parse_report(&out)?;
@@ -230,8 +218,8 @@ async fn snapshot_during_live_traffic_converges_without_resurrection() -> Result
                 .await?;
         assert_ne!(deleted, Some(false), "{} was resurrected", gone.user_id);
     }
-    assert_eq!(terminate(&mut publisher, CONVERGE).await?, Some(0));
-    assert_eq!(terminate(&mut subscriber, CONVERGE).await?, Some(0));
+    stops_cleanly(&mut publisher, CONVERGE).await?;
+    stops_cleanly(&mut subscriber, CONVERGE).await?;
     stack.teardown().await
 }
 
@@ -244,20 +232,19 @@ async fn a_killed_snapshot_resumes_from_its_state_file() -> Result<()> {
     let state = dir.join("state.json");
     let state_arg = state.to_str().unwrap();
     let r = &stack.resources;
-    let args = [
-        "snapshot",
-        "--table",
-        &r.table,
-        "--to",
+    let args = snapshot(
+        r,
         &r.queue_url,
-        "--segments",
-        "2",
-        "--page-size",
-        "10",
-        "--state-file",
-        state_arg,
-        "--json",
-    ];
+        &[
+            "--segments",
+            "2",
+            "--page-size",
+            "10",
+            "--state-file",
+            state_arg,
+            "--json",
+        ],
+    );
 
     // Slowly, then kill -9 once part of the table is recorded as sent.
     let mut slow: Vec<&str> = args.to_vec();
@@ -306,7 +293,7 @@ async fn a_killed_snapshot_resumes_from_its_state_file() -> Result<()> {
     stack.wait_converged(CONVERGE).await?;
     let (rows, distinct) = stack.history_counts().await?;
     assert_eq!((rows, distinct), (live as i64, live as i64));
-    assert_eq!(terminate(&mut subscriber, CONVERGE).await?, Some(0));
+    stops_cleanly(&mut subscriber, CONVERGE).await?;
     std::fs::remove_dir_all(&dir)?;
     stack.teardown().await
 }
@@ -332,45 +319,20 @@ async fn dlq_redrive_applies_everything_parked_once_the_cause_is_fixed() -> Resu
         .await?;
     let mut subscriber = stack.spawn_subscriber(&["--max-messages", "1"])?;
     let r = &stack.resources;
-    let out = replay(&["snapshot", "--table", &r.table, "--to", &r.queue_url]).await?;
+    let out = replay(&snapshot(r, &r.queue_url, &[])).await?;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let parked = long_names.len() as u64;
-    eventually("the long names parked", CONVERGE, || async {
-        Ok((stack.queue_depth(&r.dlq_url).await? == parked).then_some(()))
-    })
-    .await?;
-    wait_queue_empty(&stack, &r.queue_url).await?;
+    stack.wait_depth(&r.dlq_url, parked, CONVERGE).await?;
+    stack.wait_depth(&r.queue_url, 0, CONVERGE).await?;
 
     // A filter for another reason moves nothing; a dry run lists without moving.
-    let out = replay(&[
-        "dlq",
-        "--dlq-url",
-        &r.dlq_url,
-        "--queue-url",
-        &r.queue_url,
-        "--reason",
-        "undecodable_body",
-        "--json",
-    ])
-    .await?;
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let out = replay_dlq(&stack, &["--reason", "undecodable_body", "--json"]).await?;
     let report = parse_report(&out)?;
     assert_eq!(
         (report["moved"].as_u64(), report["kept"].as_u64()),
         (Some(0), Some(parked))
     );
-    let out = replay(&[
-        "dlq",
-        "--dlq-url",
-        &r.dlq_url,
-        "--queue-url",
-        &r.queue_url,
-        "--reason",
-        "apply_rejected",
-        "--dry-run",
-    ])
-    .await?;
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let out = replay_dlq(&stack, &["--reason", "apply_rejected", "--dry-run"]).await?;
     let listed = stdout(&out);
     for key in &long_names {
         assert!(
@@ -385,19 +347,15 @@ async fn dlq_redrive_applies_everything_parked_once_the_cause_is_fixed() -> Resu
     sqlx::query("ALTER TABLE analytics.user_profiles ALTER COLUMN display_name TYPE text")
         .execute(&stack.pool)
         .await?;
-    let out = replay(&["dlq", "--dlq-url", &r.dlq_url, "--queue-url", &r.queue_url]).await?;
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let out = replay_dlq(&stack, &[]).await?;
     assert!(
         stdout(&out).contains(&format!("moved {parked}")),
         "{}",
         stdout(&out)
     );
     stack.wait_converged(CONVERGE).await?;
-    eventually("the DLQ empty", CONVERGE, || async {
-        Ok((stack.queue_depth(&r.dlq_url).await? == 0).then_some(()))
-    })
-    .await?;
-    assert_eq!(terminate(&mut subscriber, CONVERGE).await?, Some(0));
+    stack.wait_depth(&r.dlq_url, 0, CONVERGE).await?;
+    stops_cleanly(&mut subscriber, CONVERGE).await?;
     stack.teardown().await
 }
 
@@ -433,7 +391,7 @@ async fn verify_finds_each_kind_of_drift_and_repair_fixes_what_events_can() -> R
     let mut subscriber = stack.spawn_subscriber(&[])?;
     let mut publisher = stack.spawn_publisher(&["--start-position", "trim-horizon"])?;
     stack.wait_converged(CONVERGE).await?;
-    assert_eq!(terminate(&mut publisher, CONVERGE).await?, Some(0));
+    stops_cleanly(&mut publisher, CONVERGE).await?;
 
     let r = &stack.resources;
     let out = verify(&stack, &[]).await?;
@@ -561,7 +519,7 @@ async fn verify_finds_each_kind_of_drift_and_repair_fixes_what_events_can() -> R
     let out = verify(&stack, &[]).await?;
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     stack.wait_converged(CONVERGE).await?;
-    assert_eq!(terminate(&mut subscriber, CONVERGE).await?, Some(0));
+    stops_cleanly(&mut subscriber, CONVERGE).await?;
     stack.teardown().await
 }
 
@@ -580,28 +538,9 @@ async fn bad_flags_stop_replay_before_anything_is_sent() -> Result<()> {
             vec!["snapshot", "--table", "no-such-table", "--to", &r.queue_url],
             "no such table",
         ),
+        (snapshot(r, &r.queue_url, &["--rate", "0"]), "--rate"),
         (
-            vec![
-                "snapshot",
-                "--table",
-                &r.table,
-                "--to",
-                &r.queue_url,
-                "--rate",
-                "0",
-            ],
-            "--rate",
-        ),
-        (
-            vec![
-                "snapshot",
-                "--table",
-                &r.table,
-                "--to",
-                &r.queue_url,
-                "--rate",
-                "fast",
-            ],
+            snapshot(r, &r.queue_url, &["--rate", "fast"]),
             "REPLAY_RATE",
         ),
         (
@@ -609,27 +548,15 @@ async fn bad_flags_stop_replay_before_anything_is_sent() -> Result<()> {
             "--to",
         ),
         (
-            vec![
-                "snapshot",
-                "--table",
-                &r.table,
-                "--to",
+            snapshot(
+                r,
                 &r.queue_url,
-                "--state-file",
-                garbage.to_str().unwrap(),
-            ],
+                &["--state-file", garbage.to_str().unwrap()],
+            ),
             "not a replay snapshot state",
         ),
         (
-            vec![
-                "snapshot",
-                "--table",
-                &r.table,
-                "--to",
-                &r.queue_url,
-                "--state-file",
-                dir.to_str().unwrap(),
-            ],
+            snapshot(r, &r.queue_url, &["--state-file", dir.to_str().unwrap()]),
             "cannot read the state file",
         ),
         (

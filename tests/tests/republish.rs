@@ -9,17 +9,14 @@ use std::collections::HashMap;
 use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aws_sdk_dynamodb::types::AttributeValue as Ddb;
-use aws_sdk_dynamodbstreams::types as st;
 use aws_sdk_sqs::types::Message;
-use base64::Engine as _;
-use e2e::{Stack, bin, eventually, terminate};
+use e2e::{Stack, bin_command, eventually, message_attr, output_text, run_to_end, terminate};
 use publisher::lambda::{PublisherLambda, StreamEvent};
 use publisher::park::{FailureQueue, ParkedRecord};
 use publisher::sink::SnsSink;
 use serde_json::{Value, json};
-use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -39,18 +36,6 @@ fn profile(user_id: &str, email: Ddb, version: u32) -> HashMap<String, Ddb> {
         ("version".to_owned(), Ddb::N(version.to_string())),
         ("password_hash".to_owned(), s(PRIVATE)),
     ])
-}
-
-async fn put(stack: &Stack, item: HashMap<String, Ddb>) -> Result<()> {
-    stack
-        .clients
-        .dynamodb
-        .put_item()
-        .table_name(&stack.resources.table)
-        .set_item(Some(item))
-        .send()
-        .await?;
-    Ok(())
 }
 
 /// The messages of a queue, received and made visible again at once (left in place).
@@ -74,33 +59,10 @@ async fn peek(stack: &Stack, queue_url: &str, count: usize) -> Result<Vec<Messag
     .await
 }
 
-fn attr(m: &Message, name: &str) -> String {
-    m.message_attributes
-        .as_ref()
-        .and_then(|a| a.get(name))
-        .and_then(|v| v.string_value.clone())
-        .unwrap_or_default()
-}
-
 async fn replay(args: &[&str]) -> Result<Output> {
-    let mut cmd = Command::new(bin("replay")?);
-    cmd.args(args)
-        .env("TRIBUTARY_LOG_FORMAT", "text")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(WAIT, cmd.output())
-        .await
-        .context("replay did not finish")?
-        .context("replay did not start")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let mut cmd = bin_command("replay", args)?;
+    cmd.env("RUST_LOG", "info");
+    run_to_end(cmd, WAIT).await
 }
 
 fn events(messages: &[Message]) -> Vec<Value> {
@@ -117,32 +79,29 @@ async fn a_parked_record_holds_no_private_or_bad_value_and_republish_sends_it_on
     let r = &stack.resources;
     let log_path = std::env::temp_dir().join(format!("publisher-{}.log", stack.id));
     let log = std::fs::File::create(&log_path)?;
-    let mut publisher = Command::new(bin("publisher")?)
-        .args(["--table", &r.table, "--topic-arn", &r.topic_arn])
-        .args(["--checkpoint-table", &r.checkpoint_table])
-        .args(["--failure-queue-url", &r.failure_queue_url])
-        .args(["--lease-ttl-secs", "3", "--idle-poll-max-ms", "300"])
+    let mut publisher = stack
+        .publisher_command(&r.table, &r.checkpoint_table, &r.failure_queue_url, &[])?
         .env("TRIBUTARY_LOG_FORMAT", "json")
         .env("RUST_LOG", "debug,aws=warn,hyper=warn,h2=warn,rustls=warn")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
-        .kill_on_drop(true)
         .spawn()?;
 
     // The profile service writes an email of the wrong type beside a private attribute.
-    put(&stack, profile("u-bad", Ddb::N(BAD_VALUE.into()), 1)).await?;
+    stack
+        .put_item(profile("u-bad", Ddb::N(BAD_VALUE.into()), 1))
+        .await?;
     let parked = peek(&stack, &r.failure_queue_url, 1).await?;
     terminate(&mut publisher, Duration::from_secs(10)).await?;
     let m = &parked[0];
     let body = m.body.clone().unwrap_or_default();
-    let detail = attr(m, "tributary-detail");
+    let detail = message_attr(m, "tributary-detail");
     for leak in [PRIVATE, BAD_VALUE] {
         assert!(!body.contains(leak), "the parked body leaks {leak}: {body}");
         assert!(!detail.contains(leak), "the detail leaks {leak}: {detail}");
     }
     assert!(!body.contains("password_hash"), "{body}");
-    assert_eq!(attr(m, "tributary-reason"), "wrong_attribute_type");
+    assert_eq!(message_attr(m, "tributary-reason"), "wrong_attribute_type");
     assert!(
         detail.contains("\"email\"") && detail.contains("expected S"),
         "{detail}"
@@ -168,24 +127,30 @@ async fn a_parked_record_holds_no_private_or_bad_value_and_republish_sends_it_on
         "5",
     ];
     let out = replay(&args).await?;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert!(
-        text(&out).contains("still does not project"),
+        output_text(&out).contains("still does not project"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
-    assert!(!text(&out).contains(BAD_VALUE), "{}", text(&out));
+    assert!(
+        !output_text(&out).contains(BAD_VALUE),
+        "{}",
+        output_text(&out)
+    );
     assert_eq!(peek(&stack, &r.failure_queue_url, 1).await?.len(), 1);
 
     // The service fixes the item; republish sends it and only then empties the queue.
-    put(
-        &stack,
-        profile("u-bad", Ddb::S("grace@example.com".into()), 2),
-    )
-    .await?;
+    stack
+        .put_item(profile("u-bad", Ddb::S("grace@example.com".into()), 2))
+        .await?;
     let out = replay(&args).await?;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("republished 1"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("republished 1"),
+        "{}",
+        output_text(&out)
+    );
     let sent = events(
         &stack
             .drain(&stack.tap_queue_url, Duration::from_secs(2), WAIT)
@@ -202,99 +167,18 @@ async fn a_parked_record_holds_no_private_or_bad_value_and_republish_sends_it_on
     stack.teardown().await
 }
 
-/// A stream attribute value in DynamoDB JSON, as Lambda's stream event carries it.
-fn ddb_json(v: &st::AttributeValue) -> Value {
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    match v {
-        st::AttributeValue::S(s) => json!({ "S": s }),
-        st::AttributeValue::N(n) => json!({ "N": n }),
-        st::AttributeValue::B(b) => json!({ "B": b64(b.as_ref()) }),
-        st::AttributeValue::Bool(b) => json!({ "BOOL": b }),
-        st::AttributeValue::Null(b) => json!({ "NULL": b }),
-        st::AttributeValue::M(m) => json!({ "M": item_json(m) }),
-        st::AttributeValue::L(l) => json!({ "L": l.iter().map(ddb_json).collect::<Vec<_>>() }),
-        st::AttributeValue::Ss(v) => json!({ "SS": v }),
-        st::AttributeValue::Ns(v) => json!({ "NS": v }),
-        other => panic!("attribute type not expected from the test's items: {other:?}"),
-    }
-}
-
-fn item_json(item: &HashMap<String, st::AttributeValue>) -> Value {
-    Value::Object(item.iter().map(|(k, v)| (k.clone(), ddb_json(v))).collect())
-}
-
-/// The Lambda event of every record the table's stream holds, read with the real
-/// Streams API once at least `count` are there.
-async fn stream_event(stack: &Stack, count: usize) -> Result<Value> {
-    let streams = &stack.clients.streams;
-    let arn = &stack.resources.stream_arn;
-    let records = eventually("the stream's records", WAIT, || async {
-        let shards = streams
-            .describe_stream()
-            .stream_arn(arn)
-            .send()
-            .await?
-            .stream_description
-            .and_then(|d| d.shards)
-            .unwrap_or_default();
-        let mut records = Vec::new();
-        for shard in shards {
-            let mut iterator = streams
-                .get_shard_iterator()
-                .stream_arn(arn)
-                .shard_id(shard.shard_id.unwrap_or_default())
-                .shard_iterator_type(st::ShardIteratorType::TrimHorizon)
-                .send()
-                .await?
-                .shard_iterator;
-            while let Some(it) = iterator {
-                let out = streams.get_records().shard_iterator(it).send().await?;
-                let got = out.records.unwrap_or_default();
-                if got.is_empty() {
-                    break;
-                }
-                records.extend(got);
-                iterator = out.next_shard_iterator;
-            }
-        }
-        Ok((records.len() >= count).then_some(records))
-    })
-    .await?;
-    let records: Vec<Value> = records
-        .iter()
-        .map(|r| {
-            let d = r.dynamodb.as_ref().unwrap();
-            let mut data = json!({
-                "Keys": item_json(d.keys.as_ref().unwrap()),
-                "SequenceNumber": d.sequence_number,
-                "StreamViewType": "NEW_AND_OLD_IMAGES",
-            });
-            if let Some(i) = &d.new_image {
-                data["NewImage"] = item_json(i);
-            }
-            if let Some(i) = &d.old_image {
-                data["OldImage"] = item_json(i);
-            }
-            json!({
-                "eventID": r.event_id,
-                "eventName": r.event_name.as_ref().map(|n| n.as_str()),
-                "eventSource": "aws:dynamodb",
-                "eventSourceARN": arn,
-                "dynamodb": data,
-            })
-        })
-        .collect();
-    Ok(json!({ "Records": records }))
-}
-
 #[tokio::test]
 async fn a_batch_the_stream_mapping_gave_up_on_is_republished_whole_from_its_s3_invocation_record()
 -> Result<()> {
     let stack = Stack::new().await?;
     let r = &stack.resources;
-    put(&stack, profile("u-s3-1", Ddb::S("a@example.com".into()), 1)).await?;
-    put(&stack, profile("u-s3-2", Ddb::S("b@example.com".into()), 1)).await?;
-    let event = stream_event(&stack, 2).await?;
+    stack
+        .put_item(profile("u-s3-1", Ddb::S("a@example.com".into()), 1))
+        .await?;
+    stack
+        .put_item(profile("u-s3-2", Ddb::S("b@example.com".into()), 1))
+        .await?;
+    let event = stack.stream_event(2, WAIT).await?;
 
     // SNS is out (the topic is unreachable): the handler reports the batch unfinished,
     // and after MaximumRetryAttempts the mapping hands it to its S3 destination.
@@ -372,8 +256,12 @@ async fn a_batch_the_stream_mapping_gave_up_on_is_republished_whole_from_its_s3_
         "--s3-path-style",
     ])
     .await?;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("no payload"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("no payload"),
+        "{}",
+        output_text(&out)
+    );
     let left: Vec<String> = s3
         .list_objects_v2()
         .bucket(&bucket)

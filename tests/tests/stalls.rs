@@ -13,12 +13,11 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use e2e::{Stack, bin, eventually, terminate};
+use e2e::{Stack, eventually, terminate};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::Value;
@@ -54,83 +53,6 @@ impl BlackHole {
 impl Drop for BlackHole {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// A TCP proxy to an emulator that can go silent: from [`Switch::go_silent`] on it
-/// forwards nothing more in either direction on any connection, old or new, and
-/// closes none (a peer that stopped answering mid-run, behind a pooled connection).
-struct Switch {
-    url: String,
-    silent: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Switch {
-    async fn open(upstream: String) -> Result<Switch> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let silent = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&silent);
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let flag = Arc::clone(&flag);
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    if flag.load(Ordering::SeqCst) {
-                        // Held open, never answered.
-                        let _held = client;
-                        std::future::pending::<()>().await;
-                        return;
-                    }
-                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::join!(
-                        pump(client_read, server_write, Arc::clone(&flag)),
-                        pump(server_read, client_write, flag)
-                    );
-                });
-            }
-        });
-        Ok(Switch { url, silent, task })
-    }
-
-    fn go_silent(&self) {
-        self.silent.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Switch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Copies bytes until end of stream, or holds both ends forever once `silent` is set.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    silent: Arc<AtomicBool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                let _ = to.shutdown().await;
-                return;
-            }
-            Ok(n) => n,
-        };
-        if silent.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
     }
 }
 
@@ -189,45 +111,29 @@ impl Logged {
     }
 }
 
-fn log_level() -> String {
-    std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into())
-}
-
 /// `publisher` on the stack, logging text at warn.
 fn publisher(stack: &Stack) -> Result<Command> {
     let r = &stack.resources;
-    let mut cmd = Command::new(bin("publisher")?);
-    cmd.args(["--table", &r.table, "--topic-arn", &r.topic_arn])
-        .args(["--checkpoint-table", &r.checkpoint_table])
-        .args(["--failure-queue-url", &r.failure_queue_url])
-        .args(["--lease-ttl-secs", "3", "--idle-poll-max-ms", "300"])
-        .env("TRIBUTARY_LOG_FORMAT", "text")
-        .env("RUST_LOG", log_level());
-    Ok(cmd)
+    stack.publisher_command(&r.table, &r.checkpoint_table, &r.failure_queue_url, &[])
 }
 
 /// `subscriber run` on the stack, logging text at warn.
 fn subscriber(stack: &Stack, wait_time_secs: &str) -> Result<Command> {
-    let r = &stack.resources;
-    let mut cmd = Command::new(bin("subscriber")?);
-    cmd.arg("run")
-        .env("SUBSCRIBER_QUEUE_URL", &r.queue_url)
-        .env("SUBSCRIBER_DLQ_URL", &r.dlq_url)
-        .env("DATABASE_URL", &stack.database_url)
-        .env("SUBSCRIBER_WAIT_TIME_SECS", wait_time_secs)
-        .env("TRIBUTARY_LOG_FORMAT", "text")
-        .env("RUST_LOG", log_level());
-    Ok(cmd)
+    stack.subscriber_command(wait_time_secs, &[])
+}
+
+/// Sends an unreadable body to the subscriber's queue and waits until the subscriber
+/// has parked it in the DLQ (the DLQ holds one message).
+async fn an_unreadable_body_is_parked(stack: &Stack, subscriber: &Logged) -> Result<()> {
+    stack.send_raw("not an event").await?;
+    stack
+        .wait_depth(&stack.resources.dlq_url, 1, BOUND)
+        .await
+        .with_context(|| format!("stderr:\n{}", subscriber.log()))
 }
 
 fn replay(args: &[&str]) -> Result<Command> {
-    let mut cmd = Command::new(bin("replay")?);
-    cmd.args(args)
-        .env("TRIBUTARY_LOG_FORMAT", "text")
-        .env("RUST_LOG", log_level())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    Ok(cmd)
+    e2e::bin_command("replay", args)
 }
 
 /// Short bounds (set by environment, which a binary without the settings ignores).
@@ -288,29 +194,16 @@ async fn a_publish_to_an_sns_endpoint_that_never_answers_times_out_is_retried_an
 async fn a_receive_from_an_sqs_endpoint_that_stops_answering_times_out_and_is_retried() -> Result<()>
 {
     let stack = Stack::new().await?;
-    let switch = Switch::open(endpoint_addr("AWS_ENDPOINT_URL_SQS")?).await?;
+    let switch = e2e::outage::FreezeProxy::start(endpoint_addr("AWS_ENDPOINT_URL_SQS")?).await?;
     let mut cmd = subscriber(&stack, "1")?;
-    cmd.env("AWS_ENDPOINT_URL_SQS", &switch.url);
+    cmd.env("AWS_ENDPOINT_URL_SQS", switch.url());
     short_timeouts(&mut cmd);
     let mut subscriber = Logged::spawn(cmd)?;
     // Running through the proxy: an unreadable body is received and parked.
-    stack
-        .clients
-        .sqs
-        .send_message()
-        .queue_url(&stack.resources.queue_url)
-        .message_body("not an event")
-        .send()
-        .await?;
-    let dlq = stack.resources.dlq_url.clone();
-    eventually("the unreadable body parked", BOUND, || async {
-        Ok((stack.queue_depth(&dlq).await? == 1).then_some(()))
-    })
-    .await
-    .with_context(|| format!("stderr:\n{}", subscriber.log()))?;
+    an_unreadable_body_is_parked(&stack, &subscriber).await?;
 
     // SQS goes silent while the subscriber long-polls it.
-    switch.go_silent();
+    switch.freeze();
 
     let log = subscriber.wait_for("Receive failed", 2).await?;
     let failures: Vec<&str> = log
@@ -341,20 +234,7 @@ async fn a_long_poll_longer_than_the_attempt_timeout_is_not_taken_for_a_dead_con
     let mut subscriber = Logged::spawn(cmd)?;
     tokio::time::sleep(Duration::from_secs(7)).await;
     // The long polls still deliver: an unreadable body is received and parked.
-    stack
-        .clients
-        .sqs
-        .send_message()
-        .queue_url(&stack.resources.queue_url)
-        .message_body("not an event")
-        .send()
-        .await?;
-    let dlq = stack.resources.dlq_url.clone();
-    eventually("the unreadable body parked", BOUND, || async {
-        Ok((stack.queue_depth(&dlq).await? == 1).then_some(()))
-    })
-    .await
-    .with_context(|| format!("stderr:\n{}", subscriber.log()))?;
+    an_unreadable_body_is_parked(&stack, &subscriber).await?;
     let log = subscriber.log();
     assert!(
         !log.lines().any(|l| l.contains("Receive failed")),
