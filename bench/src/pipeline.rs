@@ -278,17 +278,7 @@ async fn one_rate(
     rate: u32,
 ) -> Result<Ours> {
     let id = crate::random_id();
-    let names = Names {
-        table: format!("bench-profiles-{id}"),
-        checkpoint_table: format!("bench-checkpoints-{id}"),
-        topic: format!("bench-changes-{id}"),
-        queue: format!("bench-analytics-{id}"),
-        dlq: format!("bench-analytics-dlq-{id}"),
-        failure_queue: format!("bench-failures-{id}"),
-        delivery_dlq: format!("bench-delivery-dlq-{id}"),
-        max_receive_count: 5,
-        visibility_timeout_secs: 30,
-    };
+    let names = Names::scratch("bench-", &id);
     let r = bootstrap(clients, &names).await.context("bootstrap")?;
     let db = ScratchDb::create(admin_url).await?;
     let result = measure(args, clients, rate, &r, &db).await;

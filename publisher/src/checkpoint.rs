@@ -100,6 +100,23 @@ fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> boo
     err.code() == Some("ConditionalCheckFailedException")
 }
 
+/// A conditional write whose condition failing is as good as success (another
+/// writer already did it, or did better).
+fn unless_superseded<O, E, R>(
+    operation: &'static str,
+    result: Result<O, SdkError<E, R>>,
+) -> Result<(), CheckpointError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(err) if is_condition_failure(&err) => Ok(()),
+        Err(err) => Err(sdk(operation, err)),
+    }
+}
+
 /// The wall clock in Unix milliseconds (lease expiry and `Since` markers).
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -188,11 +205,7 @@ impl CheckpointStore {
             .expression_attribute_values(":arn", AttributeValue::S(self.stream_arn.clone()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) if is_condition_failure(&err) => Ok(()),
-            Err(err) => Err(sdk("PutItem", err)),
-        }
+        unless_superseded("PutItem", result)
     }
 
     fn lease_key(&self) -> AttributeValue {
@@ -277,11 +290,7 @@ impl CheckpointStore {
             .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) if is_condition_failure(&err) => Ok(()),
-            Err(err) => Err(sdk("DeleteItem", err)),
-        }
+        unless_superseded("DeleteItem", result)
     }
 
     /// The checkpoint of one shard.

@@ -470,6 +470,16 @@ pub(crate) mod tests {
         OffsetDateTime::UNIX_EPOCH
     }
 
+    /// [`to_event`] of an insert of `item`, which must be refused.
+    fn refused_insert(item: Item) -> RecordError {
+        to_event(
+            &record(EventName::Insert, None, Some(item)),
+            &origin(),
+            now(),
+        )
+        .unwrap_err()
+    }
+
     #[test]
     fn insert_becomes_an_upsert_at_the_items_position() {
         let event = to_event(
@@ -589,8 +599,7 @@ pub(crate) mod tests {
     fn wrong_attribute_types_are_named_in_the_error() {
         let mut i = item(1);
         i.insert("email".into(), AttributeValue::Ss(vec!["a".into()]));
-        let err =
-            to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
+        let err = refused_insert(i);
         assert_eq!(
             err,
             RecordError::WrongType {
@@ -607,8 +616,7 @@ pub(crate) mod tests {
         for bad in ["1.5", "-1", "99999999999999999999", "1e3"] {
             let mut i = item(1);
             i.insert("version".into(), AttributeValue::N(bad.into()));
-            let err =
-                to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
+            let err = refused_insert(i);
             assert_eq!(err.reason_code(), "bad_attribute_value", "{bad}");
         }
     }
@@ -620,8 +628,7 @@ pub(crate) mod tests {
             "version".into(),
             AttributeValue::N("31415926535897932384626".into()),
         );
-        let err =
-            to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
+        let err = refused_insert(i);
         let text = err.to_string();
         assert!(text.contains("\"version\""), "{text}");
         assert!(!text.contains("31415926535897932384626"), "{text}");
@@ -631,8 +638,7 @@ pub(crate) mod tests {
     fn an_item_whose_user_id_differs_from_the_key_is_refused() {
         let mut i = item(1);
         i.insert("user_id".into(), s("u-2"));
-        let err =
-            to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
+        let err = refused_insert(i);
         assert_eq!(err.reason_code(), "key_mismatch");
     }
 
@@ -646,8 +652,7 @@ pub(crate) mod tests {
         );
         let mut i = item(1);
         i.insert("country".into(), AttributeValue::Unsupported);
-        let err =
-            to_event(&record(EventName::Insert, None, Some(i)), &origin(), now()).unwrap_err();
+        let err = refused_insert(i);
         assert_eq!(err.reason_code(), "wrong_attribute_type");
     }
 

@@ -188,17 +188,7 @@ async fn main() {
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for n in sizes {
         let id = e2e_id();
-        let names = Names {
-            table: format!("bench-{id}"),
-            checkpoint_table: format!("bench-ckpt-{id}"),
-            topic: format!("bench-topic-{id}"),
-            queue: format!("bench-q-{id}"),
-            dlq: format!("bench-dlq-{id}"),
-            failure_queue: format!("bench-fail-{id}"),
-            delivery_dlq: format!("bench-delivery-dlq-{id}"),
-            max_receive_count: 5,
-            visibility_timeout_secs: 30,
-        };
+        let names = Names::scratch("bench-", &id);
         let resources = bootstrap(&clients, &names).await.expect("bootstrap");
         // A topic with no subscription: what is measured is the publish, not delivery.
         let sink = clients

@@ -22,8 +22,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -459,27 +459,8 @@ async fn move_batch(
 }
 
 async fn release(sqs: &aws_sdk_sqs::Client, dlq_url: &str, handles: &[String]) {
-    for chunk in handles.chunks(10) {
-        let entries: Vec<_> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(h)
-                    .visibility_timeout(0)
-                    .build()
-                    .expect("id and handle are set")
-            })
-            .collect();
-        if let Err(e) = sqs
-            .change_message_visibility_batch()
-            .queue_url(dlq_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-        {
-            warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "Could not release held DLQ messages; they become visible when their hold expires.");
-        }
+    if let Err(e) = subscriber::queue::release(sqs, dlq_url, handles).await {
+        let error = aws_sdk_sqs::error::DisplayErrorContext(&e);
+        warn!(error = %error, "Could not release held DLQ messages; they become visible when their hold expires.");
     }
 }

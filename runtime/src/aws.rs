@@ -37,40 +37,25 @@ pub const DEFAULT_OPERATION_TIMEOUT_MS: u64 = 15_000;
 pub struct AwsArgs {
     /// Milliseconds to open a connection (TCP and TLS) to an AWS endpoint before the
     /// attempt fails and is retried. Default: 3000.
-    #[arg(
-        long = "aws-connect-timeout-ms",
-        env = "TRIBUTARY_AWS_CONNECT_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = DEFAULT_CONNECT_TIMEOUT_MS,
-        value_parser = clap::value_parser!(u64).range(1..),
-        global = true
-    )]
+    #[arg(long = "aws-connect-timeout-ms", env = "TRIBUTARY_AWS_CONNECT_TIMEOUT_MS",
+          value_name = "MS", default_value_t = DEFAULT_CONNECT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub connect_timeout_ms: u64,
 
     /// Milliseconds one attempt of an AWS call may take, from sending the request to
     /// reading the whole answer, before it is abandoned and retried (a connection that
     /// stopped answering). An SQS long poll gets its wait on top. Default: 5000.
-    #[arg(
-        long = "aws-attempt-timeout-ms",
-        env = "TRIBUTARY_AWS_ATTEMPT_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = DEFAULT_ATTEMPT_TIMEOUT_MS,
-        value_parser = clap::value_parser!(u64).range(1..),
-        global = true
-    )]
+    #[arg(long = "aws-attempt-timeout-ms", env = "TRIBUTARY_AWS_ATTEMPT_TIMEOUT_MS",
+          value_name = "MS", default_value_t = DEFAULT_ATTEMPT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub attempt_timeout_ms: u64,
 
     /// Milliseconds one AWS call may take with all its attempts (3) and the pauses
     /// between them; the call then fails with a timeout error, which the caller logs
     /// and retries or reports. An SQS long poll gets its wait on top. Default: 15000.
-    #[arg(
-        long = "aws-operation-timeout-ms",
-        env = "TRIBUTARY_AWS_OPERATION_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = DEFAULT_OPERATION_TIMEOUT_MS,
-        value_parser = clap::value_parser!(u64).range(1..),
-        global = true
-    )]
+    #[arg(long = "aws-operation-timeout-ms", env = "TRIBUTARY_AWS_OPERATION_TIMEOUT_MS",
+          value_name = "MS", default_value_t = DEFAULT_OPERATION_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub operation_timeout_ms: u64,
 }
 

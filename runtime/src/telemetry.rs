@@ -22,14 +22,8 @@ pub enum LogFormat {
 pub struct LogArgs {
     /// Log format: `auto` is JSON when stderr is not a terminal, text when it is;
     /// `json`; `text`. `RUST_LOG` filters the lines (default `info`). Default: auto.
-    #[arg(
-        long = "log-format",
-        env = "TRIBUTARY_LOG_FORMAT",
-        value_enum,
-        value_name = "FORMAT",
-        default_value_t = LogFormat::Auto,
-        global = true
-    )]
+    #[arg(long = "log-format", env = "TRIBUTARY_LOG_FORMAT", value_enum, value_name = "FORMAT",
+          default_value_t = LogFormat::Auto, global = true)]
     pub format: LogFormat,
 }
 

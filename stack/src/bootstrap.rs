@@ -71,6 +71,25 @@ pub struct Names {
     pub visibility_timeout_secs: u32,
 }
 
+impl Names {
+    /// Throw-away names for one test or benchmark run: `<prefix><what>-<id>` for every
+    /// resource, 5 receives before the DLQ, a 30 s visibility timeout.
+    pub fn scratch(prefix: &str, id: &str) -> Names {
+        let name = |what: &str| format!("{prefix}{what}-{id}");
+        Names {
+            table: name("profiles"),
+            checkpoint_table: name("checkpoints"),
+            topic: name("profile-changes"),
+            queue: name("analytics"),
+            dlq: name("analytics-dlq"),
+            failure_queue: name("publish-failures"),
+            delivery_dlq: name("delivery-dlq"),
+            max_receive_count: 5,
+            visibility_timeout_secs: 30,
+        }
+    }
+}
+
 /// What bootstrap created or found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resources {

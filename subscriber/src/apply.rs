@@ -596,6 +596,11 @@ pub(crate) mod test_events {
             .await
             .unwrap()
     }
+
+    /// [`super::apply_atomically`] of a batch that must commit.
+    pub(crate) async fn apply(pool: &sqlx::PgPool, events: &[ChangeEvent]) -> super::ApplyReport {
+        super::apply_atomically(pool, events).await.unwrap()
+    }
 }
 
 #[cfg(test)]
@@ -685,7 +690,7 @@ mod db_tests {
             delete("b", 1, 2),
             snapshot("c", 1, 7, "c7@x"),
         ];
-        let first = apply_atomically(&pool, &events).await.unwrap();
+        let first = apply(&pool, &events).await;
         assert_eq!(
             first,
             ApplyReport {
@@ -702,7 +707,7 @@ mod db_tests {
         ];
 
         // Again as a batch, then one by one in reverse order.
-        let again = apply_atomically(&pool, &events).await.unwrap();
+        let again = apply(&pool, &events).await;
         assert_eq!(again.history_inserted, 0);
         assert_eq!(again.history_duplicates, 5);
         assert_eq!(again.applied, 0);
@@ -789,7 +794,7 @@ mod db_tests {
                 "TRUNCATE analytics.user_profiles, analytics.profile_changes",
             )
             .await;
-            let report = apply_atomically(&pool, &batch).await.unwrap();
+            let report = apply(&pool, &batch).await;
             assert_eq!((report.history_inserted, report.applied), (1, 1));
             assert_eq!(sms_and_zone(&pool).await, richest);
         }
@@ -857,9 +862,7 @@ mod db_tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn duplicate_events_in_one_batch_are_one_effect(pool: PgPool) {
         let e = upsert("a", 1, 1, "a@x");
-        let report = apply_atomically(&pool, &[e.clone(), e.clone(), e])
-            .await
-            .unwrap();
+        let report = apply(&pool, &[e.clone(), e.clone(), e]).await;
         assert_eq!(report.history_inserted, 1);
         assert_eq!(report.history_duplicates, 2);
         assert_eq!(report.applied, 1);
@@ -869,15 +872,11 @@ mod db_tests {
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn delete_then_late_older_upsert_stays_a_tombstone(pool: PgPool) {
-        apply_atomically(&pool, &[delete("a", 1, 5)]).await.unwrap();
-        let late = apply_atomically(&pool, &[upsert("a", 1, 4, "old@x")])
-            .await
-            .unwrap();
+        apply(&pool, &[delete("a", 1, 5)]).await;
+        let late = apply(&pool, &[upsert("a", 1, 4, "old@x")]).await;
         assert_eq!((late.applied, late.stale), (0, 1));
         // A snapshot read before the delete must not resurrect it either.
-        apply_atomically(&pool, &[snapshot("a", 1, 5, "snap@x")])
-            .await
-            .unwrap();
+        apply(&pool, &[snapshot("a", 1, 5, "snap@x")]).await;
         assert_eq!(
             state(&pool, "a").await,
             Some((true, None, 1, 5, Some("deleted".into())))
@@ -888,9 +887,7 @@ mod db_tests {
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn delete_of_a_never_seen_key_inserts_a_tombstone(pool: PgPool) {
-        let report = apply_atomically(&pool, &[delete("ghost", 3, 9)])
-            .await
-            .unwrap();
+        let report = apply(&pool, &[delete("ghost", 3, 9)]).await;
         assert_eq!(report.applied, 1);
         assert_eq!(
             state(&pool, "ghost").await,
@@ -900,10 +897,8 @@ mod db_tests {
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn tombstone_clears_every_profile_column(pool: PgPool) {
-        apply_atomically(&pool, &[upsert("a", 1, 1, "a@x")])
-            .await
-            .unwrap();
-        apply_atomically(&pool, &[delete("a", 1, 2)]).await.unwrap();
+        apply(&pool, &[upsert("a", 1, 1, "a@x")]).await;
+        apply(&pool, &[delete("a", 1, 2)]).await;
         let remaining: i32 = sqlx::query_scalar(
             "SELECT num_nonnulls(email, display_name, country, plan, marketing_email,
                     marketing_sms, locale, time_zone, lifetime_value_cents, created_at,
@@ -918,21 +913,15 @@ mod db_tests {
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn recreated_item_wins_over_the_tombstone(pool: PgPool) {
-        apply_atomically(&pool, &[upsert("a", 100, 1, "old@x"), delete("a", 100, 7)])
-            .await
-            .unwrap();
+        apply(&pool, &[upsert("a", 100, 1, "old@x"), delete("a", 100, 7)]).await;
         // Re-created: a higher generation, its version counter restarting at 1.
-        apply_atomically(&pool, &[upsert("a", 200, 1, "new@x")])
-            .await
-            .unwrap();
+        apply(&pool, &[upsert("a", 200, 1, "new@x")]).await;
         assert_eq!(
             state(&pool, "a").await,
             Some((false, Some("new@x".into()), 200, 1, None))
         );
         // A late event of the old generation changes nothing.
-        apply_atomically(&pool, &[upsert("a", 100, 6, "older@x")])
-            .await
-            .unwrap();
+        apply(&pool, &[upsert("a", 100, 6, "older@x")]).await;
         assert_eq!(
             state(&pool, "a").await,
             Some((false, Some("new@x".into()), 200, 1, None))
@@ -941,12 +930,8 @@ mod db_tests {
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn upsert_and_delete_of_the_same_position_in_one_batch_leave_a_tombstone(pool: PgPool) {
-        apply_atomically(&pool, &[upsert("a", 1, 3, "a@x"), delete("a", 1, 3)])
-            .await
-            .unwrap();
-        apply_atomically(&pool, &[delete("b", 1, 3), upsert("b", 1, 3, "b@x")])
-            .await
-            .unwrap();
+        apply(&pool, &[upsert("a", 1, 3, "a@x"), delete("a", 1, 3)]).await;
+        apply(&pool, &[delete("b", 1, 3), upsert("b", 1, 3, "b@x")]).await;
         for key in ["a", "b"] {
             assert_eq!(
                 state(&pool, key).await,
@@ -969,7 +954,7 @@ mod db_tests {
             if let Change::Upserted(p) = &mut event.change {
                 p.lifetime_value_cents = Some(number.parse::<DdbNumber>().unwrap());
             }
-            apply_atomically(&pool, &[event]).await.unwrap();
+            apply(&pool, &[event]).await;
             let exact: bool = sqlx::query_scalar(
                 "SELECT lifetime_value_cents = $2::numeric
                  FROM analytics.user_profiles WHERE user_id = $1",
@@ -1004,21 +989,15 @@ mod db_tests {
         let from_stream = upsert("a", 1, 4, "a@x");
         let mut from_snapshot = snapshot("a", 1, 4, "a@x");
         from_snapshot.event_id = "snapshot-a-1-4".to_owned();
-        let report = apply_atomically(&pool, &[from_stream, from_snapshot])
-            .await
-            .unwrap();
+        let report = apply(&pool, &[from_stream, from_snapshot]).await;
         assert_eq!((report.history_inserted, report.history_duplicates), (1, 1));
         assert_eq!(history_count(&pool).await, 1);
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn snapshot_never_overwrites_a_newer_change(pool: PgPool) {
-        apply_atomically(&pool, &[upsert("a", 1, 9, "new@x")])
-            .await
-            .unwrap();
-        apply_atomically(&pool, &[snapshot("a", 1, 8, "snap@x")])
-            .await
-            .unwrap();
+        apply(&pool, &[upsert("a", 1, 9, "new@x")]).await;
+        apply(&pool, &[snapshot("a", 1, 8, "snap@x")]).await;
         assert_eq!(
             state(&pool, "a").await,
             Some((false, Some("new@x".into()), 1, 9, None))
@@ -1027,36 +1006,26 @@ mod db_tests {
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn an_event_at_the_same_position_restores_a_row_edited_out_of_band(pool: PgPool) {
-        apply_atomically(&pool, &[upsert("a", 1, 4, "a@x")])
-            .await
-            .unwrap();
+        apply(&pool, &[upsert("a", 1, 4, "a@x")]).await;
         exec(
             &pool,
             "UPDATE analytics.user_profiles SET email = 'tampered@x'",
         )
         .await;
         // An identical redelivery of an untouched row writes nothing …
-        apply_atomically(&pool, &[upsert("b", 1, 1, "b@x")])
-            .await
-            .unwrap();
-        let again = apply_atomically(&pool, &[upsert("b", 1, 1, "b@x")])
-            .await
-            .unwrap();
+        apply(&pool, &[upsert("b", 1, 1, "b@x")]).await;
+        let again = apply(&pool, &[upsert("b", 1, 1, "b@x")]).await;
         assert_eq!((again.applied, again.stale), (0, 1));
         // … while the same position with the source's content repairs the edited one.
-        let repaired = apply_atomically(&pool, &[snapshot("a", 1, 4, "a@x")])
-            .await
-            .unwrap();
+        let repaired = apply(&pool, &[snapshot("a", 1, 4, "a@x")]).await;
         assert_eq!(repaired.applied, 1);
         assert_eq!(
             state(&pool, "a").await,
             Some((false, Some("a@x".into()), 1, 4, None))
         );
         // A tombstone is never revived by an upsert of its own position.
-        apply_atomically(&pool, &[delete("a", 1, 4)]).await.unwrap();
-        apply_atomically(&pool, &[snapshot("a", 1, 4, "a@x")])
-            .await
-            .unwrap();
+        apply(&pool, &[delete("a", 1, 4)]).await;
+        apply(&pool, &[snapshot("a", 1, 4, "a@x")]).await;
         assert_eq!(state(&pool, "a").await.map(|s| s.0), Some(true));
     }
 

@@ -56,15 +56,9 @@ pub struct DatabaseArgs {
     /// default, `prefer`, checks nothing and falls back to plain text): anyone on the
     /// path can read or alter the traffic. Without it the program refuses to start.
     /// Logged at WARN on every start. Default: false.
-    #[arg(
-        long,
-        env = ALLOW_INSECURE_DB_TLS_ENV,
-        value_name = "BOOL",
-        default_value = "false",
-        num_args = 0..=1,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
+    #[arg(long, env = ALLOW_INSECURE_DB_TLS_ENV, value_name = "BOOL", default_value = "false",
+          num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_insecure_database_tls: bool,
 }
 
@@ -107,15 +101,9 @@ pub struct LambdaDatabaseArgs {
     pub database_secret_arn: Option<String>,
 
     /// As `subscriber run --allow-insecure-database-tls`. Default: false.
-    #[arg(
-        long,
-        env = ALLOW_INSECURE_DB_TLS_ENV,
-        value_name = "BOOL",
-        default_value = "false",
-        num_args = 0..=1,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
+    #[arg(long, env = ALLOW_INSECURE_DB_TLS_ENV, value_name = "BOOL", default_value = "false",
+          num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_insecure_database_tls: bool,
 }
 
@@ -308,24 +296,14 @@ pub struct RunConfig {
     pub workers: NonZeroUsize,
 
     /// Messages asked for per ReceiveMessage call, 1 to 10 (the SQS limit). Default: 10.
-    #[arg(
-        long,
-        env = "SUBSCRIBER_MAX_MESSAGES",
-        value_name = "N",
-        default_value_t = 10,
-        value_parser = clap::value_parser!(u8).range(1..=10)
-    )]
+    #[arg(long, env = "SUBSCRIBER_MAX_MESSAGES", value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(1..=10))]
     pub max_messages: u8,
 
     /// Long-poll wait per ReceiveMessage call, in seconds, 0 to 20 (the SQS limit).
     /// Default: 20.
-    #[arg(
-        long,
-        env = "SUBSCRIBER_WAIT_TIME_SECS",
-        value_name = "SECS",
-        default_value_t = 20,
-        value_parser = clap::value_parser!(u8).range(0..=20)
-    )]
+    #[arg(long, env = "SUBSCRIBER_WAIT_TIME_SECS", value_name = "SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u8).range(0..=20))]
     pub wait_time_secs: u8,
 
     /// Most messages one worker applies in one transaction. When a worker is behind
@@ -333,26 +311,16 @@ pub struct RunConfig {
     /// until it holds this many or --batch-window-ms has passed; a receive that is not
     /// full ends the gathering. One commit then covers up to this many events. 1 to
     /// 1000. Default: 100.
-    #[arg(
-        long,
-        env = "SUBSCRIBER_BATCH_MAX_MESSAGES",
-        value_name = "N",
-        default_value_t = 100,
-        value_parser = clap::value_parser!(u16).range(1..=1000)
-    )]
+    #[arg(long, env = "SUBSCRIBER_BATCH_MAX_MESSAGES", value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub batch_max_messages: u16,
 
     /// Longest time, in milliseconds, a worker spends gathering more messages after a
     /// full receive, 0 to 1000 (0: one receive per transaction). It bounds the latency
     /// the gathering adds; the first messages' visibility timeout runs meanwhile.
     /// Default: 50.
-    #[arg(
-        long,
-        env = "SUBSCRIBER_BATCH_WINDOW_MS",
-        value_name = "MS",
-        default_value_t = 50,
-        value_parser = clap::value_parser!(u16).range(0..=1000)
-    )]
+    #[arg(long, env = "SUBSCRIBER_BATCH_WINDOW_MS", value_name = "MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub batch_window_ms: u16,
 
     /// Longest wait, in milliseconds, between a caught-up worker's receives, so that
@@ -362,13 +330,8 @@ pub struct RunConfig {
     /// at most this much added latency. A worker whose oldest message waited more than
     /// twice this (at least 500 ms) is behind: it does not wait, and gathers up to
     /// --batch-max-messages. 0 to 5000 (0: never wait). Default: 250.
-    #[arg(
-        long,
-        env = "SUBSCRIBER_FILL_WAIT_MS",
-        value_name = "MS",
-        default_value_t = 250,
-        value_parser = clap::value_parser!(u16).range(0..=5000)
-    )]
+    #[arg(long, env = "SUBSCRIBER_FILL_WAIT_MS", value_name = "MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u16).range(0..=5000))]
     pub fill_wait_ms: u16,
 
     /// Maximum PostgreSQL connections in the pool, at least workers + 1 (a smaller pool
@@ -378,15 +341,9 @@ pub struct RunConfig {
     pub db_max_connections: Option<NonZeroU32>,
 
     /// Apply pending migrations before consuming (true/false). Default: false.
-    #[arg(
-        long,
-        env = "SUBSCRIBER_MIGRATE_ON_START",
-        value_name = "BOOL",
-        default_value = "false",
-        num_args = 0..=1,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
+    #[arg(long, env = "SUBSCRIBER_MIGRATE_ON_START", value_name = "BOOL", default_value = "false",
+          num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub migrate_on_start: bool,
 
     #[command(flatten)]
@@ -486,13 +443,9 @@ pub struct LambdaConfig {
 
     /// Milliseconds kept before the invocation's deadline: work stops then and what is
     /// unsettled is reported for retry. Default: 2000.
-    #[arg(
-        long = "deadline-margin-ms",
-        env = "TRIBUTARY_LAMBDA_DEADLINE_MARGIN_MS",
-        value_name = "MS",
-        default_value_t = 2000,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
+    #[arg(long = "deadline-margin-ms", env = "TRIBUTARY_LAMBDA_DEADLINE_MARGIN_MS",
+          value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub deadline_margin_ms: u64,
 
     #[command(flatten)]

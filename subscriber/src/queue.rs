@@ -557,6 +557,39 @@ impl DeadLetterQueue {
     }
 }
 
+/// Makes held messages visible again at once (`ChangeMessageVisibilityBatch` to 0),
+/// [`MAX_BATCH_ENTRIES`] at a time: what a peek or a stopped move leaves behind.
+///
+/// # Errors
+/// The last call that failed (every chunk is tried).
+pub async fn release<H: AsRef<str>>(
+    sqs: &Client,
+    queue_url: &str,
+    handles: &[H],
+) -> Result<
+    (),
+    SdkError<
+        aws_sdk_sqs::operation::change_message_visibility_batch::ChangeMessageVisibilityBatchError,
+    >,
+> {
+    let mut outcome = Ok(());
+    for chunk in handles.chunks(MAX_BATCH_ENTRIES) {
+        let entries = chunk.iter().enumerate().map(|(i, h)| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(h.as_ref())
+                .visibility_timeout(0)
+                .build()
+                .expect("id and handle are set")
+        });
+        let call = sqs.change_message_visibility_batch().queue_url(queue_url);
+        if let Err(e) = call.set_entries(Some(entries.collect())).send().await {
+            outcome = Err(e);
+        }
+    }
+    outcome
+}
+
 impl Parker for DeadLetterQueue {
     /// Sends to the DLQ only; the caller reports the message as handled.
     #[instrument(skip_all, fields(message_id = %message.message_id, reason = reason_code))]

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
@@ -283,26 +283,9 @@ async fn peek(sqs: &Client, url: &str, limit: usize) -> Result<Vec<Peeked>, Stat
     }
     // Make every peeked message visible again at once.
     let handles: Vec<&String> = seen.values().map(|(_, h)| h).collect();
-    for chunk in handles.chunks(10) {
-        let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = chunk
-            .iter()
-            .enumerate()
-            .filter_map(|(i, h)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(h.as_str())
-                    .visibility_timeout(0)
-                    .build()
-                    .ok()
-            })
-            .collect();
-        sqs.change_message_visibility_batch()
-            .queue_url(url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| err(&e))?;
-    }
+    crate::queue::release(sqs, url, &handles)
+        .await
+        .map_err(|e| err(&e))?;
     Ok(seen.into_values().map(|(p, _)| p).collect())
 }
 

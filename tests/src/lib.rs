@@ -114,21 +114,6 @@ pub fn require_env() -> Result<String> {
         .context("TRIBUTARY_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh")
 }
 
-/// The resource names of the stack with random id `id`.
-fn stack_names(id: &str) -> Names {
-    Names {
-        table: format!("profiles-{id}"),
-        checkpoint_table: format!("checkpoints-{id}"),
-        topic: format!("profile-changes-{id}"),
-        queue: format!("analytics-{id}"),
-        dlq: format!("analytics-dlq-{id}"),
-        failure_queue: format!("publish-failures-{id}"),
-        delivery_dlq: format!("delivery-dlq-{id}"),
-        max_receive_count: 5,
-        visibility_timeout_secs: 30,
-    }
-}
-
 /// One test's private pipeline: table, stream, topic, queues, database.
 #[derive(Debug)]
 pub struct Stack {
@@ -161,7 +146,7 @@ impl Stack {
         let id = random_id();
         let config = runtime::aws::default_sdk_config().await;
         let clients = Clients::new(&config);
-        let names = stack_names(&id);
+        let names = Names::scratch("", &id);
         let resources = bootstrap(&clients, &names).await.context("bootstrap")?;
         // Bootstrap is idempotent: running it again finds the same resources.
         let again = bootstrap(&clients, &names)
@@ -237,7 +222,7 @@ impl Stack {
 
     /// The names the stack was bootstrapped with.
     pub fn names(&self) -> Names {
-        stack_names(&self.id)
+        Names::scratch("", &self.id)
     }
 
     pub fn writer(&self) -> ProfileWriter {
@@ -785,6 +770,38 @@ pub fn signal(child: &Child, sig: &str) -> Result<()> {
     Ok(())
 }
 
+/// How `child` ended if it exits within `limit` (`Some(None)`: by a signal); `None`
+/// while it still runs.
+pub async fn exit_within(child: &mut Child, limit: Duration) -> Result<Option<Option<i32>>> {
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => Ok(Some(status?.code())),
+        Err(_) => Ok(None),
+    }
+}
+
+/// A drain that hangs: `first` leaves `child` running (a second later), and `second`
+/// ends it within 10 s with 130.
+pub async fn a_second_signal_forces_the_exit(
+    child: &mut Child,
+    first: &str,
+    second: &str,
+) -> Result<()> {
+    signal(child, first)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let early = child.try_wait()?;
+    anyhow::ensure!(
+        early.is_none(),
+        "exited ({early:?}) on the first SIG{first}: the drain did not hang, no test"
+    );
+    signal(child, second)?;
+    let ended = exit_within(child, Duration::from_secs(10)).await?;
+    anyhow::ensure!(
+        ended == Some(Some(130)),
+        "{ended:?} after the second signal, expected exit 130"
+    );
+    Ok(())
+}
+
 /// The log level the binaries run at: `TRIBUTARY_TEST_LOG`, else `warn`.
 pub fn test_log_level() -> String {
     std::env::var("TRIBUTARY_TEST_LOG").unwrap_or_else(|_| "warn".into())
@@ -1062,4 +1079,9 @@ fn newest_pg_bin() -> Result<PathBuf> {
 pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// A free loopback address for a binary's `--metrics-addr`.
+pub fn free_addr() -> Result<std::net::SocketAddr> {
+    Ok(std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?)))
 }

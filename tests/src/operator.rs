@@ -1,82 +1,31 @@
-//! Helpers for the operator's view tests: a TCP proxy that can cut a connection path
-//! (to take PostgreSQL away from one process without touching the shared server), a
-//! bare HTTP GET, and Prometheus text parsing.
+//! Helpers for the operator's view tests: the test's database behind a proxy that can
+//! cut it (to take PostgreSQL away from one process without touching the shared
+//! server), a bare HTTP GET, and Prometheus text parsing.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use sqlx::postgres::PgConnectOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
-/// A TCP proxy on 127.0.0.1 to `upstream`. [`TcpProxy::cut`] closes every connection
-/// through it and refuses new ones (accepted, then closed at once, as a dead server's
-/// port would behave behind a load balancer); [`TcpProxy::restore`] lets them through
-/// again. Stops when dropped.
-#[derive(Debug)]
-pub struct TcpProxy {
-    pub addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    /// Bumped on every cut: connections of an older generation close.
-    generation: watch::Sender<u64>,
-    task: tokio::task::JoinHandle<()>,
-}
+use crate::Stack;
+use crate::outage::CutProxy;
 
-impl TcpProxy {
-    /// Starts a proxy to `upstream`.
-    pub async fn start(upstream: SocketAddr) -> Result<TcpProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let up = Arc::new(AtomicBool::new(true));
-        let (generation, _) = watch::channel(0u64);
-        let up2 = Arc::clone(&up);
-        let gen_tx = generation.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !up2.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let mut cut = gen_tx.subscribe();
-                let born = *cut.borrow();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.wait_for(|g| *g != born) => {}
-                    }
-                });
-            }
-        });
-        Ok(TcpProxy {
-            addr,
-            up,
-            generation,
-            task,
-        })
-    }
-
-    /// Closes every connection and refuses new ones.
-    pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    /// Lets connections through again.
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for TcpProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.generation.send_modify(|g| *g += 1);
+impl Stack {
+    /// The test's database behind a [`CutProxy`]: the proxy and the connect options
+    /// that go through it.
+    pub async fn database_behind_proxy(&self) -> Result<(CutProxy, PgConnectOptions)> {
+        let pg = PgConnectOptions::from_str(&self.database_url)?;
+        let upstream = tokio::net::lookup_host((pg.get_host(), pg.get_port()))
+            .await?
+            .next()
+            .context("PostgreSQL's address")?;
+        let proxy = CutProxy::to(upstream).await?;
+        let through = pg.host("127.0.0.1").port(proxy.addr.port());
+        Ok((proxy, through))
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct CutProxy {
     pub url: String,
+    pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
     /// Bumped on every cut, so open connections close.
     cuts: watch::Sender<u64>,
@@ -34,8 +35,17 @@ impl CutProxy {
             .trim_end_matches('/')
             .parse()
             .with_context(|| format!("{target_url} is not http://ip:port"))?;
+        CutProxy::to(target).await
+    }
+
+    /// Listens on a free loopback port and forwards to `target`.
+    ///
+    /// # Errors
+    /// No port could be bound.
+    pub async fn to(target: SocketAddr) -> Result<CutProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
         let cut = Arc::new(AtomicBool::new(false));
         let (cuts, _) = watch::channel(0u64);
         let (flag, sender) = (Arc::clone(&cut), cuts.clone());
@@ -60,6 +70,7 @@ impl CutProxy {
         });
         Ok(CutProxy {
             url,
+            addr,
             cut,
             cuts,
             task,
@@ -81,6 +92,7 @@ impl CutProxy {
 impl Drop for CutProxy {
     fn drop(&mut self) {
         self.task.abort();
+        self.cuts.send_modify(|n| *n += 1);
     }
 }
 

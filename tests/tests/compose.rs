@@ -6,20 +6,37 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn check(file: &Path) -> Output {
+/// The check's verdict on `file` and what it said.
+fn check(file: &Path) -> (bool, String) {
     // The binaries whose --help is read: the same build as the other end-to-end tests.
     let bins = e2e::bin("subscriber").unwrap();
-    std::process::Command::new(root().join("scripts/check-compose.sh"))
+    let out = std::process::Command::new(root().join("scripts/check-compose.sh"))
         .arg(file)
         .env("TRIBUTARY_BIN_DIR", bins.parent().unwrap())
         .output()
-        .unwrap()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The check passes `(dir, file)`.
+fn passes((_dir, file): (tempdir::Dir, PathBuf)) {
+    let (ok, stderr) = check(&file);
+    assert!(ok, "{stderr}");
+}
+
+/// The check refuses `(dir, file)` with a message containing `why`.
+fn refused((_dir, file): (tempdir::Dir, PathBuf), why: &str) {
+    let (ok, stderr) = check(&file);
+    assert!(!ok, "passed, where it should have said {why:?}: {stderr}");
+    assert!(stderr.contains(why), "{stderr}");
 }
 
 /// A copy of the real file with `from` replaced by `to` (which must change it), in a
@@ -57,79 +74,60 @@ mod tempdir {
 
 #[test]
 fn the_compose_file_validates_and_sets_only_variables_the_binaries_read() {
-    let out = check(&root().join("docker-compose.yml"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (ok, stderr) = check(&root().join("docker-compose.yml"));
+    assert!(ok, "{stderr}");
     assert!(stderr.contains("ok: "), "{stderr}");
 }
 
 #[test]
 fn a_misspelt_variable_fails_the_check_naming_it() {
-    let (_dir, file) = mutated("SUBSCRIBER_WORKERS: \"4\"", "SUBSCRIBER_WORKRS: \"4\"");
-    let out = check(&file);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a typo passed: {stderr}");
-    assert!(
-        stderr.contains("subscriber: sets SUBSCRIBER_WORKRS, which `subscriber run` does not read"),
-        "{stderr}"
+    refused(
+        mutated("SUBSCRIBER_WORKERS: \"4\"", "SUBSCRIBER_WORKRS: \"4\""),
+        "subscriber: sets SUBSCRIBER_WORKRS, which `subscriber run` does not read",
     );
 }
 
 #[test]
 fn a_variable_of_another_binary_fails_the_check() {
     // PUBLISHER_TABLE is real, but `subscriber migrate` does not read it.
-    let (_dir, file) = mutated(
-        "      <<: [*database, *logging]\n",
-        "      <<: [*database, *logging]\n      PUBLISHER_TABLE: profiles\n",
+    refused(
+        mutated(
+            "      <<: [*database, *logging]\n",
+            "      <<: [*database, *logging]\n      PUBLISHER_TABLE: profiles\n",
+        ),
+        "migrate: sets PUBLISHER_TABLE",
     );
-    let out = check(&file);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("migrate: sets PUBLISHER_TABLE"), "{stderr}");
 }
 
 #[test]
 fn waiting_on_a_bare_start_fails_the_check() {
-    let (_dir, file) = mutated(
-        "      migrate:\n        condition: service_completed_successfully\n\n  # --- LocalStack",
-        "      migrate:\n        condition: service_started\n\n  # --- LocalStack",
-    );
-    let out = check(&file);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("demo-writer: depends_on migrate does not wait"),
-        "{stderr}"
+    refused(
+        mutated(
+            "      migrate:\n        condition: service_completed_successfully\n\n  # --- LocalStack",
+            "      migrate:\n        condition: service_started\n\n  # --- LocalStack",
+        ),
+        "demo-writer: depends_on migrate does not wait",
     );
 }
 
 #[test]
 fn a_schema_violation_fails_the_check() {
-    let (_dir, file) = mutated("    healthcheck: *readyz\n", "    healthcheck: [*readyz]\n");
-    let out = check(&file);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("docker-compose config failed"), "{stderr}");
+    refused(
+        mutated("    healthcheck: *readyz\n", "    healthcheck: [*readyz]\n"),
+        "docker-compose config failed",
+    );
 }
 
 #[test]
 fn a_stop_grace_period_shorter_than_the_subscribers_drain_fails_the_check() {
-    let (_dir, file) = mutated("stop_grace_period: 60s", "stop_grace_period: 15s");
-    let out = check(&file);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a 15 s grace passed: {stderr}");
-    assert!(
-        stderr.contains(
-            "subscriber: stop_grace_period 15s is not longer than the drain bound of 50 s"
-        ),
-        "{stderr}"
+    refused(
+        mutated("stop_grace_period: 60s", "stop_grace_period: 15s"),
+        "subscriber: stop_grace_period 15s is not longer than the drain bound of 50 s",
     );
-    let (_dir, file) = mutated("  stop_grace_period: 60s\n", "");
-    let out = check(&file);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("publisher: stop_grace_period 10s (default) is not longer"),
-        "no grace period at all passed: {stderr}"
+    // No grace period at all: the publisher's 10 s default is too short.
+    refused(
+        mutated("  stop_grace_period: 60s\n", ""),
+        "publisher: stop_grace_period 10s (default) is not longer",
     );
 }
 
@@ -151,34 +149,23 @@ fn with_standin(from: &str, to: &str) -> (tempdir::Dir, PathBuf) {
 
 #[test]
 fn the_standin_override_passes_and_may_only_swap_images() {
-    let (_dir, file) = with_standin("services:\n", "services:\n");
-    let out = check(&file);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    passes(with_standin("services:\n", "services:\n"));
 
     // A stand-in that changes anything but the image hides a difference from upstream.
-    let (_dir, file) = with_standin(
-        "    pull_policy: never\n  dynamodb:",
-        "    pull_policy: never\n    environment:\n      POSTGRES_DB: other\n  dynamodb:",
-    );
-    let out = check(&file);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("docker-compose.standin.yml: postgres: changes environment"),
-        "{stderr}"
+    refused(
+        with_standin(
+            "    pull_policy: never\n  dynamodb:",
+            "    pull_policy: never\n    environment:\n      POSTGRES_DB: other\n  dynamodb:",
+        ),
+        "docker-compose.standin.yml: postgres: changes environment",
     );
 
     // …and its image must say that it is a stand-in.
-    let (_dir, file) = with_standin(
-        "localhost/tributary-standin/moto:latest",
-        "motoserver/moto:latest",
-    );
-    let out = check(&file);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("moto: image 'motoserver/moto:latest' is not named"),
-        "{stderr}"
+    refused(
+        with_standin(
+            "localhost/tributary-standin/moto:latest",
+            "motoserver/moto:latest",
+        ),
+        "moto: image 'motoserver/moto:latest' is not named",
     );
 }

@@ -168,21 +168,11 @@ async fn receive_visible(
 #[tokio::test]
 async fn subscriber_lambda_backs_off_through_a_database_outage_and_dead_letters_nothing()
 -> Result<()> {
-    use std::str::FromStr;
     let stack = Stack::new().await?;
     // The outage: the handler's database is behind a proxy the test cuts (the shared
     // server is never touched).
-    let pg = sqlx::postgres::PgConnectOptions::from_str(&stack.database_url)?;
-    let upstream = tokio::net::lookup_host((pg.get_host(), pg.get_port()))
-        .await?
-        .next()
-        .context("PostgreSQL's address")?;
-    let proxy = e2e::operator::TcpProxy::start(upstream).await?;
-    let connect = pg
-        .clone()
-        .host("127.0.0.1")
-        .port(proxy.addr.port())
-        .options(subscriber::config::SESSION_SETTINGS);
+    let (proxy, through) = stack.database_behind_proxy().await?;
+    let connect = through.options(subscriber::config::SESSION_SETTINGS);
     let queue_url = stack.resources.queue_url.clone();
     let queue_arn = stack.queue_arn(&queue_url).await?;
     // No SUBSCRIBER_QUEUE_URL: the queue is resolved from the records' eventSourceARN.
@@ -778,6 +768,14 @@ async fn invoke(name: &str, port: u16, data: &Value) -> Result<Value> {
         .with_context(|| format!("answer of {name}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Invokes function `name` with the fixture `event`: every record must be handled.
+async fn handles_all(name: &str, port: u16, event: &str) -> Result<()> {
+    let answer = invoke(name, port, &fixture(event)).await?;
+    let all = json!({ "batchItemFailures": [] });
+    anyhow::ensure!(answer == all, "{name} on {event}: {answer}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn publisher_binary_answers_under_cargo_lambdas_runtime_emulator() -> Result<()> {
     let stack = Stack::new().await?;
@@ -794,20 +792,8 @@ async fn publisher_binary_answers_under_cargo_lambdas_runtime_emulator() -> Resu
 
     // The barest event (no awsRegion, eventVersion, eventID, ApproximateCreationDateTime)
     // reaches the handler through the runtime, and so does the documented sample.
-    let answer = invoke(
-        "publisher-lambda",
-        port,
-        &fixture("dynamodb-stream-minimal.json"),
-    )
-    .await?;
-    assert_eq!(answer, json!({ "batchItemFailures": [] }));
-    let answer = invoke(
-        "publisher-lambda",
-        port,
-        &fixture("dynamodb-stream-sample.json"),
-    )
-    .await?;
-    assert_eq!(answer, json!({ "batchItemFailures": [] }));
+    handles_all("publisher-lambda", port, "dynamodb-stream-minimal.json").await?;
+    handles_all("publisher-lambda", port, "dynamodb-stream-sample.json").await?;
     take(&stack, &stack.tap_queue_url, 6).await?;
     assert_eq!(parked_records(&stack, 2).await?.len(), 2);
 
@@ -830,8 +816,7 @@ async fn subscriber_binary_answers_under_cargo_lambdas_runtime_emulator() -> Res
             ("SUBSCRIBER_DLQ_URL", &r.dlq_url),
         ],
     )?;
-    let answer = invoke("subscriber-lambda", port, &fixture("sqs-sample.json")).await?;
-    assert_eq!(answer, json!({ "batchItemFailures": [] }));
+    handles_all("subscriber-lambda", port, "sqs-sample.json").await?;
     take(&stack, &r.dlq_url, 3).await?;
     let rows = stack.analytics_rows().await?;
     assert!(rows.contains_key("u-0002"), "{rows:?}");

@@ -6,15 +6,12 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use e2e::free_port;
-use e2e::operator::{TcpProxy, http_get, sample};
+use anyhow::Result;
+use e2e::operator::{http_get, sample};
 use e2e::{Stack, eventually, terminate};
 use sqlx::ConnectOptions;
-use sqlx::postgres::PgConnectOptions;
 use stack::demo::{Traffic, TrafficPlan};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -54,21 +51,11 @@ async fn readiness(addr: SocketAddr, want: u16, timeout: Duration) -> Result<Str
 #[tokio::test]
 async fn metrics_move_with_the_events_and_readiness_follows_the_database() -> Result<()> {
     let stack = Stack::new().await?;
-    let pg: PgConnectOptions = PgConnectOptions::from_str(&stack.database_url)?;
-    let upstream = tokio::net::lookup_host((pg.get_host(), pg.get_port()))
-        .await?
-        .next()
-        .context("PostgreSQL's address")?;
-    let proxy = TcpProxy::start(upstream).await?;
-    let proxied_url = pg
-        .clone()
-        .host("127.0.0.1")
-        .port(proxy.addr.port())
-        .to_url_lossy()
-        .to_string();
+    let (proxy, through) = stack.database_behind_proxy().await?;
+    let proxied_url = through.to_url_lossy().to_string();
 
-    let pub_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let sub_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let pub_addr: SocketAddr = e2e::free_addr()?;
+    let sub_addr: SocketAddr = e2e::free_addr()?;
     let mut publisher = stack.spawn_publisher(&["--metrics-addr", &pub_addr.to_string()])?;
     let mut subscriber = stack.spawn_subscriber(&[
         "--database-url",
@@ -340,7 +327,7 @@ async fn status_shows_the_parked_messages_by_reason_and_the_lag_it_was_given() -
 #[tokio::test]
 async fn a_readyz_flood_neither_takes_the_workers_connections_nor_stops_them() -> Result<()> {
     let stack = Stack::new().await?;
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let addr: SocketAddr = e2e::free_addr()?;
     let mut subscriber = stack.spawn_subscriber(&[
         "--metrics-addr",
         &addr.to_string(),
@@ -414,7 +401,7 @@ async fn a_large_page_is_checkpointed_slice_by_slice() -> Result<()> {
     // Written before the publisher starts, so its first reads return big pages.
     let traffic = write(&stack, "slices", 12, TrafficPlan::new(300, 300)).await?;
     let total = traffic.stats.total() as f64;
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let addr: SocketAddr = e2e::free_addr()?;
     let mut publisher = stack.spawn_publisher(&[
         "--checkpoint-every",
         "50",
@@ -468,7 +455,7 @@ async fn a_backlog_is_applied_in_batches_larger_than_one_receive() -> Result<()>
         Ok((stack.queue_depth(&stack.resources.queue_url).await? >= total).then_some(()))
     })
     .await?;
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let addr: SocketAddr = e2e::free_addr()?;
     let mut subscriber = stack.spawn_subscriber(&[
         "--workers",
         "1",

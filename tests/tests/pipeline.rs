@@ -62,6 +62,19 @@ async fn write(stack: &Stack, prefix: &str, seed: u64, plan: TrafficPlan) -> Res
     stack.write_traffic(prefix, seed, plan).await
 }
 
+/// Writes `plan`'s traffic and waits for all of it on the tap: how many events.
+async fn written_and_published(
+    stack: &Stack,
+    prefix: &str,
+    seed: u64,
+    plan: TrafficPlan,
+) -> Result<usize> {
+    let traffic = write(stack, prefix, seed, plan).await?;
+    let total = traffic.stats.total() as usize;
+    tap_all(stack, total).await?;
+    Ok(total)
+}
+
 /// A stream sequence number (a decimal string of up to 40 digits, beyond u128),
 /// ordered numerically: by digit count, then digits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -148,9 +161,7 @@ async fn shuffled_delivery_converges_to_the_source() -> Result<()> {
     let stack = Stack::new().await?;
     let _publisher = stack.spawn_publisher(&[])?;
     // Few keys, many changes each: plenty of chances to apply an old one last.
-    let traffic = write(&stack, "shuffle", 3, TrafficPlan::new(6, 90)).await?;
-    let total = traffic.stats.total() as usize;
-    tap_all(&stack, total).await?;
+    let total = written_and_published(&stack, "shuffle", 3, TrafficPlan::new(6, 90)).await?;
     let mut queued = take_all(&stack, &stack.resources.queue_url, total).await?;
     assert_eq!(queued.len(), total);
     let in_order = queued.clone();
@@ -303,9 +314,7 @@ async fn poison_messages_are_parked_with_a_reason_and_good_ones_apply() -> Resul
 async fn a_crash_between_commit_and_delete_makes_redelivery_a_no_op() -> Result<()> {
     let stack = Stack::new().await?;
     let _publisher = stack.spawn_publisher(&[])?;
-    let traffic = write(&stack, "crash", 7, TrafficPlan::new(10, 40)).await?;
-    let total = traffic.stats.total() as usize;
-    tap_all(&stack, total).await?;
+    let total = written_and_published(&stack, "crash", 7, TrafficPlan::new(10, 40)).await?;
 
     // A subscriber that commits and then dies before DeleteMessageBatch: receive with a
     // short visibility timeout, apply and commit with the subscriber's own code, never

@@ -134,7 +134,7 @@ async fn metrics(addr: SocketAddr) -> Result<String> {
 }
 
 fn metrics_addr() -> Result<(SocketAddr, String)> {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let addr: SocketAddr = e2e::free_addr()?;
     Ok((addr, addr.to_string()))
 }
 
@@ -649,14 +649,6 @@ async fn a_missing_table_exits_2_and_an_unreachable_one_is_retried() -> Result<(
     stack.teardown().await
 }
 
-/// Waits for `child` to exit within `limit`; its exit code.
-async fn exit_within(child: &mut Child, limit: Duration) -> Result<Option<i32>> {
-    let status = tokio::time::timeout(limit, child.wait())
-        .await
-        .context("still running")??;
-    Ok(status.code())
-}
-
 #[tokio::test]
 async fn a_second_signal_stops_the_publisher_and_the_demo_writer_at_once_with_130() -> Result<()> {
     let stack = Stack::new().await?;
@@ -687,17 +679,7 @@ async fn a_second_signal_stops_the_publisher_and_the_demo_writer_at_once_with_13
     .await?;
     // DynamoDB stops answering: the drain (checkpoint, lease release) hangs.
     proxy.freeze();
-    signal(&publisher, "TERM")?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        publisher.try_wait()?.is_none(),
-        "the drain did not hang: no test"
-    );
-    signal(&publisher, "TERM")?;
-    assert_eq!(
-        exit_within(&mut publisher, Duration::from_secs(10)).await?,
-        Some(130)
-    );
+    e2e::a_second_signal_forces_the_exit(&mut publisher, "TERM", "TERM").await?;
 
     // The demo writer, its PutItem hanging: the first signal waits, the second exits.
     let proxy = FreezeProxy::start(upstream).await?;
@@ -716,17 +698,7 @@ async fn a_second_signal_stops_the_publisher_and_the_demo_writer_at_once_with_13
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.freeze();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(&writer, "INT")?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        writer.try_wait()?.is_none(),
-        "the writer did not hang: no test"
-    );
-    signal(&writer, "TERM")?;
-    assert_eq!(
-        exit_within(&mut writer, Duration::from_secs(10)).await?,
-        Some(130)
-    );
+    e2e::a_second_signal_forces_the_exit(&mut writer, "INT", "TERM").await?;
     stack.teardown().await
 }
 

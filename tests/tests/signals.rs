@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// A peer that accepts every connection and never says a word.
 async fn black_hole() -> Result<SocketAddr> {
@@ -128,23 +128,6 @@ enum First {
     Hangs,
 }
 
-async fn exit_within(child: &mut Child, limit: Duration) -> Result<Option<Option<i32>>> {
-    match tokio::time::timeout(limit, child.wait()).await {
-        Ok(status) => Ok(Some(status?.code())),
-        Err(_) => Ok(None),
-    }
-}
-
-fn kill(child: &Child, sig: &str) -> Result<()> {
-    let pid = child.id().context("already exited")?;
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()?
-        .success();
-    anyhow::ensure!(ok, "kill -{sig} {pid}");
-    Ok(())
-}
-
 /// Starts `binary`, lets it reach its hanging call, signals it once, and (if it is
 /// still draining) twice; checks each step against `first`.
 async fn check(
@@ -184,8 +167,8 @@ async fn check(
             .await?;
         bail!("{binary} exited ({status}) before any signal; stderr:\n{err}");
     }
-    kill(&child, signal)?;
-    let after_first = exit_within(&mut child, FIRST_SIGNAL_WAIT).await?;
+    e2e::signal(&child, signal)?;
+    let after_first = e2e::exit_within(&mut child, FIRST_SIGNAL_WAIT).await?;
     match (first, after_first) {
         (First::Exits(want), Some(code)) if code == Some(want) => return Ok(()),
         (First::Exits(want), Some(code)) => {
@@ -203,8 +186,8 @@ async fn check(
         }
         (First::Hangs, None) => {}
     }
-    kill(&child, "TERM")?;
-    match exit_within(&mut child, Duration::from_secs(5)).await? {
+    e2e::signal(&child, "TERM")?;
+    match e2e::exit_within(&mut child, Duration::from_secs(5)).await? {
         Some(Some(130)) => {}
         other => bail!("{binary}: {other:?} after the second signal, expected exit 130"),
     }

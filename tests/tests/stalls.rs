@@ -96,6 +96,13 @@ impl Logged {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// SIGTERM: the process drains and exits 0 within [`BOUND`].
+    async fn exits_cleanly(mut self) -> Result<()> {
+        let code = terminate(&mut self.child, BOUND).await?;
+        anyhow::ensure!(code == Some(0), "exit {code:?}; stderr:\n{}", self.log());
+        Ok(())
+    }
+
     /// Waits until standard error holds `times` lines containing `needle`.
     async fn wait_for(&self, needle: &str, times: usize) -> Result<String> {
         eventually(
@@ -198,7 +205,7 @@ async fn a_receive_from_an_sqs_endpoint_that_stops_answering_times_out_and_is_re
     let mut cmd = subscriber(&stack, "1")?;
     cmd.env("AWS_ENDPOINT_URL_SQS", switch.url());
     short_timeouts(&mut cmd);
-    let mut subscriber = Logged::spawn(cmd)?;
+    let subscriber = Logged::spawn(cmd)?;
     // Running through the proxy: an unreadable body is received and parked.
     an_unreadable_body_is_parked(&stack, &subscriber).await?;
 
@@ -214,9 +221,7 @@ async fn a_receive_from_an_sqs_endpoint_that_stops_answering_times_out_and_is_re
         failures.iter().all(|l| is_timeout(l)),
         "each failure is a timeout: {failures:#?}"
     );
-    let code = terminate(&mut subscriber.child, BOUND).await?;
-    assert_eq!(code, Some(0), "stderr:\n{}", subscriber.log());
-    drop(subscriber);
+    subscriber.exits_cleanly().await?;
     stack.teardown().await
 }
 
@@ -231,7 +236,7 @@ async fn a_long_poll_longer_than_the_attempt_timeout_is_not_taken_for_a_dead_con
     let mut cmd = subscriber(&stack, "3")?;
     short_timeouts(&mut cmd);
     cmd.env("TRIBUTARY_AWS_OPERATION_TIMEOUT_MS", "2500");
-    let mut subscriber = Logged::spawn(cmd)?;
+    let subscriber = Logged::spawn(cmd)?;
     tokio::time::sleep(Duration::from_secs(7)).await;
     // The long polls still deliver: an unreadable body is received and parked.
     an_unreadable_body_is_parked(&stack, &subscriber).await?;
@@ -240,9 +245,7 @@ async fn a_long_poll_longer_than_the_attempt_timeout_is_not_taken_for_a_dead_con
         !log.lines().any(|l| l.contains("Receive failed")),
         "no long poll timed out:\n{log}"
     );
-    let code = terminate(&mut subscriber.child, BOUND).await?;
-    assert_eq!(code, Some(0), "stderr:\n{}", subscriber.log());
-    drop(subscriber);
+    subscriber.exits_cleanly().await?;
     stack.teardown().await
 }
 

@@ -56,28 +56,43 @@ fn print_json<T: Serialize>(report: &T) {
     }
 }
 
+/// A pool on the analytics store with the subscriber's session settings, or the exit
+/// status after the one line that says why: [`BAD_SETTING`] for a refused setting,
+/// `unreachable` when the store does not answer.
+async fn connect_store(
+    database: &replay::cli::DatabaseArgs,
+    connections: u32,
+    unreachable: u8,
+) -> Result<sqlx::PgPool, u8> {
+    let url = &database.database_url;
+    let options = database.check_tls().and_then(|_| {
+        url.consumer_connect_options()
+            .map_err(|e| format!("error: invalid value for --database-url (env DATABASE_URL): {e}"))
+    });
+    let options = options.map_err(|line| {
+        eprintln!("{line}");
+        BAD_SETTING
+    })?;
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await;
+    pool.map_err(|e| {
+        eprintln!(
+            "error: cannot connect to the analytics store {}: {e}",
+            url.redacted()
+        );
+        unreachable
+    })
+}
+
 /// `replay status`: exit 0 once shown, in sync or not (scripts read `in_sync`); 1 when
 /// SQS or PostgreSQL cannot be read.
 async fn run_status(clients: &Clients, args: StatusArgs, json: bool) -> u8 {
-    if let Err(line) = args.database.check_tls() {
-        eprintln!("{line}");
-        return BAD_SETTING;
-    }
-    let url = &args.database.database_url;
-    let pool = match PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url.expose_secret())
-        .await
-    {
+    let pool = match connect_store(&args.database, 1, FAILED).await {
         Ok(pool) => pool,
-        Err(e) => {
-            eprintln!(
-                "error: cannot connect to the analytics store {}: {e}",
-                url.redacted()
-            );
-            return FAILED;
-        }
+        Err(code) => return code,
     };
     let options = args.options();
     let gathered = tokio::time::timeout(
@@ -255,31 +270,9 @@ async fn run_verify(
     json: bool,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> u8 {
-    if let Err(line) = args.database.check_tls() {
-        eprintln!("{line}");
-        return BAD_SETTING;
-    }
-    let options = match args.database.database_url.consumer_connect_options() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: invalid value for --database-url (env DATABASE_URL): {e}");
-            return BAD_SETTING;
-        }
-    };
-    let pool = match PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-    {
+    let pool = match connect_store(&args.database, 2, BAD_SETTING).await {
         Ok(pool) => pool,
-        Err(e) => {
-            eprintln!(
-                "error: cannot connect to the analytics store {}: {e}",
-                args.database.database_url.redacted()
-            );
-            return BAD_SETTING;
-        }
+        Err(code) => return code,
     };
     let options = verify::Options {
         table: args.table,
