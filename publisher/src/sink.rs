@@ -118,13 +118,14 @@ pub fn plan_batches_within(
     fifo: bool,
     limits: BatchLimits,
 ) -> (Vec<Vec<Encoded>>, Vec<(Encoded, Rejected)>) {
-    let mut batches: Vec<Vec<Encoded>> = Vec::new();
-    let mut rejected = Vec::new();
-    let mut current: Vec<Encoded> = Vec::new();
-    let mut current_size = 0;
-    for event in events {
-        let size = event.body.len() + limits.attribute_allowance;
-        if size > limits.max_bytes {
+    let size = |event: &Encoded| event.body.len() + limits.attribute_allowance;
+    let same_key =
+        |batch: &[Encoded], event: &Encoded| fifo && batch.iter().any(|e| e.key == event.key);
+    let (batches, too_large) =
+        runtime::batch::plan(events, limits.max_entries, limits.max_bytes, size, same_key);
+    let rejected = too_large
+        .into_iter()
+        .map(|event| {
             let r = Rejected {
                 event_id: event.event_id.clone(),
                 reason_code: "message_too_large",
@@ -135,23 +136,9 @@ pub fn plan_batches_within(
                     limits.max_bytes
                 ),
             };
-            rejected.push((event, r));
-            continue;
-        }
-        let same_group = fifo && current.iter().any(|e| e.key == event.key);
-        if current.len() == limits.max_entries
-            || current_size + size > limits.max_bytes
-            || same_group
-        {
-            batches.push(std::mem::take(&mut current));
-            current_size = 0;
-        }
-        current_size += size;
-        current.push(event);
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
+            (event, r)
+        })
+        .collect();
     (batches, rejected)
 }
 

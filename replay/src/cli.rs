@@ -424,22 +424,20 @@ mod tests {
                 .and_then(|a| a.get_env())
                 .map(|e| e.to_string_lossy().into_owned())
         };
-        assert_eq!(env("database_url").as_deref(), Some("DATABASE_URL"));
-        assert_eq!(
-            env("allow_insecure_database_tls").as_deref(),
-            Some("SUBSCRIBER_ALLOW_INSECURE_DB_TLS")
-        );
-        assert_eq!(env("queue_url").as_deref(), Some("SUBSCRIBER_QUEUE_URL"));
-        assert_eq!(env("dlq_url").as_deref(), Some("SUBSCRIBER_DLQ_URL"));
-        assert_eq!(
-            env("failure_queue_url").as_deref(),
-            Some("PUBLISHER_FAILURE_QUEUE_URL")
-        );
-        assert_eq!(
-            env("window_minutes").as_deref(),
-            Some("REPLAY_WINDOW_MINUTES")
-        );
-        assert_eq!(env("peek").as_deref(), Some("REPLAY_PEEK"));
+        for (id, var) in [
+            ("database_url", "DATABASE_URL"),
+            (
+                "allow_insecure_database_tls",
+                "SUBSCRIBER_ALLOW_INSECURE_DB_TLS",
+            ),
+            ("queue_url", "SUBSCRIBER_QUEUE_URL"),
+            ("dlq_url", "SUBSCRIBER_DLQ_URL"),
+            ("failure_queue_url", "PUBLISHER_FAILURE_QUEUE_URL"),
+            ("window_minutes", "REPLAY_WINDOW_MINUTES"),
+            ("peek", "REPLAY_PEEK"),
+        ] {
+            assert_eq!(env(id).as_deref(), Some(var), "--{id}");
+        }
         for arg in status.get_arguments() {
             assert!(
                 arg.get_help().is_some_and(|h| !h.to_string().is_empty()),

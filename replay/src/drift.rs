@@ -141,30 +141,24 @@ mod tests {
 
     #[test]
     fn present_items_classify_by_position_then_content() {
-        assert_eq!(classify_present(pos(1, 3), None, true), Some(Kind::Missing));
-        assert_eq!(
-            classify_present(pos(1, 3), live(1, 2), false),
-            Some(Kind::Stale)
-        );
-        assert_eq!(
-            classify_present(pos(1, 3), live(1, 4), false),
-            Some(Kind::Ahead)
-        );
-        assert_eq!(classify_present(pos(1, 3), live(1, 3), false), None);
-        assert_eq!(
-            classify_present(pos(1, 3), live(1, 3), true),
-            Some(Kind::Differs)
-        );
-        // A re-created item (newer generation) over an old tombstone: the store missed it.
-        assert_eq!(
-            classify_present(pos(2, 1), tomb(1, 9), true),
-            Some(Kind::Stale)
-        );
-        // A tombstone of the item's own version: the store is ahead of the source.
-        assert_eq!(
-            classify_present(pos(1, 3), tomb(1, 3), true),
-            Some(Kind::Ahead)
-        );
+        for (source, stored, differs, want) in [
+            (pos(1, 3), None, true, Some(Kind::Missing)),
+            (pos(1, 3), live(1, 2), false, Some(Kind::Stale)),
+            (pos(1, 3), live(1, 4), false, Some(Kind::Ahead)),
+            (pos(1, 3), live(1, 3), false, None),
+            (pos(1, 3), live(1, 3), true, Some(Kind::Differs)),
+            // A re-created item (newer generation) over an old tombstone: the store
+            // missed it.
+            (pos(2, 1), tomb(1, 9), true, Some(Kind::Stale)),
+            // A tombstone of the item's own version: the store is ahead of the source.
+            (pos(1, 3), tomb(1, 3), true, Some(Kind::Ahead)),
+        ] {
+            let got = classify_present(source, stored, differs);
+            assert_eq!(
+                got, want,
+                "{source:?} over {stored:?}, content differs: {differs}"
+            );
+        }
     }
 
     #[test]

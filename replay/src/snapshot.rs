@@ -118,7 +118,7 @@ pub(crate) async fn check_target(clients: &Clients, target: &Target) -> Result<(
             .send()
             .await
             .err()
-            .map(|e| aws_sdk_sns::error::DisplayErrorContext(&e).to_string()),
+            .map(|e| runtime::report::describe_sdk_error(&e)),
         Target::Queue(url) => clients
             .sqs
             .get_queue_attributes()
@@ -126,7 +126,7 @@ pub(crate) async fn check_target(clients: &Clients, target: &Target) -> Result<(
             .send()
             .await
             .err()
-            .map(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()),
+            .map(|e| runtime::report::describe_sdk_error(&e)),
     };
     match detail {
         None => Ok(()),

@@ -141,6 +141,38 @@ where
         .map_err(|e| crate::report::describe_sdk_error(&e))
 }
 
+/// PURE: splits `items`, in order, into batch calls of at most `max_entries` entries
+/// and `max_bytes` bytes (by `size`), starting a new call also where
+/// `split_before(call so far, next item)` says so. An item larger than `max_bytes` on
+/// its own fits no call: it is returned apart, never sent.
+pub fn plan<T>(
+    items: impl IntoIterator<Item = T>,
+    max_entries: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+    split_before: impl Fn(&[T], &T) -> bool,
+) -> (Vec<Vec<T>>, Vec<T>) {
+    let (mut calls, mut too_large) = (Vec::new(), Vec::new());
+    let (mut current, mut bytes): (Vec<T>, usize) = (Vec::new(), 0);
+    for item in items {
+        let n = size(&item);
+        if n > max_bytes {
+            too_large.push(item);
+            continue;
+        }
+        if current.len() == max_entries || bytes + n > max_bytes || split_before(&current, &item) {
+            calls.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += n;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        calls.push(current);
+    }
+    (calls, too_large)
+}
+
 /// How [`send`] retries.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -371,6 +403,17 @@ mod tests {
             message: "m".into(),
             sender_fault,
         }
+    }
+
+    #[test]
+    fn plan_keeps_the_order_within_both_limits_and_sets_apart_what_fits_no_call() {
+        let sizes = [4, 4, 11, 3, 3, 3, 1];
+        // At most 3 entries and 10 bytes a call; an odd size starts a new call.
+        let (calls, too_large) = plan(sizes, 3, 10, |&n| n, |_, &n| n == 1);
+        assert_eq!(calls, vec![vec![4, 4], vec![3, 3, 3], vec![1]]);
+        assert_eq!(too_large, vec![11]);
+        let (calls, too_large) = plan(Vec::<usize>::new(), 3, 10, |&n| n, |_, _| false);
+        assert!(calls.is_empty() && too_large.is_empty());
     }
 
     #[test]

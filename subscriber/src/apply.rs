@@ -515,6 +515,10 @@ pub(crate) mod test_events {
     use time::OffsetDateTime;
     use time::macros::datetime;
 
+    /// A schema change behind the subscriber's back that refuses every insert (23502).
+    pub(crate) const NOT_NULL_COLUMN_ADDED: &str =
+        "ALTER TABLE analytics.user_profiles ADD COLUMN tenant text NOT NULL";
+
     const AT: OffsetDateTime = datetime!(2026-11-25 01:02:03.5 UTC);
 
     fn event(key: &str, generation: i64, version: i64, change: Change) -> ChangeEvent {
@@ -1043,11 +1047,7 @@ mod db_tests {
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn a_not_null_column_added_behind_our_back_needs_an_operator(pool: PgPool) {
-        exec(
-            &pool,
-            "ALTER TABLE analytics.user_profiles ADD COLUMN tenant text NOT NULL",
-        )
-        .await;
+        exec(&pool, NOT_NULL_COLUMN_ADDED).await;
         let err = apply_atomically(&pool, &[upsert("a", 1, 1, "a@x")])
             .await
             .unwrap_err();

@@ -358,11 +358,19 @@ mod db_tests {
         }
     }
 
+    /// `m1` and `m2`, upserts of keys `a` and `b` the schema accepts.
+    fn two_good_messages() -> [ReceivedMessage; 2] {
+        [
+            message("m1", &body(&upsert("a", 1, 1, "a@x"))),
+            message("m2", &body(&upsert("b", 1, 1, "b@x"))),
+        ]
+    }
+
     fn body(event: &ChangeEvent) -> String {
         String::from_utf8(event.encode(contracts::SchemaVersion::V2)).unwrap()
     }
 
-    use crate::apply::test_events::{count, delete, exec, upsert};
+    use crate::apply::test_events::{NOT_NULL_COLUMN_ADDED, count, delete, exec, upsert};
 
     async fn profile_count(pool: &PgPool) -> i64 {
         count(pool, "analytics.user_profiles").await
@@ -521,16 +529,9 @@ mod db_tests {
     async fn a_constraint_added_behind_our_back_retries_good_messages_and_opens_the_gate(
         pool: PgPool,
     ) {
-        exec(
-            &pool,
-            "ALTER TABLE analytics.user_profiles ADD COLUMN tenant text NOT NULL",
-        )
-        .await;
+        exec(&pool, NOT_NULL_COLUMN_ADDED).await;
         let parker = RecordingParker::default();
-        let messages = [
-            message("m1", &body(&upsert("a", 1, 1, "a@x"))),
-            message("m2", &body(&upsert("b", 1, 1, "b@x"))),
-        ];
+        let messages = two_good_messages();
         let (outcome, failure) = process(&pool, &parker, &messages).await;
         assert_eq!(outcome.retry, ["m1", "m2"]);
         assert!(outcome.parked.is_empty());
@@ -553,10 +554,7 @@ mod db_tests {
     async fn a_store_without_its_tables_retries_everything_and_parks_nothing(pool: PgPool) {
         exec(&pool, "DROP SCHEMA analytics CASCADE").await;
         let parker = RecordingParker::default();
-        let messages = [
-            message("m1", &body(&upsert("a", 1, 1, "a@x"))),
-            message("m2", &body(&upsert("b", 1, 1, "b@x"))),
-        ];
+        let messages = two_good_messages();
         let outcome = process_batch(&pool, &parker, &messages).await;
         assert_eq!(outcome.retry, ["m1", "m2"]);
         assert!(outcome.succeeded.is_empty() && outcome.parked.is_empty());

@@ -470,15 +470,11 @@ async fn every_corpus_item_written_to_the_table_is_parked_or_published_as_expect
     assert_eq!(parked, want_parked);
 
     let mut published = Vec::new();
-    let deadline = Instant::now() + CONVERGE;
-    while published.len() < want_published.len() && Instant::now() < deadline {
-        for m in stack
-            .drain(&stack.tap_queue_url, Duration::from_millis(500), CONVERGE)
-            .await?
-        {
-            let v: Value = serde_json::from_str(m.body.as_deref().unwrap_or_default())?;
-            published.push(v["key"].as_str().context("key")?.to_owned());
-        }
+    let quiet = Duration::from_millis(500);
+    let tapped = stack.take_at_least(&stack.tap_queue_url, want_published.len(), quiet, CONVERGE);
+    for m in tapped.await? {
+        let v: Value = serde_json::from_str(m.body.as_deref().unwrap_or_default())?;
+        published.push(v["key"].as_str().context("key")?.to_owned());
     }
     published.sort();
     published.dedup(); // at-least-once: a re-publish is allowed, a loss is not

@@ -277,27 +277,17 @@ async fn poison_messages_are_parked_with_a_reason_and_good_ones_apply() -> Resul
     let _subscriber = stack.spawn_subscriber(&[])?;
 
     stack.wait_converged(CONVERGE).await?;
-    let mut parked: Vec<(String, String)> = Vec::new();
-    let deadline = Instant::now() + CONVERGE;
-    while parked.len() < poison.len() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {} poison messages parked",
-            parked.len(),
-            poison.len()
-        );
-        for m in stack
-            .drain(
-                &stack.resources.dlq_url,
-                Duration::from_millis(500),
-                CONVERGE,
-            )
-            .await?
-        {
+    let quiet = Duration::from_millis(500);
+    let dlq = &stack.resources.dlq_url;
+    let parked: Vec<(String, String)> = stack
+        .take_at_least(dlq, poison.len(), quiet, CONVERGE)
+        .await?
+        .into_iter()
+        .map(|m| {
             let reason = e2e::message_attr(&m, "tributary-reason");
-            parked.push((m.body.unwrap_or_default(), reason));
-        }
-    }
+            (m.body.unwrap_or_default(), reason)
+        })
+        .collect();
     assert_eq!(parked.len(), poison.len());
     for (body, reason) in &poison {
         let found = parked

@@ -480,11 +480,28 @@ async fn a_publisher_started_while_the_stream_is_disabled_finishes_the_old_one_a
     )
     .await?;
     set_stream(&stack, true).await?;
-    let mut after = Traffic::new("after");
-    write(&stack, &mut after, 15, TrafficPlan::new(2, 4).rate(0)).await?;
+    still_publishes_then_stops(stack, publisher, "after", 15).await
+}
+
+/// Four more changes (`prefix`, `seed`) all reach the tap, then the publisher stops
+/// cleanly and the stack is torn down.
+async fn still_publishes_then_stops(
+    stack: Stack,
+    mut publisher: Child,
+    prefix: &str,
+    seed: u64,
+) -> Result<()> {
+    let mut traffic = Traffic::new(prefix);
+    write(&stack, &mut traffic, seed, TrafficPlan::new(2, 4).rate(0)).await?;
     tap(&stack, 4).await?;
     stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
     stack.teardown().await
+}
+
+/// DynamoDB Local's address, for a proxy in front of it.
+fn dynamodb_addr() -> Result<SocketAddr> {
+    let url = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")?;
+    Ok(url.trim_start_matches("http://").parse()?)
 }
 
 #[tokio::test]
@@ -638,23 +655,15 @@ async fn a_missing_table_exits_2_and_an_unreachable_one_is_retried() -> Result<(
         "a DynamoDB that does not answer yet stopped the publisher: {:?}",
         publisher.try_wait()?
     );
-    let upstream: SocketAddr = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")?
-        .trim_start_matches("http://")
-        .parse()?;
+    let upstream = dynamodb_addr()?;
     let _proxy = FreezeProxy::start_on(port, upstream).await?;
-    let mut traffic = Traffic::new("late-start");
-    write(&stack, &mut traffic, 12, TrafficPlan::new(2, 4).rate(0)).await?;
-    tap(&stack, 4).await?;
-    stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
-    stack.teardown().await
+    still_publishes_then_stops(stack, publisher, "late-start", 12).await
 }
 
 #[tokio::test]
 async fn a_second_signal_stops_the_publisher_and_the_demo_writer_at_once_with_130() -> Result<()> {
     let stack = Stack::new().await?;
-    let upstream: SocketAddr = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")?
-        .trim_start_matches("http://")
-        .parse()?;
+    let upstream = dynamodb_addr()?;
     let proxy = FreezeProxy::start(upstream).await?;
     let through = format!("http://{}", proxy.addr);
 

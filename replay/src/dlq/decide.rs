@@ -195,26 +195,14 @@ pub(crate) fn send_result(
 /// keeping their order. Returns the batches (indexes into `sizes`) and the indexes of
 /// messages too large for any batch, which are never sent.
 pub fn plan_sends(sizes: &[usize]) -> (Vec<Vec<usize>>, Vec<usize>) {
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    let mut too_large = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
-    let mut bytes = 0;
-    for (i, &size) in sizes.iter().enumerate() {
-        if size > MAX_BATCH_BYTES {
-            too_large.push(i);
-            continue;
-        }
-        if current.len() == MAX_BATCH_ENTRIES || bytes + size > MAX_BATCH_BYTES {
-            batches.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        bytes += size;
-        current.push(i);
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    (batches, too_large)
+    let size = |&i: &usize| sizes[i];
+    runtime::batch::plan(
+        0..sizes.len(),
+        MAX_BATCH_ENTRIES,
+        MAX_BATCH_BYTES,
+        size,
+        |_, _| false,
+    )
 }
 
 /// The bytes a copy of `m` counts towards [`MAX_BATCH_BYTES`]: its body and the
