@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use e2e::operator::{http_get, sample};
-use e2e::{Stack, eventually, terminate};
+use e2e::{Stack, eventually};
 use sqlx::ConnectOptions;
 use stack::demo::{Traffic, TrafficPlan};
 use time::OffsetDateTime;
@@ -153,14 +153,8 @@ async fn metrics_move_with_the_events_and_readiness_follows_the_database() -> Re
     write(&stack, "ops-after", 12, TrafficPlan::new(4, 12)).await?;
     stack.wait_converged(CONVERGE).await?;
 
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(20)).await?,
-        Some(0)
-    );
-    assert_eq!(
-        terminate(&mut subscriber, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    e2e::stops_cleanly(&mut publisher, Duration::from_secs(20)).await?;
+    e2e::stops_cleanly(&mut subscriber, Duration::from_secs(30)).await?;
     stack.teardown().await
 }
 
@@ -200,10 +194,7 @@ async fn status_shows_the_parked_messages_by_reason_and_the_lag_it_was_given() -
         Ok((history == 5 && parked == 3).then_some(()))
     })
     .await?;
-    assert_eq!(
-        terminate(&mut subscriber, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    e2e::stops_cleanly(&mut subscriber, Duration::from_secs(30)).await?;
 
     // `replay status`, in text or JSON, told of the publisher's failure queue or not.
     let run_status = |json: bool, failure_queue: bool| -> Result<serde_json::Value> {
@@ -385,10 +376,7 @@ async fn a_readyz_flood_neither_takes_the_workers_connections_nor_stops_them() -
         0.0,
         "no batch failed for want of a connection"
     );
-    assert_eq!(
-        terminate(&mut subscriber, Duration::from_secs(30)).await?,
-        Some(0)
-    );
+    e2e::stops_cleanly(&mut subscriber, Duration::from_secs(30)).await?;
     stack.teardown().await
 }
 
@@ -434,10 +422,7 @@ async fn a_large_page_is_checkpointed_slice_by_slice() -> Result<()> {
         checkpoints >= total / 50.0 && checkpoints > pages,
         "{checkpoints} checkpoints for {total} records in {pages} non-empty pages"
     );
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(20)).await?,
-        Some(0)
-    );
+    e2e::stops_cleanly(&mut publisher, Duration::from_secs(20)).await?;
     stack.teardown().await
 }
 
@@ -477,13 +462,7 @@ async fn a_backlog_is_applied_in_batches_larger_than_one_receive() -> Result<()>
         "every one of {batches} batches held at most 10 messages"
     );
     assert!(value(&m, "tributary_receive_batch_size_bucket{le=\"100.0\"}") == batches);
-    assert_eq!(
-        terminate(&mut subscriber, Duration::from_secs(30)).await?,
-        Some(0)
-    );
-    assert_eq!(
-        terminate(&mut publisher, Duration::from_secs(20)).await?,
-        Some(0)
-    );
+    e2e::stops_cleanly(&mut subscriber, Duration::from_secs(30)).await?;
+    e2e::stops_cleanly(&mut publisher, Duration::from_secs(20)).await?;
     stack.teardown().await
 }

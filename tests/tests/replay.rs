@@ -359,6 +359,19 @@ async fn dlq_redrive_applies_everything_parked_once_the_cause_is_fixed() -> Resu
     stack.teardown().await
 }
 
+/// `replay verify`'s JSON report, after checking its exit status is `code` (`what`
+/// says why it should be).
+async fn verify_report(stack: &Stack, extra: &[&str], code: i32, what: &str) -> Result<Value> {
+    let out = verify(stack, extra).await?;
+    anyhow::ensure!(
+        out.status.code() == Some(code),
+        "{what}, got {:?}: {}",
+        out.status.code(),
+        stderr(&out)
+    );
+    parse_report(&out)
+}
+
 async fn verify(stack: &Stack, extra: &[&str]) -> Result<Output> {
     let mut args = vec![
         "verify",
@@ -450,14 +463,7 @@ async fn verify_finds_each_kind_of_drift_and_repair_fixes_what_events_can() -> R
         .send()
         .await?;
 
-    let out = verify(&stack, &["--sample", "50"]).await?;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "drift is exit 1: {}",
-        stderr(&out)
-    );
-    let report = parse_report(&out)?;
+    let report = verify_report(&stack, &["--sample", "50"], 1, "drift is exit 1").await?;
     let kinds = [
         ("missing", others[0].user_id.as_str()),
         ("stale", updated.user_id.as_str()),
@@ -483,14 +489,8 @@ async fn verify_finds_each_kind_of_drift_and_repair_fixes_what_events_can() -> R
     );
 
     // Repair: events for exactly the drifted keys; what events cannot fix is left.
-    let out = verify(&stack, &["--repair", &r.queue_url]).await?;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "unrepairable drift is left: {}",
-        stderr(&out)
-    );
-    let report = parse_report(&out)?;
+    let repair = ["--repair", r.queue_url.as_str()];
+    let report = verify_report(&stack, &repair, 1, "unrepairable drift is left").await?;
     let repair = &report["repair"];
     assert_eq!(repair["events_sent"], 5, "{report}");
     assert_eq!(repair["remaining"]["ahead"], 1, "{report}");

@@ -247,6 +247,13 @@ async fn every_binary_drains_on_the_first_signal_and_exits_130_on_the_second() -
             format!("{aws}/000000000000/f"),
         ),
     ];
+    let publisher_lambda_env = vec![
+        ("PUBLISHER_TOPIC_ARN", topic.clone()),
+        (
+            "PUBLISHER_FAILURE_QUEUE_URL",
+            format!("{aws}/000000000000/f"),
+        ),
+    ];
     let cases: Vec<Case> = vec![
         // Services at start, their first call (DescribeTable, GetQueueAttributes) in
         // flight: the drain waits for it (up to the AWS operation timeout).
@@ -275,13 +282,7 @@ async fn every_binary_drains_on_the_first_signal_and_exits_130_on_the_second() -
             vec![],
             [
                 lambda_env(&endpoint, publisher_api, "publisher"),
-                vec![
-                    ("PUBLISHER_TOPIC_ARN", topic.clone()),
-                    (
-                        "PUBLISHER_FAILURE_QUEUE_URL",
-                        format!("{aws}/000000000000/f"),
-                    ),
-                ],
+                publisher_lambda_env.clone(),
             ]
             .concat(),
             First::Hangs,
@@ -310,14 +311,8 @@ async fn every_binary_drains_on_the_first_signal_and_exits_130_on_the_second() -
             vec![],
             [
                 lambda_env(&endpoint, draining_api, "publisher"),
-                vec![
-                    ("PUBLISHER_TOPIC_ARN", topic.clone()),
-                    (
-                        "PUBLISHER_FAILURE_QUEUE_URL",
-                        format!("{aws}/000000000000/f"),
-                    ),
-                    ("TRIBUTARY_AWS_ATTEMPT_TIMEOUT_MS", "1000".into()),
-                ],
+                publisher_lambda_env.clone(),
+                vec![("TRIBUTARY_AWS_ATTEMPT_TIMEOUT_MS", "1000".into())],
             ]
             .concat(),
             First::Exits(0),
