@@ -207,6 +207,15 @@ impl Stack {
         })
     }
 
+    /// Stops each process with SIGTERM (each must exit 0 within `timeout`, as
+    /// [`stops_cleanly`] checks), then [`Stack::teardown`].
+    pub async fn finish(self, processes: &mut [&mut Child], timeout: Duration) -> Result<()> {
+        for process in processes.iter_mut() {
+            stops_cleanly(process, timeout).await?;
+        }
+        self.teardown().await
+    }
+
     /// Drops the test's database (AWS resources are in-memory emulator state).
     pub async fn teardown(self) -> Result<()> {
         self.pool.close().await;

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue as Ddb;
 use base64::Engine;
-use e2e::{Stack, eventually, stops_cleanly};
+use e2e::{Stack, eventually};
 use publisher::record::{AttributeValue, Item, Origin, StreamRecord, project, to_event};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -394,8 +394,9 @@ async fn every_corpus_body_sent_among_good_traffic_is_parked_with_its_reason() -
 
     // No panic, no stall: the subscriber is still running and stops cleanly.
     assert!(subscriber.try_wait()?.is_none(), "the subscriber died");
-    stops_cleanly(&mut subscriber, Duration::from_secs(30)).await?;
-    stack.teardown().await
+    stack
+        .finish(&mut [&mut subscriber], Duration::from_secs(30))
+        .await
 }
 
 fn parked_key(m: &aws_sdk_sqs::types::Message) -> Result<String> {
@@ -481,6 +482,7 @@ async fn every_corpus_item_written_to_the_table_is_parked_or_published_as_expect
     assert_eq!(published, want_published);
 
     assert!(publisher.try_wait()?.is_none(), "the publisher died");
-    stops_cleanly(&mut publisher, Duration::from_secs(30)).await?;
-    stack.teardown().await
+    stack
+        .finish(&mut [&mut publisher], Duration::from_secs(30))
+        .await
 }

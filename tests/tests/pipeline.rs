@@ -125,8 +125,9 @@ async fn creates_updates_and_deletes_replicate_and_both_stop_cleanly_on_sigterm(
     assert_eq!(stack.history_counts().await?, (total, total));
 
     stops_cleanly(&mut publisher, Duration::from_secs(20)).await?;
-    stops_cleanly(&mut subscriber, Duration::from_secs(30)).await?;
-    stack.teardown().await
+    stack
+        .finish(&mut [&mut subscriber], Duration::from_secs(30))
+        .await
 }
 
 #[tokio::test]
