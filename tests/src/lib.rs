@@ -207,11 +207,11 @@ impl Stack {
         })
     }
 
-    /// Stops each process with SIGTERM (each must exit 0 within `timeout`, as
+    /// Stops each process with SIGTERM (each must exit 0 within [`STOP_WITHIN`], as
     /// [`stops_cleanly`] checks), then [`Stack::teardown`].
-    pub async fn finish(self, processes: &mut [&mut Child], timeout: Duration) -> Result<()> {
+    pub async fn finish(self, processes: &mut [&mut Child]) -> Result<()> {
         for process in processes.iter_mut() {
-            stops_cleanly(process, timeout).await?;
+            stops_cleanly(process, STOP_WITHIN).await?;
         }
         self.teardown().await
     }
@@ -862,6 +862,10 @@ pub fn message_attr_opt(m: &Message, name: &str) -> Option<String> {
 pub fn message_attr(m: &Message, name: &str) -> String {
     message_attr_opt(m, name).unwrap_or_default()
 }
+
+/// How long [`Stack::finish`] gives a process to drain and exit: the subscriber's
+/// drain bound (50 s at most) with room to spare on a loaded machine.
+pub const STOP_WITHIN: Duration = Duration::from_secs(90);
 
 /// Sends SIGTERM and asserts the process exits with status 0 within `timeout`.
 pub async fn stops_cleanly(child: &mut Child, timeout: Duration) -> Result<()> {

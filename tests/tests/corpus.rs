@@ -394,9 +394,7 @@ async fn every_corpus_body_sent_among_good_traffic_is_parked_with_its_reason() -
 
     // No panic, no stall: the subscriber is still running and stops cleanly.
     assert!(subscriber.try_wait()?.is_none(), "the subscriber died");
-    stack
-        .finish(&mut [&mut subscriber], Duration::from_secs(30))
-        .await
+    stack.finish(&mut [&mut subscriber]).await
 }
 
 fn parked_key(m: &aws_sdk_sqs::types::Message) -> Result<String> {
@@ -482,7 +480,5 @@ async fn every_corpus_item_written_to_the_table_is_parked_or_published_as_expect
     assert_eq!(published, want_published);
 
     assert!(publisher.try_wait()?.is_none(), "the publisher died");
-    stack
-        .finish(&mut [&mut publisher], Duration::from_secs(30))
-        .await
+    stack.finish(&mut [&mut publisher]).await
 }

@@ -70,9 +70,7 @@ async fn an_item_holding_characters_sqs_refuses_replicates_exactly() -> Result<(
     let event: serde_json::Value = serde_json::from_str(awkward)?;
     assert_eq!(event["data"]["display_name"], AWKWARD);
 
-    stack
-        .finish(&mut [&mut publisher, &mut subscriber], CONVERGE)
-        .await
+    stack.finish(&mut [&mut publisher, &mut subscriber]).await
 }
 
 #[tokio::test]
@@ -179,9 +177,7 @@ async fn an_event_sns_could_not_deliver_waits_in_the_delivery_dlq_and_replay_ret
     let mut subscriber = stack.spawn_subscriber(&[])?;
     stack.wait_converged(CONVERGE).await?;
     assert_eq!(stack.queue_depth(&r.delivery_dlq_url).await?, 0);
-    stack
-        .finish(&mut [&mut publisher, &mut subscriber], CONVERGE)
-        .await
+    stack.finish(&mut [&mut publisher, &mut subscriber]).await
 }
 
 #[tokio::test]
@@ -226,7 +222,7 @@ async fn an_sns_envelope_from_another_topic_is_parked_and_one_from_the_topic_app
     );
     stack.wait_converged(CONVERGE).await?;
     assert!(!stack.analytics_rows().await?.contains_key("forged-1"));
-    stack.finish(&mut [&mut subscriber], CONVERGE).await
+    stack.finish(&mut [&mut subscriber]).await
 }
 
 /// The repair path docs/operating.md gives for a key frozen by a forged far-ahead version: the SQL it
@@ -319,7 +315,5 @@ async fn a_key_frozen_by_a_forged_version_is_reset_by_the_documented_repair() ->
     .fetch_one(&stack.pool)
     .await?;
     assert_eq!(forged_history, 0);
-    stack
-        .finish(&mut [&mut publisher, &mut subscriber], CONVERGE)
-        .await
+    stack.finish(&mut [&mut publisher, &mut subscriber]).await
 }

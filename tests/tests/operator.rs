@@ -154,9 +154,7 @@ async fn metrics_move_with_the_events_and_readiness_follows_the_database() -> Re
     stack.wait_converged(CONVERGE).await?;
 
     e2e::stops_cleanly(&mut publisher, Duration::from_secs(20)).await?;
-    stack
-        .finish(&mut [&mut subscriber], Duration::from_secs(30))
-        .await
+    stack.finish(&mut [&mut subscriber]).await
 }
 
 /// A v2 upsert of `key` whose change happened `ago` before now.
@@ -377,9 +375,7 @@ async fn a_readyz_flood_neither_takes_the_workers_connections_nor_stops_them() -
         0.0,
         "no batch failed for want of a connection"
     );
-    stack
-        .finish(&mut [&mut subscriber], Duration::from_secs(30))
-        .await
+    stack.finish(&mut [&mut subscriber]).await
 }
 
 /// A GetRecords page larger than `--checkpoint-every` is published in slices, each
@@ -424,9 +420,7 @@ async fn a_large_page_is_checkpointed_slice_by_slice() -> Result<()> {
         checkpoints >= total / 50.0 && checkpoints > pages,
         "{checkpoints} checkpoints for {total} records in {pages} non-empty pages"
     );
-    stack
-        .finish(&mut [&mut publisher], Duration::from_secs(20))
-        .await
+    stack.finish(&mut [&mut publisher]).await
 }
 
 /// Under a backlog a worker gathers several receives into one transaction
@@ -466,7 +460,5 @@ async fn a_backlog_is_applied_in_batches_larger_than_one_receive() -> Result<()>
     );
     assert!(value(&m, "tributary_receive_batch_size_bucket{le=\"100.0\"}") == batches);
     e2e::stops_cleanly(&mut subscriber, Duration::from_secs(30)).await?;
-    stack
-        .finish(&mut [&mut publisher], Duration::from_secs(20))
-        .await
+    stack.finish(&mut [&mut publisher]).await
 }

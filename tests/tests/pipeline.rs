@@ -125,9 +125,7 @@ async fn creates_updates_and_deletes_replicate_and_both_stop_cleanly_on_sigterm(
     assert_eq!(stack.history_counts().await?, (total, total));
 
     stops_cleanly(&mut publisher, Duration::from_secs(20)).await?;
-    stack
-        .finish(&mut [&mut subscriber], Duration::from_secs(30))
-        .await
+    stack.finish(&mut [&mut subscriber]).await
 }
 
 #[tokio::test]

@@ -242,9 +242,7 @@ async fn two_publishers_on_one_table_publish_each_record_once_and_hand_over_on_s
         Ok((observer.load(&shard).await? == Some(Checkpoint::At(last.clone()))).then_some(()))
     })
     .await?;
-    stack
-        .finish(&mut [&mut staying], Duration::from_secs(30))
-        .await
+    stack.finish(&mut [&mut staying]).await
 }
 
 #[tokio::test]
@@ -443,9 +441,7 @@ async fn a_disabled_and_re_enabled_stream_is_finished_then_followed_and_the_gap_
         10,
         "only the new writes, once each: {published:?}"
     );
-    stack
-        .finish(&mut [&mut publisher], Duration::from_secs(30))
-        .await
+    stack.finish(&mut [&mut publisher]).await
 }
 
 #[tokio::test]
@@ -496,9 +492,7 @@ async fn still_publishes_then_stops(
     let mut traffic = Traffic::new(prefix);
     write(&stack, &mut traffic, seed, TrafficPlan::new(2, 4).rate(0)).await?;
     tap(&stack, 4).await?;
-    stack
-        .finish(&mut [&mut publisher], Duration::from_secs(30))
-        .await
+    stack.finish(&mut [&mut publisher]).await
 }
 
 /// DynamoDB Local's address, for a proxy in front of it.
@@ -528,9 +522,7 @@ async fn start_position_latest_is_durable_across_a_restart() -> Result<()> {
     let published = tap(&stack, 10).await?;
     let distinct: HashSet<String> = published.iter().map(|b| event_id(b)).collect();
     assert_eq!(distinct.len(), 10);
-    stack
-        .finish(&mut [&mut second], Duration::from_secs(30))
-        .await
+    stack.finish(&mut [&mut second]).await
 }
 
 // ---------------------------------------------------------------- stuck shards
@@ -579,9 +571,7 @@ async fn a_record_that_can_be_neither_published_nor_parked_pauses_its_shard_not_
     // The body names the failing check only; the paused shard is in the gauge above.
     assert!(body.contains("pipeline: failing"), "{body}");
     assert!(publisher.try_wait()?.is_none(), "the publisher stopped");
-    stack
-        .finish(&mut [&mut publisher], Duration::from_secs(30))
-        .await
+    stack.finish(&mut [&mut publisher]).await
 }
 
 #[tokio::test]
@@ -625,9 +615,7 @@ async fn a_stuck_shard_shows_the_age_of_its_oldest_unpublished_record_growing() 
         "age did not grow: {first} then {second}"
     );
     assert!(publisher.try_wait()?.is_none());
-    stack
-        .finish(&mut [&mut publisher], Duration::from_secs(30))
-        .await
+    stack.finish(&mut [&mut publisher]).await
 }
 
 // ---------------------------------------------------------------- start and signals

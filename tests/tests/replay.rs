@@ -153,7 +153,7 @@ async fn snapshot_backfills_an_empty_store_through_one_queue_only() -> Result<()
         tapped.len()
     );
 
-    stack.finish(&mut [&mut subscriber], CONVERGE).await
+    stack.finish(&mut [&mut subscriber]).await
 }
 
 #[tokio::test]
@@ -217,9 +217,7 @@ async fn snapshot_during_live_traffic_converges_without_resurrection() -> Result
                 .await?;
         assert_ne!(deleted, Some(false), "{} was resurrected", gone.user_id);
     }
-    stack
-        .finish(&mut [&mut publisher, &mut subscriber], CONVERGE)
-        .await
+    stack.finish(&mut [&mut publisher, &mut subscriber]).await
 }
 
 #[tokio::test]
@@ -354,7 +352,7 @@ async fn dlq_redrive_applies_everything_parked_once_the_cause_is_fixed() -> Resu
     );
     stack.wait_converged(CONVERGE).await?;
     stack.wait_depth(&r.dlq_url, 0, CONVERGE).await?;
-    stack.finish(&mut [&mut subscriber], CONVERGE).await
+    stack.finish(&mut [&mut subscriber]).await
 }
 
 /// `replay verify`'s JSON report, after checking its exit status is `code` (`what`
@@ -517,7 +515,7 @@ async fn verify_finds_each_kind_of_drift_and_repair_fixes_what_events_can() -> R
     let out = verify(&stack, &[]).await?;
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     stack.wait_converged(CONVERGE).await?;
-    stack.finish(&mut [&mut subscriber], CONVERGE).await
+    stack.finish(&mut [&mut subscriber]).await
 }
 
 #[tokio::test]
