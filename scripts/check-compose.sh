@@ -29,9 +29,16 @@ log() { printf '[check-compose] %s\n' "$*" >&2; }
 
 if ! command -v docker-compose >/dev/null; then
   [ "$(id -u)" = 0 ] || { log "docker-compose is missing: apt-get install docker-compose"; exit 1; }
-  log "installing docker-compose (Debian package)"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+  # The compose tests run this script several at once: one installs, the others wait
+  # (apt's own lock makes a second apt-get fail instead of waiting).
+  exec 9> /tmp/tributary-check-compose.install.lock
+  flock 9
+  if ! command -v docker-compose >/dev/null; then
+    log "installing docker-compose (Debian package)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+  fi
+  flock -u 9
 fi
 # docker-compose's own interpreter has PyYAML (a dependency of the package).
 py=$(head -n 1 "$(command -v docker-compose)" | sed 's/^#! *//; s/ .*$//')
