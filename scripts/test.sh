@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check and every test, as CI runs them (.ci/run calls exactly this), built once
-# in debug into one target directory. In order: rustfmt; the SAM template (cfn-lint,
+# in debug into one target directory. In order: rustfmt; the lock of published contract
+# versions (scripts/check-published.sh); the SAM template (cfn-lint,
 # no IAM wildcard); cargo audit (offline); PostgreSQL and the emulators up; clippy
 # (warnings are errors); the build; the docker-compose file's checks; the unit,
 # database and end-to-end tests on DynamoDB Local + moto; the end-to-end suites again
@@ -17,6 +18,22 @@ step() { printf '\n==> [%4d s] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "published contract versions: the lock's lines are never edited or removed"
+scripts/check-published.sh
+# ... and it must refuse an edited line: try it on a scratch repository.
+scratch=$(mktemp -d)
+mkdir -p "$scratch/scripts" "$scratch/contracts/entities"
+cp scripts/check-published.sh "$scratch/scripts/"
+cp contracts/entities/published.lock "$scratch/contracts/entities/"
+git -C "$scratch" init -q && git -C "$scratch" add -A
+git -C "$scratch" -c user.name=ci -c user.email=ci@localhost commit -qm lock
+sed -i 's/sha256:./sha256:0/' "$scratch/contracts/entities/published.lock"
+if "$scratch/scripts/check-published.sh" 2>/dev/null; then
+  echo "scripts/check-published.sh accepted an edited lock line" >&2
+  exit 1
+fi
+rm -rf "$scratch"
 
 step "deploy template: cfn-lint, and no IAM wildcard (the check must refuse every bad sample)"
 # cargo-lambda (for the Lambda end-to-end test) and cfn-lint, installed only when missing.

@@ -15,6 +15,9 @@
 //! - [`error`] — [`DecodeError`], with a stable reason code for parking.
 //! - [`schema`] — the JSON Schema of each version, generated from these types and
 //!   checked in; a test fails if the files and the code disagree.
+//! - [`entity`] — contracts declared in files (`contracts/entities/*.toml`): versions,
+//!   fields, upcasts, the lock of published versions. The profile is declared there too;
+//!   the coded types above remain the reference until the core reads declarations.
 //!
 //! # Ordering
 //! An event's place in its key's history is its [`Position`]: `(generation, version)`,
@@ -25,6 +28,7 @@
 //! new, higher generation and wins over the tombstone of the old one; `version` is the
 //! item's own counter, which the profile service increments on every write.
 
+pub mod entity;
 pub mod envelope;
 pub mod error;
 pub mod number;
