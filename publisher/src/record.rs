@@ -31,7 +31,7 @@ pub enum AttributeValue {
 }
 
 impl AttributeValue {
-    fn type_name(&self) -> &'static str {
+    pub(crate) fn type_name(&self) -> &'static str {
         match self {
             AttributeValue::S(_) => "S",
             AttributeValue::N(_) => "N",
@@ -108,21 +108,18 @@ pub enum RecordError {
     #[error("record {record:?} has no {which} image; the stream must be NEW_AND_OLD_IMAGES")]
     MissingImage { record: String, which: &'static str },
     #[error("record {record:?} has no attribute {attribute:?}")]
-    MissingAttribute {
-        record: String,
-        attribute: &'static str,
-    },
+    MissingAttribute { record: String, attribute: String },
     #[error("record {record:?}: attribute {attribute:?} is {found}, expected {expected}")]
     WrongType {
         record: String,
-        attribute: &'static str,
+        attribute: String,
         expected: &'static str,
         found: &'static str,
     },
     #[error("record {record:?}: attribute {attribute:?} is not a valid value: {problem}")]
     BadValue {
         record: String,
-        attribute: &'static str,
+        attribute: String,
         problem: String,
     },
     #[error("record {record:?}: the item's user_id differs from the record's key")]
@@ -313,7 +310,7 @@ pub(crate) fn position_of(item: &Item, label: &str) -> Result<Position, RecordEr
     let generation = i64::try_from(created_at.unix_timestamp_nanos() / 1000).map_err(|_| {
         RecordError::BadValue {
             record: label.to_owned(),
-            attribute: attr::CREATED_AT,
+            attribute: attr::CREATED_AT.into(),
             problem: "outside the representable range".into(),
         }
     })?;
@@ -323,7 +320,7 @@ pub(crate) fn position_of(item: &Item, label: &str) -> Result<Position, RecordEr
         None => {
             return Err(RecordError::MissingAttribute {
                 record: label.to_owned(),
-                attribute: attr::VERSION,
+                attribute: attr::VERSION.into(),
             });
         }
     };
@@ -333,7 +330,7 @@ pub(crate) fn position_of(item: &Item, label: &str) -> Result<Position, RecordEr
             .filter(|v| *v >= 0)
             .ok_or_else(|| RecordError::BadValue {
                 record: label.to_owned(),
-                attribute: attr::VERSION,
+                attribute: attr::VERSION.into(),
                 problem: "not an integer in 0..=2^63-1".into(),
             })?;
     Ok(Position {
@@ -358,7 +355,7 @@ fn wrong_type(
 ) -> RecordError {
     RecordError::WrongType {
         record: label.to_owned(),
-        attribute,
+        attribute: attribute.into(),
         expected,
         found: found.type_name(),
     }
@@ -375,7 +372,7 @@ fn opt_string(item: &Item, name: &'static str, label: &str) -> Result<Option<Str
 fn string(item: &Item, name: &'static str, label: &str) -> Result<String, RecordError> {
     opt_string(item, name, label)?.ok_or_else(|| RecordError::MissingAttribute {
         record: label.to_owned(),
-        attribute: name,
+        attribute: name.into(),
     })
 }
 
@@ -399,7 +396,7 @@ fn opt_number(
                 .map(Some)
                 .map_err(|e: contracts::number::NumberError| RecordError::BadValue {
                     record: label.to_owned(),
-                    attribute: name,
+                    attribute: name.into(),
                     problem: e.to_string(),
                 })
         }
@@ -411,7 +408,7 @@ fn timestamp(item: &Item, name: &'static str, label: &str) -> Result<OffsetDateT
     let raw = string(item, name, label)?;
     OffsetDateTime::parse(&raw, &Rfc3339).map_err(|e| RecordError::BadValue {
         record: label.to_owned(),
-        attribute: name,
+        attribute: name.into(),
         problem: format!("not an RFC 3339 timestamp: {e}"),
     })
 }
@@ -604,7 +601,7 @@ pub(crate) mod tests {
             err,
             RecordError::WrongType {
                 record: "100".into(),
-                attribute: "email",
+                attribute: "email".into(),
                 expected: "S",
                 found: "SS"
             }

@@ -161,7 +161,10 @@ fn bytes(s: &str) -> Result<(), String> {
 }
 
 /// Checks one value (a declared default) against a field.
-pub(crate) fn check_value(field: &Field, value: &Value) -> Result<(), String> {
+///
+/// # Errors
+/// What is wrong with the value, e.g. `is a string, expected a boolean`.
+pub fn fits(field: &Field, value: &Value) -> Result<(), String> {
     match value {
         Value::Null if field.optional => Ok(()),
         Value::Null => Err("null, but the field is required".into()),
@@ -169,7 +172,7 @@ pub(crate) fn check_value(field: &Field, value: &Value) -> Result<(), String> {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

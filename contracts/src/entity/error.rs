@@ -33,6 +33,24 @@ impl fmt::Display for DeclarationError {
 
 impl std::error::Error for DeclarationError {}
 
+impl DeclarationError {
+    /// A refusal at byte `offset` of `text`, the contents of `file`.
+    pub fn at(
+        file: &str,
+        text: &str,
+        offset: usize,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> DeclarationError {
+        Source { file, text }.refuse(offset, key, message)
+    }
+
+    /// A TOML syntax or shape error in `text`, the contents of `file`, made one line.
+    pub fn from_toml(file: &str, text: &str, error: &toml::de::Error) -> DeclarationError {
+        Source { file, text }.toml_error(error)
+    }
+}
+
 /// Where a byte offset falls: its 1-based line.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());

@@ -22,7 +22,7 @@ mod model;
 mod schema;
 mod upcast;
 
-pub use data::{DataError, validate};
+pub use data::{DataError, fits, validate};
 pub use error::DeclarationError;
 pub use lock::Published;
 pub use model::{Contract, Field, FieldType, Version};

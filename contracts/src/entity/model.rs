@@ -102,6 +102,35 @@ impl FieldType {
     ];
 }
 
+impl Version {
+    /// Every field that is not an object with declared fields, by dotted path
+    /// (`consents.marketing_email`), with whether it and every enclosing object are required.
+    pub fn leaves(&self) -> Vec<(String, &Field, bool)> {
+        fn walk<'a>(
+            prefix: &str,
+            parent_required: bool,
+            fields: &'a BTreeMap<String, Field>,
+            out: &mut Vec<(String, &'a Field, bool)>,
+        ) {
+            for (name, field) in fields {
+                let path = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                let required = parent_required && !field.optional;
+                match &field.ty {
+                    FieldType::Object(Some(children)) => walk(&path, required, children, out),
+                    _ => out.push((path, field, required)),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk("", true, &self.fields, &mut out);
+        out
+    }
+}
+
 impl Contract {
     /// Reads and checks a contract declaration. `file` names it in refusals; `published`
     /// is the lock of published versions (see [`Published`]).

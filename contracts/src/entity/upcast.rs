@@ -75,37 +75,20 @@ struct Leaf {
     required: bool,
 }
 
-fn leaves(fields: &BTreeMap<String, Field>) -> BTreeMap<String, Leaf> {
-    fn walk(
-        prefix: &str,
-        parent_required: bool,
-        fields: &BTreeMap<String, Field>,
-        out: &mut BTreeMap<String, Leaf>,
-    ) {
-        for (name, field) in fields {
-            let path = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}.{name}")
-            };
-            let required = parent_required && !field.optional;
-            match &field.ty {
-                FieldType::Object(Some(children)) => walk(&path, required, children, out),
-                _ => {
-                    out.insert(
-                        path,
-                        Leaf {
-                            field: field.clone(),
-                            required,
-                        },
-                    );
-                }
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk("", true, fields, &mut out);
-    out
+fn leaves(version: &Version) -> BTreeMap<String, Leaf> {
+    version
+        .leaves()
+        .into_iter()
+        .map(|(path, field, required)| {
+            (
+                path,
+                Leaf {
+                    field: field.clone(),
+                    required,
+                },
+            )
+        })
+        .collect()
 }
 
 fn under<'a>(map: &'a BTreeMap<String, Leaf>, path: &str) -> Vec<&'a String> {
@@ -119,8 +102,8 @@ fn under<'a>(map: &'a BTreeMap<String, Leaf>, path: &str) -> Vec<&'a String> {
 pub(crate) fn check(previous: &Version, next: &Version) -> Result<(), Problem> {
     let n = next.number;
     let p = previous.number;
-    let mut have = leaves(&previous.fields);
-    let want = leaves(&next.fields);
+    let mut have = leaves(previous);
+    let want = leaves(next);
     let key = |path: &str| format!("version[{n}].fields.{path}");
     for (i, step) in next.upcast.iter().enumerate() {
         let at = |message: String| Problem {
@@ -167,7 +150,7 @@ pub(crate) fn check(previous: &Version, next: &Version) -> Result<(), Problem> {
                         "sets {path:?}, which version {p} already has: a default is for a new field"
                     )));
                 }
-                if let Err(problem) = data::check_value(&target.field, value) {
+                if let Err(problem) = data::fits(&target.field, value) {
                     return Err(at(format!("value does not fit {path:?}: {problem}")));
                 }
                 have.insert(
