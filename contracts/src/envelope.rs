@@ -191,7 +191,7 @@ impl ChangeEvent {
         crate::Rank {
             position: self.position,
             deleted: matches!(self.change, Change::Deleted(_)),
-            schema: self.published_schema,
+            schema: self.published_schema.number().into(),
         }
     }
 

@@ -11,7 +11,7 @@
 //! ([`Rank::SQL_GUARD_COLUMNS`]); a database test proves the two orders agree on every
 //! pair of ranks.
 
-use crate::envelope::{Position, SchemaVersion};
+use crate::envelope::Position;
 
 /// An event's rank among its key's events. Compared lexicographically, field by field,
 /// in declaration order (the derived `Ord`).
@@ -20,8 +20,8 @@ pub struct Rank {
     pub position: Position,
     /// A delete ranks above an upsert of the same position.
     pub deleted: bool,
-    /// Of two copies of one change, the richer (higher) schema version wins.
-    pub schema: SchemaVersion,
+    /// Of two copies of one change, the richer (higher) schema version wins: its number.
+    pub schema: u16,
 }
 
 impl Rank {
@@ -50,7 +50,7 @@ impl Rank {
         Rank {
             position,
             deleted,
-            schema: crate::CURRENT_SCHEMA_VERSION,
+            schema: crate::CURRENT_SCHEMA_VERSION.number().into(),
         }
     }
 
@@ -69,6 +69,7 @@ impl Rank {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::SchemaVersion;
 
     fn rank(generation: i64, version: i64, deleted: bool, schema: SchemaVersion) -> Rank {
         Rank {
@@ -77,7 +78,7 @@ mod tests {
                 version,
             },
             deleted,
-            schema,
+            schema: schema.number().into(),
         }
     }
 

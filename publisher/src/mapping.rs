@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use contracts::entity::{Contract, DeclarationError, FieldType, Published, fits};
+use contracts::entity::{
+    Contract, DeclarationError, FieldType, field_entries, fits, load_contract,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
@@ -69,24 +71,8 @@ impl Mapping {
     pub fn load(path: &Path) -> Result<Mapping, String> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {e}"))?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        Mapping::parse(&file, &text, |contract| {
-            let contract_path = dir.join(contract);
-            let contract_file = contract_path.display().to_string();
-            let contract_text = std::fs::read_to_string(&contract_path)
-                .map_err(|e| format!("{contract_file}: {e}"))?;
-            let lock_path = contract_path
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("published.lock");
-            let published = match std::fs::read_to_string(&lock_path) {
-                Ok(text) => Published::parse(&lock_path.display().to_string(), &text)
-                    .map_err(|e| e.to_string())?,
-                Err(_) => Published::none(),
-            };
-            Contract::parse(&contract_file, &contract_text, &published).map_err(|e| e.to_string())
-        })
-        .map_err(|e| e.to_string())
+        Mapping::parse(&file, &text, |contract| load_contract(path, contract))
+            .map_err(|e| e.to_string())
     }
 
     /// Checks a mapping's text; `contract` reads the contract file it names.
@@ -140,15 +126,10 @@ impl Mapping {
 
         // Every leaf of the contract version is mapped, and nothing else.
         let leaves = version.leaves();
-        let mut declared = Vec::new();
-        flatten(raw.fields.get_ref(), "", &mut declared);
+        let declared = field_entries(raw.fields.get_ref(), text, "attribute");
         let mut fields = Vec::new();
         for entry in &declared {
-            let at = locate(
-                text,
-                entry.offset,
-                entry.path.rsplit('.').next().unwrap_or(""),
-            );
+            let at = entry.offset;
             let key = format!("fields.{}", entry.path);
             let Some((_, field, required)) = leaves.iter().find(|(p, _, _)| *p == entry.path)
             else {
@@ -364,62 +345,6 @@ pub enum MappingError {
     Contract(String),
 }
 
-struct Entry {
-    path: String,
-    offset: usize,
-    value: toml::Value,
-}
-
-/// The mapped fields, nested tables flattened to dotted paths. A table with an
-/// `attribute` key is a leaf.
-fn flatten(
-    raw: &BTreeMap<Spanned<String>, Spanned<toml::Value>>,
-    prefix: &str,
-    out: &mut Vec<Entry>,
-) {
-    for (name, value) in raw {
-        let path = if prefix.is_empty() {
-            name.get_ref().clone()
-        } else {
-            format!("{prefix}.{}", name.get_ref())
-        };
-        nested(&path, name.span().start, value.get_ref(), out);
-    }
-}
-
-fn nested(path: &str, offset: usize, value: &toml::Value, out: &mut Vec<Entry>) {
-    match value {
-        toml::Value::Table(t) if !t.contains_key("attribute") => {
-            for (name, v) in t {
-                nested(&format!("{path}.{name}"), offset, v, out);
-            }
-        }
-        v => out.push(Entry {
-            path: path.to_owned(),
-            offset,
-            value: v.clone(),
-        }),
-    }
-}
-
-/// The offset of `word` as a key at or after `from`, for a nested key whose own span
-/// the parser does not keep; `from` when not found.
-fn locate(text: &str, from: usize, word: &str) -> usize {
-    if word.is_empty() || from >= text.len() {
-        return from;
-    }
-    let mut offset = from;
-    for line in text[from..].split_inclusive('\n') {
-        let t = line.trim_start();
-        let key = t.split(['=', ' ']).next().unwrap_or("");
-        if key == word || key.ends_with(&format!(".{word}")) {
-            return offset;
-        }
-        offset += line.len();
-    }
-    from
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMapping {
@@ -473,6 +398,8 @@ enum RawGeneration {
 
 #[cfg(test)]
 mod tests {
+    use contracts::entity::Published;
+
     use super::*;
 
     const FILE: &str = "mappings/publisher/order.toml";

@@ -818,7 +818,7 @@ mod db_tests {
                                 version,
                             },
                             deleted,
-                            schema,
+                            schema: schema.number().into(),
                         });
                     }
                 }
@@ -850,7 +850,7 @@ mod db_tests {
             .bind(
                 ranks
                     .iter()
-                    .map(|r| i16::from(r.schema.number()))
+                    .map(|r| i16::try_from(r.schema).expect("a small schema version"))
                     .collect::<Vec<_>>(),
             )
             .fetch_all(&pool)

@@ -12,12 +12,13 @@
 //!   default, a field that changes type, a field that disappears without `drop`);
 //! - a published version whose declaration changed ([`Published`], the lock file).
 //!
-//! This module is pure: it reads text, never the file system, so every refusal has a
-//! unit test.
+//! This module is pure, but for [`load_contract`], which reads the contract a mapping
+//! names: it parses text, so every refusal has a unit test.
 
 mod data;
 mod error;
 mod lock;
+mod mapping;
 mod model;
 mod schema;
 mod upcast;
@@ -25,6 +26,7 @@ mod upcast;
 pub use data::{DataError, fits, validate};
 pub use error::DeclarationError;
 pub use lock::Published;
+pub use mapping::{FieldEntry, field_entries, load_contract};
 pub use model::{Contract, Field, FieldType, Version};
 pub use schema::{render_schema, shape_of_schema, shape_of_version};
 pub use upcast::Step;
