@@ -43,6 +43,28 @@ impl DdbNumber {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The number as `(negative, digits, exponent)` with value `±digits × 10^exponent`:
+    /// `digits` without leading or trailing zeros (empty for zero), at most 38 of them.
+    pub fn decompose(&self) -> (bool, String, i64) {
+        let s = self.0.as_str();
+        let negative = s.starts_with('-');
+        let unsigned = s.trim_start_matches(['-', '+']);
+        let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+            Some((m, e)) => (m, e.parse::<i64>().unwrap_or(0)),
+            None => (unsigned, 0),
+        };
+        let (int_digits, frac_digits) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let all = format!("{int_digits}{frac_digits}");
+        let trimmed = all.trim_start_matches('0');
+        let significant = trimmed.trim_end_matches('0');
+        let trailing = (trimmed.len() - significant.len()) as i64;
+        if significant.is_empty() {
+            return (false, String::new(), 0);
+        }
+        let exponent = exponent - frac_digits.len() as i64 + trailing;
+        (negative, significant.to_owned(), exponent)
+    }
 }
 
 impl FromStr for DdbNumber {
@@ -152,6 +174,16 @@ impl schemars::JsonSchema for DdbNumber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decompose_gives_sign_significant_digits_and_exponent() {
+        let d = |s: &str| s.parse::<DdbNumber>().unwrap().decompose();
+        assert_eq!(d("1234.5600"), (false, "123456".into(), -2));
+        assert_eq!(d("-1.5E+3"), (true, "15".into(), 2));
+        assert_eq!(d("00100"), (false, "1".into(), 2));
+        assert_eq!(d("-0.0"), (false, String::new(), 0));
+        assert_eq!(d(".05e-2"), (false, "5".into(), -4));
+    }
 
     #[test]
     fn thirty_eight_digit_numbers_survive_unchanged() {

@@ -83,19 +83,24 @@ pub enum ApplyError {
     /// idempotent batch has one effect either way.
     #[error("could not commit")]
     Commit(#[source] sqlx::Error),
+    /// An event's data does not fit its column (a declared table): refused before any
+    /// SQL runs, permanently.
+    #[error(transparent)]
+    Bind(crate::table::BindError),
 }
 
 impl ApplyError {
-    fn sqlx(&self) -> &sqlx::Error {
+    fn sqlx(&self) -> Option<&sqlx::Error> {
         match self {
-            ApplyError::Begin(e) | ApplyError::Commit(e) => e,
-            ApplyError::History { source, .. } | ApplyError::State { source, .. } => source,
+            ApplyError::Begin(e) | ApplyError::Commit(e) => Some(e),
+            ApplyError::History { source, .. } | ApplyError::State { source, .. } => Some(source),
+            ApplyError::Bind(_) => None,
         }
     }
 
     /// How to handle this failure; see [`FailureKind`].
     pub fn kind(&self) -> FailureKind {
-        classify(self.sqlx())
+        self.sqlx().map_or(FailureKind::Permanent, classify)
     }
 
     /// `true` unless the batch's own data is refused ([`FailureKind::Permanent`]).
@@ -106,7 +111,7 @@ impl ApplyError {
     /// The PostgreSQL SQLSTATE, when the server answered with an error.
     pub fn sqlstate(&self) -> Option<String> {
         match self.sqlx() {
-            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            Some(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
             _ => None,
         }
     }

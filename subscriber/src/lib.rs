@@ -47,6 +47,7 @@ pub mod failure;
 pub mod gate;
 pub mod isolation;
 pub mod lambda;
+pub mod mapping;
 pub mod metrics;
 pub mod pace;
 pub mod parking;
@@ -56,6 +57,7 @@ pub mod redrive;
 pub mod retry;
 pub mod secret;
 pub mod status;
+pub mod table;
 pub mod worker;
 
 /// The analytics store's schema migrations, embedded at compile time.
