@@ -214,3 +214,92 @@ fn the_profile_declaration_upcasts_like_the_coded_profile() {
         assert_eq!(c.upcast(1, v1.clone()), coded);
     }
 }
+
+#[test]
+fn the_declared_profile_decodes_every_body_as_the_coded_decode_does() {
+    // Every good fixture and every body of the subscriber's bad-input corpus (by
+    // expected reason): the same event, or the same reason code.
+    let c = contract("profile");
+    let corpus = crate_dir().join("../tests/corpus/subscriber");
+    let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
+    for v in [1, 2] {
+        for f in fixtures("profile", v) {
+            bodies.push((format!("fixture v{v}"), serde_json::to_vec(&f).unwrap()));
+        }
+    }
+    for reason in [
+        "apply_rejected",
+        "invalid_event",
+        "malformed_json",
+        "missing_schema_version",
+        "schema_mismatch",
+        "unsupported_schema_version",
+    ] {
+        for entry in std::fs::read_dir(corpus.join(reason)).unwrap() {
+            let path = entry.unwrap().path();
+            bodies.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+        }
+    }
+    assert!(bodies.len() > 60, "the corpus is there");
+    for (what, body) in &bodies {
+        match (contracts::decode(body), entity::decode(&c, 2, body)) {
+            (Ok(coded), Ok(declared)) => {
+                assert_eq!(entity::Event::from(&coded), declared, "{what}");
+            }
+            (Err(coded), Err(declared)) => {
+                assert_eq!(
+                    coded.reason_code(),
+                    declared.reason_code(),
+                    "{what}: {coded} / {declared}"
+                );
+            }
+            (coded, declared) => panic!("{what}: coded {coded:?}, declared {declared:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_reader_of_an_older_version_parks_a_newer_one() {
+    let c = contract("profile");
+    let v2 = fixtures("profile", 2)
+        .into_iter()
+        .find(|f| f["data"].is_object())
+        .unwrap();
+    let e = entity::decode(&c, 1, &serde_json::to_vec(&v2).unwrap()).unwrap_err();
+    assert_eq!(e.reason_code(), "unsupported_schema_version");
+    assert_eq!(
+        e.to_string(),
+        "schema_version 2 is newer than 1, the newest this build knows"
+    );
+    let v1 = fixtures("profile", 1)
+        .into_iter()
+        .find(|f| f["data"].is_object())
+        .unwrap();
+    let read = entity::decode(&c, 1, &serde_json::to_vec(&v1).unwrap()).unwrap();
+    assert_eq!(
+        read.data.as_ref(),
+        Some(&v1["data"]),
+        "version 1 read as version 1"
+    );
+}
+
+#[test]
+fn an_order_decodes_with_its_composite_key() {
+    let c = contract("order");
+    for f in fixtures("order", 1) {
+        let e = entity::decode(&c, 1, &serde_json::to_vec(&f).unwrap())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.key, r#"["c-0001","o-0042"]"#);
+    }
+    let mut wrong_key = fixtures("order", 1)
+        .into_iter()
+        .find(|f| f["data"].is_object())
+        .unwrap();
+    wrong_key["key"] = "c-0001".into();
+    let e = entity::decode(&c, 1, &serde_json::to_vec(&wrong_key).unwrap()).unwrap_err();
+    assert_eq!(e.reason_code(), "invalid_event");
+    let mut profile_type = fixtures("order", 1).into_iter().next().unwrap();
+    profile_type["event_type"] = "profile.deleted".into();
+    let e = entity::decode(&c, 1, &serde_json::to_vec(&profile_type).unwrap()).unwrap_err();
+    assert_eq!(e.reason_code(), "schema_mismatch");
+}

@@ -102,21 +102,6 @@ impl Mapping {
             Some(sort) => Ok(Value::Array(vec![partition.into(), one(sort)?.into()]).to_string()),
         }
     }
-
-    /// The key `data` names (its key fields, in the envelope's form), to compare with
-    /// the record's keys.
-    pub fn key_in_data(&self, data: &Value) -> Option<String> {
-        let values: Option<Vec<Value>> = self
-            .contract
-            .key
-            .iter()
-            .map(|f| data.get(f).filter(|v| v.is_string()).cloned())
-            .collect();
-        match values?.as_slice() {
-            [Value::String(one)] => Some(one.clone()),
-            many => Some(Value::Array(many.to_vec()).to_string()),
-        }
-    }
 }
 
 fn lookup<'a>(item: &'a Item, path: &[String]) -> Option<&'a AttributeValue> {
@@ -484,7 +469,10 @@ mod tests {
         let keys = Item::from([("user_id".to_string(), s("u-1"))]);
         assert_eq!(m.key_of(&keys, "r").unwrap(), "u-1");
         let (_, data) = m.project(&item(1), "r").unwrap();
-        assert_eq!(m.key_in_data(&data).as_deref(), Some("u-1"));
+        assert_eq!(
+            contracts::entity::key_in(&m.contract, &data).as_deref(),
+            Some("u-1")
+        );
         assert_eq!(
             m.key_of(&Item::new(), "r").unwrap_err().reason_code(),
             "missing_attribute"
@@ -556,7 +544,10 @@ mod tests {
             m.key_of(&keys, "r").unwrap(),
             fixture["key"].as_str().unwrap()
         );
-        assert_eq!(m.key_in_data(&data).as_deref(), fixture["key"].as_str());
+        assert_eq!(
+            contracts::entity::key_in(&m.contract, &data).as_deref(),
+            fixture["key"].as_str()
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! bound arrays (one per column, typed by the column's SQL type). The guard is
 //! [`contracts::Rank`]'s, from [`Rank::SQL_GUARD_COLUMNS`].
 
-use contracts::{DeleteReason, Position, Rank};
+use contracts::entity::Event;
+use contracts::{DeleteReason, Rank};
 use serde_json::Value;
 use sqlx::PgConnection;
 use sqlx::postgres::PgArguments;
@@ -17,60 +18,6 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::apply::{ApplyError, ApplyReport};
 use crate::mapping::{Column, DeletePolicy, Mapping, SqlType};
-
-/// A change event of a declared entity, with its data in the version the mapping reads.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub event_id: String,
-    pub key: String,
-    pub position: Position,
-    /// `Some` for a delete.
-    pub deleted: Option<DeleteReason>,
-    /// The wire name, e.g. `order.snapshot`.
-    pub event_type: String,
-    /// The schema version the event was published as.
-    pub schema: u16,
-    /// The entity's data, upcast to the version read; `None` for a delete.
-    pub data: Option<Value>,
-    pub occurred_at: OffsetDateTime,
-    pub published_at: OffsetDateTime,
-    pub sequence_number: Option<String>,
-}
-
-impl Event {
-    /// Where the event ranks among its key's events.
-    pub fn rank(&self) -> Rank {
-        Rank {
-            position: self.position,
-            deleted: self.deleted.is_some(),
-            schema: self.schema,
-        }
-    }
-}
-
-impl From<&contracts::ChangeEvent> for Event {
-    /// The coded profile event as a declared one (the profile mapping reads version 2).
-    fn from(e: &contracts::ChangeEvent) -> Event {
-        Event {
-            event_id: e.event_id.clone(),
-            key: e.key.clone(),
-            position: e.position,
-            deleted: match e.change {
-                contracts::Change::Deleted(reason) => Some(reason),
-                _ => None,
-            },
-            event_type: e.change.event_type().as_str().to_owned(),
-            schema: e.published_schema.number().into(),
-            data: e
-                .change
-                .profile()
-                .map(|p| serde_json::to_value(p).expect("a profile serialises")),
-            occurred_at: e.occurred_at,
-            published_at: e.published_at,
-            sequence_number: e.source.sequence_number.clone(),
-        }
-    }
-}
 
 /// Why an event's data cannot be bound to its columns: permanent, so the event is parked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -395,7 +342,7 @@ impl Table {
             .bind(
                 richest
                     .iter()
-                    .map(|e| e.sequence_number.as_deref())
+                    .map(|e| e.source.sequence_number.as_deref())
                     .collect::<Vec<_>>(),
             )
             .fetch_one(&mut *conn)
@@ -602,12 +549,14 @@ impl Columns {
                 Values::Int(v) => v.push(match value {
                     None => None,
                     Some(Value::String(s)) => Some(integer(s, column.sql).map_err(fail)?),
-                    Some(other) => return Err(fail(format!("{other} is not a decimal string"))),
+                    Some(other) => {
+                        return Err(fail(format!("is {}, not a decimal string", kind(other))));
+                    }
                 }),
                 Values::Bool(v) => v.push(match value {
                     None => None,
                     Some(Value::Bool(b)) => Some(*b),
-                    Some(other) => return Err(fail(format!("{other} is not a boolean"))),
+                    Some(other) => return Err(fail(format!("is {}, not a boolean", kind(other)))),
                 }),
                 Values::Time(v) => v.push(match value {
                     None => None,
@@ -615,7 +564,9 @@ impl Columns {
                         OffsetDateTime::parse(s, &Rfc3339)
                             .map_err(|e| fail(format!("not an RFC 3339 timestamp: {e}")))?,
                     ),
-                    Some(other) => return Err(fail(format!("{other} is not a timestamp string"))),
+                    Some(other) => {
+                        return Err(fail(format!("is {}, not a timestamp string", kind(other))));
+                    }
                 }),
                 Values::Bytes(v) => v.push(match value {
                     None => None,
@@ -627,7 +578,9 @@ impl Columns {
                                 .map_err(|e| fail(format!("not base64: {e}")))?,
                         )
                     }
-                    Some(other) => return Err(fail(format!("{other} is not a base64 string"))),
+                    Some(other) => {
+                        return Err(fail(format!("is {}, not a base64 string", kind(other))));
+                    }
                 }),
             }
         }
@@ -650,13 +603,13 @@ fn integer(s: &str, sql: SqlType) -> Result<i64, String> {
     while exponent > 0 {
         value = value
             .checked_mul(10)
-            .ok_or_else(|| format!("{s} is out of range for {}", sql.sql()))?;
+            .ok_or_else(|| format!("is out of range for {}", sql.sql()))?;
         exponent -= 1;
     }
     while exponent < 0 {
         if value % 10 != 0 {
             return Err(format!(
-                "{s} is not an integer, and {} holds only integers",
+                "is not an integer, and {} holds only integers",
                 sql.sql()
             ));
         }
@@ -672,9 +625,22 @@ fn integer(s: &str, sql: SqlType) -> Result<i64, String> {
         _ => (i128::from(i64::MIN), i128::from(i64::MAX)),
     };
     if value < lo || value > hi {
-        return Err(format!("{s} is out of range for {}", sql.sql()));
+        return Err(format!("is out of range for {}", sql.sql()));
     }
     Ok(i64::try_from(value).expect("within the column's range"))
+}
+
+/// What kind of JSON value `v` is: a refusal names the kind, never the value, which
+/// may be personal data.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a JSON number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 fn get_path<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
@@ -716,15 +682,15 @@ mod tests {
         assert_eq!(integer("12.000", SqlType::BigInt), Ok(12));
         assert_eq!(
             integer("12.5", SqlType::BigInt),
-            Err("12.5 is not an integer, and bigint holds only integers".into())
+            Err("is not an integer, and bigint holds only integers".into())
         );
         assert_eq!(
             integer("40000", SqlType::SmallInt),
-            Err("40000 is out of range for smallint".into())
+            Err("is out of range for smallint".into())
         );
         assert_eq!(
             integer("9223372036854775808", SqlType::BigInt),
-            Err("9223372036854775808 is out of range for bigint".into())
+            Err("is out of range for bigint".into())
         );
     }
 }
@@ -855,7 +821,7 @@ mod db_tests {
         assert_eq!(err.kind(), crate::failure::FailureKind::Permanent);
         assert_eq!(
             table.check(&event).unwrap_err().to_string(),
-            "event \"a/1/1/profile.upserted\": field \"consents.marketing_sms\" cannot be stored in column \"marketing_sms\" (boolean): \"yes\" is not a boolean"
+            "event \"a/1/1/profile.upserted\": field \"consents.marketing_sms\" cannot be stored in column \"marketing_sms\" (boolean): is a string, not a boolean"
         );
     }
 }

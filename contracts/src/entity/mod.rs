@@ -17,6 +17,7 @@
 
 mod data;
 mod error;
+mod event;
 mod lock;
 mod mapping;
 mod model;
@@ -25,6 +26,7 @@ mod upcast;
 
 pub use data::{DataError, fits, validate};
 pub use error::DeclarationError;
+pub use event::{Event, decode, key_in};
 pub use lock::Published;
 pub use mapping::{FieldEntry, field_entries, load_contract};
 pub use model::{Contract, Field, FieldType, Version};

@@ -294,8 +294,16 @@ impl Contract {
     ///
     /// # Panics
     /// When `from` is not a declared version.
-    pub fn upcast(&self, from: u32, mut data: serde_json::Value) -> serde_json::Value {
-        for v in &self.versions[from as usize..] {
+    pub fn upcast(&self, from: u32, data: serde_json::Value) -> serde_json::Value {
+        self.upcast_to(from, self.current().number, data)
+    }
+
+    /// Upcasts `data` of version `from` to version `to` (no change when `to <= from`).
+    ///
+    /// # Panics
+    /// When `to` is not a declared version.
+    pub fn upcast_to(&self, from: u32, to: u32, mut data: serde_json::Value) -> serde_json::Value {
+        for v in &self.versions[from as usize..to as usize] {
             data = upcast::apply(v, data);
         }
         data
