@@ -303,3 +303,23 @@ fn an_order_decodes_with_its_composite_key() {
     let e = entity::decode(&c, 1, &serde_json::to_vec(&profile_type).unwrap()).unwrap_err();
     assert_eq!(e.reason_code(), "schema_mismatch");
 }
+
+#[test]
+fn a_decoded_event_re_encodes_to_a_body_that_decodes_to_it() {
+    for (entity, reads) in [("profile", 2), ("order", 1)] {
+        let c = contract(entity);
+        for v in 1..=reads {
+            for f in fixtures(entity, v) {
+                let e = entity::decode(&c, reads, &serde_json::to_vec(&f).unwrap()).unwrap();
+                let back = entity::decode(&c, reads, &entity::encode(&e, reads)).unwrap();
+                assert_eq!(
+                    back,
+                    entity::Event {
+                        schema: reads as u16,
+                        ..e.clone()
+                    }
+                );
+            }
+        }
+    }
+}

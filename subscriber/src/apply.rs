@@ -196,7 +196,7 @@ pub async fn apply_atomically(
 /// # Errors
 /// The query's error, as the apply would see it.
 pub async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1 FROM analytics.user_profiles, analytics.profile_changes LIMIT 0")
+    sqlx::query(crate::entity::Entity::current().table.probe_sql())
         .execute(pool)
         .await?;
     Ok(())
@@ -214,56 +214,17 @@ pub async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// # Errors
 /// The probe's [`ApplyError`], classified as for a batch.
 pub(crate) async fn probe_with_good_event(pool: &PgPool) -> Result<(), ApplyError> {
+    let entity = crate::entity::Entity::current();
     let mut tx = pool.begin().await.map_err(ApplyError::Begin)?;
-    apply_batch(&mut tx, &[probe_event()]).await?;
+    entity
+        .table
+        .apply_batch(&mut tx, &[entity.probe_event()])
+        .await?;
     if let Err(e) = tx.rollback().await {
         // Nothing was committed either way; the connection is discarded by the pool.
         tracing::debug!(error = %e, "Rolling back the store probe failed.");
     }
     Ok(())
-}
-
-/// A complete, ordinary current-version upsert under a key no source item has (each
-/// probe its own, so concurrent probes never wait on each other's row lock).
-pub(crate) fn probe_event() -> ChangeEvent {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use time::OffsetDateTime;
-    static PROBES: AtomicU64 = AtomicU64::new(0);
-    let n = PROBES.fetch_add(1, Ordering::Relaxed);
-    let key = format!("tributary-probe-{}-{n}", std::process::id());
-    let at = OffsetDateTime::now_utc();
-    ChangeEvent {
-        event_id: format!("{key}/probe"),
-        key: key.clone(),
-        position: contracts::Position {
-            generation: 1,
-            version: 1,
-        },
-        occurred_at: at,
-        published_at: at,
-        source: contracts::Source {
-            table: "tributary-probe".to_owned(),
-            stream_arn: None,
-            sequence_number: Some("1".to_owned()),
-        },
-        published_schema: contracts::CURRENT_SCHEMA_VERSION,
-        change: Change::Upserted(contracts::Profile {
-            user_id: key,
-            email: "probe@example.com".to_owned(),
-            display_name: "Probe".to_owned(),
-            country: Some("GB".to_owned()),
-            plan: "free".to_owned(),
-            consents: contracts::Consents {
-                marketing_email: false,
-                marketing_sms: false,
-            },
-            locale: Some("en-GB".to_owned()),
-            time_zone: Some("Europe/London".to_owned()),
-            lifetime_value_cents: Some("0".parse().expect("0 is a DynamoDB number")),
-            created_at: at,
-            updated_at: at,
-        }),
-    }
 }
 
 const INSERT_HISTORY: &str = r#"

@@ -8,12 +8,13 @@
 //! parked at once), [`apply_or_isolate`] (one transaction; on a refusal, the store is
 //! probed and the batch applied event by event), and [`count`].
 
-use contracts::ChangeEvent;
+use contracts::entity::Event;
 use sqlx::PgPool;
 use tracing::{Instrument, debug, error, info_span, instrument, warn};
 
-use crate::apply::{ApplyError, ApplyReport, apply_atomically, probe_with_good_event};
-use crate::envelope::decode_body;
+use crate::apply::{ApplyError, ApplyReport, probe_with_good_event};
+use crate::entity::Entity;
+use crate::entity::decode_body;
 use crate::failure::FailureKind;
 use crate::isolation::{KeepStep, keep_step};
 use crate::queue::{Parker, ReceivedMessage};
@@ -105,12 +106,18 @@ async fn decode_or_park<'m, P: Parker>(
     parker: &P,
     messages: &'m [ReceivedMessage],
     outcome: &mut BatchOutcome,
-) -> (Vec<&'m ReceivedMessage>, Vec<ChangeEvent>) {
+) -> (Vec<&'m ReceivedMessage>, Vec<Event>) {
     let mut decoded = Vec::with_capacity(messages.len());
     let mut events = Vec::with_capacity(messages.len());
     for message in messages {
         match decode_body(&message.body) {
             Ok(event) => {
+                // An event the contract admits but this consumer's columns cannot hold
+                // (an integer column, a value out of its range): refused before any SQL.
+                if let Err(e) = Entity::current().table.check(&event) {
+                    park_or_retry(parker, message, APPLY_REJECTED, &e.to_string(), outcome).await;
+                    continue;
+                }
                 debug!(message_id = %message.message_id, event_id = %event.event_id, key = %event.key, "Message decoded.");
                 decoded.push(message);
                 events.push(event);
@@ -131,12 +138,12 @@ async fn apply_or_isolate<P: Parker>(
     pool: &PgPool,
     parker: &P,
     decoded: &[&ReceivedMessage],
-    events: &[ChangeEvent],
+    events: &[Event],
     received: tokio::time::Instant,
     outcome: &mut BatchOutcome,
 ) -> Option<StoreFailure> {
     let ids = || decoded.iter().map(|m| m.message_id.clone());
-    match apply_atomically(pool, events).await {
+    match Entity::current().table.apply_atomically(pool, events).await {
         Ok(report) => {
             debug!(?report, "Batch applied.");
             crate::metrics::metrics().committed(events.iter().map(|e| &e.occurred_at));
@@ -198,7 +205,7 @@ async fn isolate<P: Parker>(
     pool: &PgPool,
     parker: &P,
     messages: &[&ReceivedMessage],
-    events: &[ChangeEvent],
+    events: &[Event],
     received: tokio::time::Instant,
     outcome: &mut BatchOutcome,
 ) -> Option<StoreFailure> {
@@ -232,7 +239,9 @@ async fn isolate<P: Parker>(
             }
         }
         let span = info_span!("isolated", message_id = %message.message_id, event_id = %event.event_id, key = %event.key);
-        let applied = apply_atomically(pool, std::slice::from_ref(event))
+        let applied = Entity::current()
+            .table
+            .apply_atomically(pool, std::slice::from_ref(event))
             .instrument(span.clone())
             .await;
         match applied {
@@ -366,7 +375,7 @@ mod db_tests {
         ]
     }
 
-    fn body(event: &ChangeEvent) -> String {
+    fn body(event: &contracts::ChangeEvent) -> String {
         String::from_utf8(event.encode(contracts::SchemaVersion::V2)).unwrap()
     }
 

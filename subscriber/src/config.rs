@@ -286,6 +286,9 @@ pub struct RunConfig {
     #[command(flatten)]
     pub topic: crate::envelope::TopicCheck,
 
+    #[command(flatten)]
+    pub entity: crate::entity::EntityArgs,
+
     /// Concurrent receive loops, each with at most one batch in flight. Default: 4.
     #[arg(
         long,
@@ -423,6 +426,9 @@ pub struct LambdaConfig {
 
     #[command(flatten)]
     pub topic: crate::envelope::TopicCheck,
+
+    #[command(flatten)]
+    pub entity: crate::entity::EntityArgs,
 
     /// URL of the queue the event-source mapping reads: a message that failed
     /// transiently is delayed there (`ChangeMessageVisibility`, growing with its receive

@@ -1,4 +1,4 @@
-//! PURE: an SQS message body → a [`ChangeEvent`].
+//! PURE: an SQS message body → a declared entity's [`Event`].
 //!
 //! The queue can be subscribed to the topic with raw message delivery (the body is the
 //! event JSON itself) or without it (the body is SNS's JSON notification, with the event
@@ -13,7 +13,8 @@
 
 use std::sync::OnceLock;
 
-use contracts::{ChangeEvent, DecodeError};
+use contracts::DecodeError;
+use contracts::entity::{Contract, Event};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -29,7 +30,7 @@ pub struct TopicCheck {
 }
 
 impl TopicCheck {
-    /// Makes [`decode_body`] check SNS-wrapped bodies against this topic, for the rest
+    /// Makes `entity::decode_body` check SNS-wrapped bodies against this topic, for the rest
     /// of the process; logs a warning when there is none. Called once by each binary's
     /// main: a process-wide setting, as the metrics registry is, so the batch code that
     /// decodes does not carry it in every signature.
@@ -129,27 +130,26 @@ impl BodyError {
     }
 }
 
-/// Decodes an SQS message body, raw or SNS-wrapped, into the current-version event,
-/// checking a wrapped body's topic against the one [`TopicCheck::install`] set.
-///
-/// # Errors
-/// As [`decode_body_from`].
-pub fn decode_body(body: &str) -> Result<ChangeEvent, BodyError> {
-    decode_body_from(body, EXPECTED_TOPIC.get().and_then(Option::as_deref))
+/// The topic [`TopicCheck::install`] set, if any.
+pub fn expected_topic() -> Option<&'static str> {
+    EXPECTED_TOPIC.get().and_then(Option::as_deref)
 }
 
-/// Decodes an SQS message body, raw or SNS-wrapped; a wrapped one must name
-/// `expected_topic` as its `TopicArn` when that is given.
+/// Decodes an SQS message body, raw or SNS-wrapped, into an event of `contract` for a
+/// reader of version `reads`; a wrapped one must name `expected_topic` as its
+/// `TopicArn` when that is given.
 ///
 /// # Errors
 /// [`BodyError::BadSnsEnvelope`] for an object carrying SNS notification fields
 /// (`Type`, `Message`, `TopicArn`, `MessageId`) that is not a valid notification;
 /// [`BodyError::ForeignTopic`] for a notification from another topic; the contract's
 /// [`DecodeError`] (as [`BodyError::Event`]) for everything else.
-pub(crate) fn decode_body_from(
+pub fn decode_body_from(
+    contract: &Contract,
+    reads: u32,
     body: &str,
     expected_topic: Option<&str>,
-) -> Result<ChangeEvent, BodyError> {
+) -> Result<Event, BodyError> {
     let event_json = match sns_message(body)? {
         Some((message, topic)) => {
             if let Some(expected) = expected_topic
@@ -161,7 +161,7 @@ pub(crate) fn decode_body_from(
         }
         None => body.to_owned(),
     };
-    contracts::decode(event_json.as_bytes()).map_err(BodyError::Event)
+    contracts::entity::decode(contract, reads, event_json.as_bytes()).map_err(BodyError::Event)
 }
 
 /// The `Message` of an SNS notification and its `TopicArn` (when a string), `None` if
@@ -217,11 +217,23 @@ fn sns_message(body: &str) -> Result<Option<(String, Option<String>)>, BodyError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use contracts::{Change, SchemaVersion};
 
     const V2_UPSERTED: &str = include_str!("../../contracts/fixtures/v2/upserted.json");
     const V2_DELETED: &str = include_str!("../../contracts/fixtures/v2/deleted.json");
     const V1_UPSERTED: &str = include_str!("../../contracts/fixtures/v1/upserted.json");
+
+    /// The profile, as the built-in declarations declare it.
+    fn profile() -> &'static Contract {
+        crate::entity::Entity::current().contract()
+    }
+
+    fn decode_body(body: &str) -> Result<Event, BodyError> {
+        decode_body_from(profile(), 2, body, None)
+    }
+
+    fn from_topic(body: &str, topic: Option<&str>) -> Result<Event, BodyError> {
+        decode_body_from(profile(), 2, body, topic)
+    }
 
     fn sns_wrap(message: &str) -> String {
         serde_json::json!({
@@ -257,7 +269,8 @@ mod tests {
     fn raw_delivery_body_decodes() {
         let event = decode_body(V2_UPSERTED).unwrap();
         assert_eq!(event.key, "u-0001");
-        assert!(matches!(event.change, Change::Upserted(_)));
+        assert_eq!(event.event_type, "profile.upserted");
+        assert!(event.deleted.is_none() && event.data.is_some());
     }
 
     #[test]
@@ -272,8 +285,11 @@ mod tests {
     #[test]
     fn sns_wrapped_v1_event_is_upcast() {
         let event = decode_body(&sns_wrap(V1_UPSERTED)).unwrap();
-        assert_eq!(event.published_schema, SchemaVersion::V1);
-        assert!(event.change.profile().is_some());
+        assert_eq!(event.schema, 1);
+        assert_eq!(
+            event.data.as_ref().unwrap()["consents"]["marketing_sms"],
+            false
+        );
     }
 
     #[test]
@@ -320,40 +336,40 @@ mod tests {
 
     #[test]
     fn sns_wrapped_body_from_the_expected_topic_decodes() {
-        let event = decode_body_from(&sns_wrap(V2_UPSERTED), Some(TOPIC)).unwrap();
+        let event = from_topic(&sns_wrap(V2_UPSERTED), Some(TOPIC)).unwrap();
         assert_eq!(event, decode_body(V2_UPSERTED).unwrap());
     }
 
     #[test]
     fn sns_wrapped_body_from_another_topic_is_refused_with_its_own_reason() {
         let body = sns_wrap(V2_UPSERTED).replace(":profile-changes", ":someone-elses");
-        let err = decode_body_from(&body, Some(TOPIC)).unwrap_err();
+        let err = from_topic(&body, Some(TOPIC)).unwrap_err();
         assert_eq!(err, BodyError::ForeignTopic);
         assert_eq!(err.reason_code(), "foreign_topic");
         assert!(!err.is_retryable());
         // Without an expected topic the same body decodes.
-        assert!(decode_body_from(&body, None).is_ok());
+        assert!(from_topic(&body, None).is_ok());
     }
 
     #[test]
     fn sns_wrapped_body_naming_no_topic_is_refused_when_one_is_expected() {
         let body = serde_json::json!({"Type": "Notification", "Message": V2_UPSERTED}).to_string();
         assert_eq!(
-            decode_body_from(&body, Some(TOPIC)).unwrap_err(),
+            from_topic(&body, Some(TOPIC)).unwrap_err(),
             BodyError::ForeignTopic
         );
         let numeric =
             serde_json::json!({"Type": "Notification", "Message": V2_UPSERTED, "TopicArn": 7})
                 .to_string();
         assert_eq!(
-            decode_body_from(&numeric, Some(TOPIC)).unwrap_err(),
+            from_topic(&numeric, Some(TOPIC)).unwrap_err(),
             BodyError::ForeignTopic
         );
     }
 
     #[test]
     fn raw_body_has_no_topic_to_check_and_decodes_whatever_is_expected() {
-        assert!(decode_body_from(V2_UPSERTED, Some(TOPIC)).is_ok());
+        assert!(from_topic(V2_UPSERTED, Some(TOPIC)).is_ok());
     }
 
     #[test]

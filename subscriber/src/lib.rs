@@ -9,10 +9,19 @@
 //! # Layout
 //! - [`config`] — typed settings from flags and environment variables (`subscriber run`,
 //!   `subscriber migrate`), the redacting [`config::DatabaseUrl`].
-//! - [`envelope`] — PURE: an SQS body (raw delivery or SNS-wrapped) → [`contracts::ChangeEvent`].
+//! - [`mapping`] — PURE: the consumer's declared mapping (`mappings/subscriber/*.toml`):
+//!   the contract version read, table and history table, field → column and SQL type,
+//!   the delete policy; checked against the contract at start.
+//! - [`table`] — SQL built once from a mapping: one history insert and one rank-guarded
+//!   state upsert per batch, data only in typed bound arrays.
+//! - [`entity`] — the entity this process applies (`--mapping`, or the built-in
+//!   profile), and [`entity::decode_body`].
+//! - [`envelope`] — PURE: an SQS body (raw delivery or SNS-wrapped) → a declared
+//!   entity's [`contracts::entity::Event`].
 //! - [`failure`] — PURE: a failed apply's [`failure::FailureKind`] from its SQLSTATE.
-//! - [`apply`] — SQL: a batch of events → one history insert and one guarded state upsert,
-//!   [`apply::ApplyError`] and its retry classification.
+//! - [`apply`] — [`apply::ApplyReport`], [`apply::ApplyError`] and its retry
+//!   classification, the store probes; and the hand-written profile apply, kept as the
+//!   reference the declared [`table`] is tested against (and for the benches).
 //! - [`queue`] — the SQS adapter: receive, batch delete, visibility changes, parking in
 //!   the DLQ.
 //! - [`parking`] — PURE: the attributes of a parked copy (reason, detail, source message
@@ -42,6 +51,7 @@
 pub mod apply;
 pub mod batch;
 pub mod config;
+pub mod entity;
 pub mod envelope;
 pub mod failure;
 pub mod gate;

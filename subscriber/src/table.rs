@@ -41,6 +41,7 @@ pub struct Table {
     catch_all: Option<String>,
     upsert_state: String,
     insert_history: String,
+    probe: String,
 }
 
 /// `"name"`, with any `"` doubled. Mapped names are plain identifiers already; quoting
@@ -222,7 +223,29 @@ impl Table {
             catch_all: mapping.catch_all.clone(),
             upsert_state,
             insert_history,
+            probe: format!("SELECT 1 FROM {state}, {history} LIMIT 0"),
         }
+    }
+
+    /// Applies a batch in its own transaction: BEGIN; [`Table::apply_batch`]; COMMIT.
+    ///
+    /// # Errors
+    /// Any [`ApplyError`]; nothing is committed then.
+    pub async fn apply_atomically(
+        &self,
+        pool: &sqlx::PgPool,
+        events: &[Event],
+    ) -> Result<ApplyReport, ApplyError> {
+        let mut tx = pool.begin().await.map_err(ApplyError::Begin)?;
+        let report = self.apply_batch(&mut tx, events).await?;
+        tx.commit().await.map_err(ApplyError::Commit)?;
+        Ok(report)
+    }
+
+    /// A statement that reads nothing from the two tables but fails as the apply would
+    /// if either is missing or not readable.
+    pub fn probe_sql(&self) -> &str {
+        &self.probe
     }
 
     /// The state upsert, for review and tests.

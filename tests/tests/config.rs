@@ -114,9 +114,48 @@ async fn a_bad_setting_stops_each_binary_at_start_with_one_line_naming_it() -> R
         ("SUBSCRIBER_DLQ_URL", QUEUE),
         ("AWS_REGION", "us-east-1"),
     ];
+    // A subscriber mapping that names a version its contract does not declare.
+    let dir = std::env::temp_dir().join(format!("tributary-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let contract = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts/entities/order.toml");
+    let mapping = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/subscriber/order.toml"),
+    )?
+    .replace(
+        "../../contracts/entities/order.toml",
+        &contract.display().to_string(),
+    )
+    .replace("reads = 1", "reads = 9");
+    let bad_mapping = dir.join("bad-mapping.toml");
+    std::fs::write(&bad_mapping, mapping)?;
+    let bad_mapping = bad_mapping.display().to_string();
+    let mapping_line =
+        format!("{bad_mapping}:7: reads: is 9, but the contract declares versions 1 to 1");
     let remote = "postgres://postgres@db.example.com:5432/analytics";
     let remote_require = "postgres://postgres@10.20.30.40:5432/analytics?sslmode=require";
     let cases: Vec<BadSetting> = vec![
+        // A bad declaration stops the start with its file, line and key.
+        (
+            "subscriber",
+            &["run"],
+            &subscriber,
+            ("SUBSCRIBER_MAPPING", &bad_mapping),
+            &mapping_line,
+        ),
+        (
+            "subscriber-lambda",
+            &[],
+            &lambda,
+            ("SUBSCRIBER_MAPPING", &bad_mapping),
+            &mapping_line,
+        ),
+        (
+            "subscriber",
+            &["run"],
+            &subscriber,
+            ("SUBSCRIBER_MAPPING", "/nonexistent/orders.toml"),
+            "/nonexistent/orders.toml: No such file or directory",
+        ),
         // TLS to a remote PostgreSQL must verify the certificate (or be allowed loudly).
         (
             "subscriber",
@@ -526,6 +565,7 @@ async fn a_bad_setting_stops_each_binary_at_start_with_one_line_naming_it() -> R
             ));
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     Ok(())
 }

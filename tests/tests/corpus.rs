@@ -96,7 +96,7 @@ fn every_subscriber_body_is_refused_by_the_decoder_with_its_reason() {
     let mut wrong = Vec::new();
     for case in cases("subscriber") {
         let body = read(&case);
-        let got = match subscriber::envelope::decode_body(&body) {
+        let got = match subscriber::entity::decode_body(&body) {
             // Valid to the contract; PostgreSQL refuses it (see the end-to-end test).
             Ok(_) => APPLY_REJECTED.to_owned(),
             Err(e) => e.reason_code().to_owned(),

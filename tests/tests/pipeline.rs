@@ -324,12 +324,15 @@ async fn a_crash_between_commit_and_delete_makes_redelivery_a_no_op() -> Result<
             .unwrap_or_default();
         let mut events = Vec::new();
         for m in &msgs {
-            let event = subscriber::envelope::decode_body(m.body.as_deref().unwrap_or_default())?;
+            let event = subscriber::entity::decode_body(m.body.as_deref().unwrap_or_default())?;
             committed.insert(event.event_id.clone());
             events.push(event);
         }
         let mut tx = stack.pool.begin().await?;
-        subscriber::apply::apply_batch(&mut tx, &events).await?;
+        subscriber::entity::Entity::current()
+            .table
+            .apply_batch(&mut tx, &events)
+            .await?;
         tx.commit().await?;
     }
     stack.wait_converged(Duration::from_secs(5)).await?;

@@ -3,7 +3,7 @@
 //! the version the reader reads. The same [`DecodeError`]s (and reason codes) as the
 //! coded profile's [`crate::decode`].
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -137,7 +137,14 @@ pub fn decode(contract: &Contract, reads: u32, body: &[u8]) -> Result<Event, Dec
             ))
         })?;
     if let Some(data) = &wire.data {
-        super::validate(version, data).map_err(|e| mismatch(format!("at {e}")))?;
+        super::validate(version, data).map_err(|e| {
+            let at = if e.path.is_empty() {
+                "data".to_owned()
+            } else {
+                format!("data.{}", e.path)
+            };
+            mismatch(format!("at {at}: {}", e.problem))
+        })?;
     }
     let invalid = |problem| DecodeError::Invalid {
         event_id: wire.event_id.chars().take(MAX_EVENT_ID_BYTES).collect(),
@@ -184,6 +191,43 @@ pub fn decode(contract: &Contract, reads: u32, body: &[u8]) -> Result<Event, Dec
         published_at: wire.published_at,
         source: wire.source,
     })
+}
+
+/// The body of `event` as the wire carries it, labelled schema version `as_version`,
+/// which must be the version its data is in (a decoded event's data is in the version
+/// its reader reads).
+pub fn encode(event: &Event, as_version: u32) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        event_id: &'a str,
+        event_type: &'a str,
+        schema_version: u32,
+        key: &'a str,
+        generation: i64,
+        version: i64,
+        #[serde(with = "time::serde::rfc3339")]
+        occurred_at: OffsetDateTime,
+        #[serde(with = "time::serde::rfc3339")]
+        published_at: OffsetDateTime,
+        source: &'a Source,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<DeleteReason>,
+        data: Option<&'a Value>,
+    }
+    serde_json::to_vec(&Out {
+        event_id: &event.event_id,
+        event_type: &event.event_type,
+        schema_version: as_version,
+        key: &event.key,
+        generation: event.position.generation,
+        version: event.position.version,
+        occurred_at: event.occurred_at,
+        published_at: event.published_at,
+        source: &event.source,
+        reason: event.deleted,
+        data: event.data.as_ref(),
+    })
+    .expect("an event serialises")
 }
 
 /// The envelope key `data` names: its key field, or the JSON array of its key fields.

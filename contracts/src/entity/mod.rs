@@ -26,7 +26,7 @@ mod upcast;
 
 pub use data::{DataError, fits, validate};
 pub use error::DeclarationError;
-pub use event::{Event, decode, key_in};
+pub use event::{Event, decode, encode, key_in};
 pub use lock::Published;
 pub use mapping::{FieldEntry, field_entries, load_contract};
 pub use model::{Contract, Field, FieldType, Version};

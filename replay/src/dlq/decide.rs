@@ -283,14 +283,14 @@ pub(crate) fn describe(m: &Message) -> Seen {
     };
     let event = m
         .body()
-        .and_then(|b| subscriber::envelope::decode_body(b).ok());
+        .and_then(|b| subscriber::entity::decode_body(b).ok());
     Seen {
         message_id: m.message_id().unwrap_or_default().to_owned(),
         reason: attribute(REASON_ATTRIBUTE).unwrap_or_else(|| NO_REASON.to_owned()),
         key: event.as_ref().map(|e| e.key.clone()),
         event_type: event
             .as_ref()
-            .map(|e| e.change.event_type().as_str().to_owned())
+            .map(|e| e.event_type.clone())
             .or_else(|| attribute("event_type")),
         outcome: String::new(),
     }

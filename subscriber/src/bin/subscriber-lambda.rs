@@ -49,6 +49,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     // After every check that can refuse the settings: it may warn, and a refusal must
     // stay the one line on stderr.
     config.topic.install();
+    config.entity.install();
     let dlq = DeadLetterQueue::new(
         aws_sdk_sqs::Client::new(&aws),
         config.dlq_url.to_string(),

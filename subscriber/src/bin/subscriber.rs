@@ -45,6 +45,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Run(config) => {
             config.log_settings();
             config.topic.install();
+            config.entity.install();
             let aws = runtime::aws::sdk_config(&config.aws).await;
             let options = config
                 .database
