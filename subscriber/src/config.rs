@@ -272,6 +272,9 @@ pub fn check_database_tls(url: &DatabaseUrl, allow_insecure: bool) -> Result<Dat
 pub struct MigrateConfig {
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub entity: crate::entity::EntityArgs,
 }
 
 /// Settings of `subscriber run`.

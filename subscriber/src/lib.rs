@@ -65,6 +65,7 @@ pub mod queue;
 pub mod readiness;
 pub mod redrive;
 pub mod retry;
+pub mod schema;
 pub mod secret;
 pub mod status;
 pub mod table;

@@ -234,7 +234,11 @@ impl Mapping {
         let leaves = version.leaves();
         let mut mapped: Vec<Column> = Vec::new();
         let reserved = |c: &str| {
-            POSITION_COLUMNS.iter().any(|(p, _)| *p == c) || c == "applied_at" || c == "deleted_at"
+            POSITION_COLUMNS.iter().any(|(p, _)| *p == c)
+                || matches!(
+                    c,
+                    "applied_at" | "deleted_at" | "data_generation" | "data_version"
+                )
         };
         for entry in field_entries(raw.columns.get_ref(), text, "column") {
             let key = format!("columns.{}", entry.path);

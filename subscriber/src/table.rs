@@ -38,6 +38,7 @@ pub struct Table {
     /// The key columns first, then the others.
     columns: Vec<Column>,
     keys: usize,
+    soft: bool,
     catch_all: Option<String>,
     upsert_state: String,
     insert_history: String,
@@ -52,6 +53,15 @@ fn quote(name: &str) -> String {
 
 fn qualified((schema, table): &(String, String)) -> String {
     format!("{}.{}", quote(schema), quote(table))
+}
+
+/// The rank guard's columns on one side of the upsert (`stored` or `excluded`).
+fn guard_of(side: &str) -> String {
+    Rank::SQL_GUARD_COLUMNS
+        .iter()
+        .map(|c| format!("{side}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How a column's bound array is declared, and how its element becomes the column's
@@ -120,6 +130,15 @@ impl Table {
             aliases.push(name.to_owned());
         }
         if soft {
+            // A soft delete keeps the row with the latest data the item had: that data's
+            // own position travels beside the row's, so an upsert older than the delete
+            // but newer than the data held still lands its data, in any order.
+            for name in ["data_generation", "data_version"] {
+                names.push(quote(name));
+                declared.push("int8[]");
+                selected.push(format!("s.{name}"));
+                aliases.push(name.to_owned());
+            }
             names.push(quote("deleted_at"));
             selected.push("CASE WHEN s.deleted THEN s.occurred_at END".into());
         }
@@ -129,34 +148,56 @@ impl Table {
             .map(|(i, array)| format!("${}::{array}", i + 1))
             .collect();
         let key_names: Vec<String> = mapping.key.iter().map(|c| quote(&c.column)).collect();
+        let rank_newer = format!("({}) < ({})", guard_of("stored"), guard_of("excluded"));
+        let data_newer = |op: &str| {
+            format!(
+                "(excluded.data_generation IS NOT NULL AND (stored.data_generation IS NULL OR (stored.data_generation, stored.data_version) {op} (excluded.data_generation, excluded.data_version)))"
+            )
+        };
         let mut set: Vec<String> = data_names
             .iter()
+            .filter(|n| !key_names.contains(n))
             .map(|n| {
                 if soft {
-                    // A soft delete keeps the row's data as it was.
                     format!(
-                        "{n} = CASE WHEN excluded.deleted THEN stored.{n} ELSE excluded.{n} END"
+                        "{n} = CASE WHEN {} THEN excluded.{n} ELSE stored.{n} END",
+                        data_newer("<=")
                     )
                 } else {
                     format!("{n} = excluded.{n}")
                 }
             })
-            .filter(|s| !key_names.iter().any(|k| s.starts_with(&format!("{k} ="))))
             .collect();
         for (name, _) in own {
-            set.push(format!("{n} = excluded.{n}", n = quote(name)));
+            let n = quote(name);
+            if soft {
+                set.push(format!(
+                    "{n} = CASE WHEN {rank_newer} THEN excluded.{n} ELSE stored.{n} END"
+                ));
+            } else {
+                set.push(format!("{n} = excluded.{n}"));
+            }
         }
         if soft {
-            set.push(format!("{n} = excluded.{n}", n = quote("deleted_at")));
+            for name in ["data_generation", "data_version"] {
+                let n = quote(name);
+                set.push(format!(
+                    "{n} = CASE WHEN {} THEN excluded.{n} ELSE stored.{n} END",
+                    data_newer("<=")
+                ));
+            }
+            let n = quote("deleted_at");
+            set.push(format!(
+                "{n} = CASE WHEN {rank_newer} THEN excluded.{n} ELSE stored.{n} END"
+            ));
         }
         set.push("\"applied_at\" = now()".into());
-        let guard = |side: &str| {
-            Rank::SQL_GUARD_COLUMNS
-                .iter()
-                .map(|c| format!("{side}.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+        let also = if soft {
+            format!("\n   OR {}", data_newer("<"))
+        } else {
+            String::new()
         };
+        let guard = guard_of;
         let same = |side: &str| {
             Rank::SQL_GUARD_COLUMNS
                 .iter()
@@ -181,7 +222,7 @@ impl Table {
              ON CONFLICT ({key}) DO UPDATE SET {set}\n\
              WHERE ({guard_stored}) < ({guard_excluded})\n\
                 OR (({same_stored}) = ({same_excluded}) AND NOT excluded.deleted\n\
-                    AND ({content_stored}) IS DISTINCT FROM ({content_excluded}))\n\
+                    AND ({content_stored}) IS DISTINCT FROM ({content_excluded})){also}\n\
              RETURNING 1)\n\
              SELECT count(*) FROM written",
             names = names.join(", "),
@@ -220,6 +261,7 @@ impl Table {
         Table {
             columns,
             keys: mapping.key.len(),
+            soft,
             catch_all: mapping.catch_all.clone(),
             upsert_state,
             insert_history,
@@ -259,7 +301,7 @@ impl Table {
     /// The first event's [`BindError`]: park it, apply the rest.
     pub fn check(&self, event: &Event) -> Result<(), BindError> {
         let mut columns = Columns::new(&self.columns, 1);
-        columns.push(&self.columns, self.keys, event)
+        columns.push(&self.columns, self.keys, event, event.data.as_ref())
     }
 
     /// Applies a batch on `conn`, as [`crate::apply::apply_batch`] does for the coded
@@ -285,7 +327,12 @@ impl Table {
                     source,
                 })?;
         let latest = latest_per_key(events);
-        let applied = self.upsert_state(conn, &latest).await?;
+        let upserts = if self.soft {
+            latest_per_key_where(events, |e| e.deleted.is_none())
+        } else {
+            Vec::new()
+        };
+        let applied = self.upsert_state(conn, &latest, &upserts).await?;
         let total = events.len() as u64;
         Ok(ApplyReport {
             history_inserted,
@@ -373,19 +420,38 @@ impl Table {
         Ok(u64::try_from(inserted).expect("count(*) is never negative"))
     }
 
+    /// `latest`: the greatest event per key; `upserts` (soft deletes only): the
+    /// greatest upsert per key, whose data the row holds.
     async fn upsert_state(
         &self,
         conn: &mut PgConnection,
         latest: &[&Event],
+        upserts: &[&Event],
     ) -> Result<u64, ApplyError> {
         let mut columns = Columns::new(&self.columns, latest.len());
         let mut catch_all: Vec<Option<String>> = Vec::with_capacity(latest.len());
-        for e in latest {
+        // The event whose data each row carries: the row's own event, or (soft deletes)
+        // the key's greatest upsert in the batch, if it has one.
+        let data_events: Vec<Option<&Event>> = latest
+            .iter()
+            .map(|e| {
+                if self.soft {
+                    upserts
+                        .binary_search_by(|u| u.key.as_str().cmp(&e.key))
+                        .ok()
+                        .map(|i| upserts[i])
+                } else {
+                    Some(*e)
+                }
+            })
+            .collect();
+        for (e, d) in latest.iter().zip(&data_events) {
+            let data = d.and_then(|d| d.data.as_ref());
             columns
-                .push(&self.columns, self.keys, e)
+                .push(&self.columns, self.keys, e, data)
                 .map_err(ApplyError::Bind)?;
             if self.catch_all.is_some() {
-                catch_all.push(e.data.as_ref().map(|d| self.unmapped(d).to_string()));
+                catch_all.push(data.map(|d| self.unmapped(d).to_string()));
             }
         }
         let mut query: QueryScalar<'_, sqlx::Postgres, i64, PgArguments> =
@@ -402,7 +468,7 @@ impl Table {
         if self.catch_all.is_some() {
             query = query.bind(catch_all);
         }
-        let written: i64 = query
+        query = query
             .bind(
                 latest
                     .iter()
@@ -439,13 +505,30 @@ impl Table {
                     .map(|e| e.event_id.as_str())
                     .collect::<Vec<_>>(),
             )
-            .bind(latest.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|source| ApplyError::State {
-                keys: latest.len(),
-                source,
-            })?;
+            .bind(latest.iter().map(|e| e.occurred_at).collect::<Vec<_>>());
+        if self.soft {
+            query = query
+                .bind(
+                    data_events
+                        .iter()
+                        .map(|d| d.map(|d| d.position.generation))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    data_events
+                        .iter()
+                        .map(|d| d.map(|d| d.position.version))
+                        .collect::<Vec<_>>(),
+                );
+        }
+        let written: i64 =
+            query
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|source| ApplyError::State {
+                    keys: latest.len(),
+                    source,
+                })?;
         Ok(u64::try_from(written).expect("count(*) is never negative"))
     }
 
@@ -465,8 +548,13 @@ fn schema_i16(schema: u16) -> i16 {
 
 /// The greatest event per key by [`Rank`], sorted by key (see [`crate::apply`]).
 fn latest_per_key(events: &[Event]) -> Vec<&Event> {
+    latest_per_key_where(events, |_| true)
+}
+
+/// [`latest_per_key`] of the events `keep` accepts.
+fn latest_per_key_where(events: &[Event], keep: impl Fn(&Event) -> bool) -> Vec<&Event> {
     let mut latest: std::collections::BTreeMap<&str, &Event> = std::collections::BTreeMap::new();
-    for event in events {
+    for event in events.iter().filter(|e| keep(e)) {
         latest
             .entry(event.key.as_str())
             .and_modify(|kept| {
@@ -523,7 +611,14 @@ impl Columns {
         Columns { values }
     }
 
-    fn push(&mut self, columns: &[Column], keys: usize, event: &Event) -> Result<(), BindError> {
+    /// Pushes one row: its key from `event`, its data columns from `data`.
+    fn push(
+        &mut self,
+        columns: &[Column],
+        keys: usize,
+        event: &Event,
+        data: Option<&Value>,
+    ) -> Result<(), BindError> {
         let parts = key_parts(&event.key, keys).ok_or_else(|| BindError {
             event_id: event.event_id.clone(),
             field: "key".into(),
@@ -541,10 +636,7 @@ impl Columns {
             let value = if i < keys {
                 Some(&parts[i])
             } else {
-                match &event.data {
-                    None => None,
-                    Some(data) => get_path(data, &column.field).filter(|v| !v.is_null()),
-                }
+                data.and_then(|data| get_path(data, &column.field).filter(|v| !v.is_null()))
             };
             let fail = |problem: String| BindError {
                 event_id: event.event_id.clone(),

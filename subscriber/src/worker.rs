@@ -42,6 +42,10 @@ pub enum RunError {
     /// `SUBSCRIBER_MIGRATE_ON_START` was set and the migrations failed.
     #[error("could not apply the migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The declared entity's tables could not be created or extended, or do not match
+    /// its mapping (a column of another type, one missing).
+    #[error("the analytics store does not fit the mapping")]
+    Schema(#[source] crate::schema::SchemaError),
     /// The queue or its DLQ could not be bound.
     #[error("could not bind the queue")]
     Queue(#[from] QueueError),
@@ -56,6 +60,7 @@ impl RunError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RunError::Migrate(_) | RunError::WorkerPanicked { .. } => true,
+            RunError::Schema(e) => matches!(e, crate::schema::SchemaError::Read(_)),
             RunError::Queue(e) => e.is_retryable(),
         }
     }
@@ -111,12 +116,28 @@ pub async fn run(
     pool: PgPool,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let mapping = &crate::entity::Entity::current().mapping;
     if config.migrate_on_start {
         crate::MIGRATOR
             .run(&pool)
             .await
             .map_err(RunError::Migrate)?;
-        info!("Migrations applied.");
+        let ran = crate::schema::migrate(&pool, mapping)
+            .await
+            .map_err(RunError::Schema)?;
+        info!(statements = ran.len(), "Migrations applied.");
+    }
+    // A table that does not match the mapping stops the start, naming the column; a
+    // store that cannot be read yet (down, or not migrated) is waited out behind the
+    // store gate, as before.
+    match crate::schema::check(&pool, mapping).await {
+        Ok(()) => {}
+        Err(crate::schema::SchemaError::Mismatch(m)) if !m.contains("does not exist") => {
+            return Err(RunError::Schema(crate::schema::SchemaError::Mismatch(m)));
+        }
+        Err(e) => {
+            warn!(error = %runtime::report::error_chain(&e), "The analytics store cannot be checked against the mapping yet; the store gate waits for it.")
+        }
     }
     let receive = ReceiveSettings {
         max_messages: config.max_messages,

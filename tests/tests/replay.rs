@@ -309,12 +309,41 @@ async fn dlq_redrive_applies_everything_parked_once_the_cause_is_fixed() -> Resu
         }
         writer.create(&item).await?;
     }
-    // The cause: a migration gone wrong narrowed a column; long names are refused
-    // (SQLSTATE 22001), one message per batch so each is parked on its own.
+    // The cause: a migration gone wrong narrowed a column under the running
+    // subscriber (one started on a narrowed column refuses to start, naming it); long
+    // names are refused (SQLSTATE 22001), one message per batch so each is parked on
+    // its own. The subscriber's connections carry an application name, so the test
+    // knows it has started (checked its tables) before the column changes.
+    let app = format!("dlq-redrive-{}", std::process::id());
+    let separator = if stack.database_url.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let mut subscriber = stack
+        .subscriber_command("1", &["--max-messages", "1"])?
+        .env(
+            "DATABASE_URL",
+            format!("{}{separator}application_name={app}", stack.database_url),
+        )
+        .spawn()?;
+    eventually(
+        "the subscriber to have checked its tables",
+        CONVERGE,
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            )
+            .bind(&app)
+            .fetch_one(&stack.pool)
+            .await?;
+            Ok((n > 0).then_some(()))
+        },
+    )
+    .await?;
     sqlx::query("ALTER TABLE analytics.user_profiles ALTER COLUMN display_name TYPE varchar(20)")
         .execute(&stack.pool)
         .await?;
-    let mut subscriber = stack.spawn_subscriber(&["--max-messages", "1"])?;
     let r = &stack.resources;
     let out = replay(&snapshot(r, &r.queue_url, &[])).await?;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));

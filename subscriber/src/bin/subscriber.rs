@@ -40,7 +40,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .run(&pool)
                 .await
                 .context("applying migrations")?;
-            info!("Migrations applied.");
+            config.entity.install();
+            let mapping = &subscriber::entity::Entity::current().mapping;
+            let ran = subscriber::schema::migrate(&pool, mapping)
+                .await
+                .context("creating or extending the mapping's tables")?;
+            for statement in &ran {
+                info!(statement = %statement, "Applied.");
+            }
+            info!(entity = %mapping.entity, statements = ran.len(), "Migrations applied.");
         }
         Command::Run(config) => {
             config.log_settings();
