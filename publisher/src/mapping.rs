@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use contracts::entity::{
-    Contract, DeclarationError, FieldType, field_entries, fits, load_contract,
+    Contract, DeclarationError, FieldType, field_entries, fits, load_mapping, mapping_contract,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -69,10 +69,9 @@ impl Mapping {
     /// One line naming the file, line and key of the first problem, or the file that
     /// could not be read.
     pub fn load(path: &Path) -> Result<Mapping, String> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {e}"))?;
-        Mapping::parse(&file, &text, |contract| load_contract(path, contract))
-            .map_err(|e| e.to_string())
+        load_mapping(path, |file, text, contract| {
+            Mapping::parse(file, text, contract)
+        })
     }
 
     /// Checks a mapping's text; `contract` reads the contract file it names.
@@ -89,19 +88,7 @@ impl Mapping {
         };
         let raw: RawMapping = toml::from_str(text)
             .map_err(|e| MappingError::Declaration(DeclarationError::from_toml(file, text, &e)))?;
-        let contract = contract(raw.contract.get_ref()).map_err(MappingError::Contract)?;
-        if *raw.entity.get_ref() != contract.entity {
-            return Err(refuse(
-                raw.entity.span().start,
-                "entity",
-                format!(
-                    "is {:?}, but {} declares {:?}",
-                    raw.entity.get_ref(),
-                    raw.contract.get_ref(),
-                    contract.entity
-                ),
-            ));
-        }
+        let contract = mapping_contract(file, text, &raw.entity, &raw.contract, contract)?;
         let schema_version = match &raw.schema_version {
             None => contract.current().number,
             Some(v) => {
@@ -335,15 +322,7 @@ impl Mapping {
     }
 }
 
-/// Why a mapping cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MappingError {
-    #[error("{0}")]
-    Declaration(DeclarationError),
-    /// The contract the mapping names is missing or refused.
-    #[error("{0}")]
-    Contract(String),
-}
+pub use contracts::entity::MappingError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -40,7 +40,7 @@ impl Mapping {
                 },
                 Some(v) => typed(&source.ty, v, label, &attribute)?,
             };
-            put(&mut data, &source.field, value);
+            contracts::entity::put_path(&mut data, &source.field, value);
         }
         Ok((position, Value::Object(data)))
     }
@@ -114,22 +114,6 @@ fn lookup<'a>(item: &'a Item, path: &[String]) -> Option<&'a AttributeValue> {
         }
     }
     Some(here)
-}
-
-fn put(map: &mut Map<String, Value>, path: &str, value: Value) {
-    match path.split_once('.') {
-        None => {
-            map.insert(path.to_owned(), value);
-        }
-        Some((head, rest)) => {
-            let slot = map
-                .entry(head.to_owned())
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(inner) = slot {
-                put(inner, rest, value);
-            }
-        }
-    }
 }
 
 fn counter(item: &Item, name: &str, label: &str) -> Result<i64, RecordError> {

@@ -295,17 +295,13 @@ pub async fn check(pool: &PgPool, mapping: &Mapping) -> Result<(), SchemaError> 
         .await
         .map_err(SchemaError::Read)?;
     let name = |t: &(String, String)| format!("{}.{}", t.0, t.1);
-    if state.is_none() {
-        return Err(SchemaError::Mismatch(format!(
-            "{}: the table does not exist: run `subscriber migrate`",
-            name(&mapping.table)
-        )));
-    }
-    if history.is_none() {
-        return Err(SchemaError::Mismatch(format!(
-            "{}: the table does not exist: run `subscriber migrate`",
-            name(&mapping.history)
-        )));
+    for (columns, table) in [(&state, &mapping.table), (&history, &mapping.history)] {
+        if columns.is_none() {
+            return Err(SchemaError::Mismatch(format!(
+                "{}: the table does not exist: run `subscriber migrate`",
+                name(table)
+            )));
+        }
     }
     let statements =
         plan(mapping, state.as_ref(), history.as_ref()).map_err(SchemaError::Mismatch)?;

@@ -7,7 +7,7 @@
 //! bound arrays (one per column, typed by the column's SQL type). The guard is
 //! [`contracts::Rank`]'s, from [`Rank::SQL_GUARD_COLUMNS`].
 
-use contracts::entity::Event;
+use contracts::entity::{Event, kind};
 use contracts::{DeleteReason, Rank};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -743,19 +743,6 @@ fn integer(s: &str, sql: SqlType) -> Result<i64, String> {
         return Err(format!("is out of range for {}", sql.sql()));
     }
     Ok(i64::try_from(value).expect("within the column's range"))
-}
-
-/// What kind of JSON value `v` is: a refusal names the kind, never the value, which
-/// may be personal data.
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a JSON number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn get_path<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {

@@ -172,7 +172,9 @@ pub fn fits(field: &Field, value: &Value) -> Result<(), String> {
     }
 }
 
-pub(crate) fn kind(v: &Value) -> &'static str {
+/// What kind of JSON value `v` is (`a string`, `an object`, …): a refusal names the
+/// kind, never the value, which may be personal data.
+pub fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -6,7 +6,61 @@ use std::path::Path;
 
 use toml::Spanned;
 
-use super::{Contract, Published};
+use super::{Contract, DeclarationError, Published};
+
+/// Why a mapping (the publisher's or a subscriber's) cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    #[error("{0}")]
+    Declaration(DeclarationError),
+    /// The contract the mapping names is missing or refused.
+    #[error("{0}")]
+    Contract(String),
+}
+
+/// Reads the mapping file at `path` and checks it with `parse`, which gets the file's
+/// name, its text, and a reader of the contract it names (relative to `path`).
+///
+/// # Errors
+/// One line: the file that could not be read, or the first refusal.
+pub fn load_mapping<M>(
+    path: &Path,
+    parse: impl FnOnce(&str, &str, &dyn Fn(&str) -> Result<Contract, String>) -> Result<M, MappingError>,
+) -> Result<M, String> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {e}"))?;
+    parse(&file, &text, &|contract| load_contract(path, contract)).map_err(|e| e.to_string())
+}
+
+/// The contract a mapping names (`contract = "…"`), read by `read`, checked to be the
+/// entity the mapping says (`entity = "…"`).
+///
+/// # Errors
+/// The contract's refusal, or the mapping's when the entities differ.
+pub fn mapping_contract(
+    file: &str,
+    text: &str,
+    entity: &Spanned<String>,
+    contract: &Spanned<String>,
+    read: impl FnOnce(&str) -> Result<Contract, String>,
+) -> Result<Contract, MappingError> {
+    let parsed = read(contract.get_ref()).map_err(MappingError::Contract)?;
+    if *entity.get_ref() != parsed.entity {
+        return Err(MappingError::Declaration(DeclarationError::at(
+            file,
+            text,
+            entity.span().start,
+            "entity",
+            format!(
+                "is {:?}, but {} declares {:?}",
+                entity.get_ref(),
+                contract.get_ref(),
+                parsed.entity
+            ),
+        )));
+    }
+    Ok(parsed)
+}
 
 /// Reads the contract `relative` names, relative to the directory of the mapping at
 /// `mapping`, with the `published.lock` beside it (none when there is no lock).

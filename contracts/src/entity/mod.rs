@@ -24,14 +24,16 @@ mod model;
 mod schema;
 mod upcast;
 
-pub use data::{DataError, fits, validate};
+pub use data::{DataError, fits, kind, validate};
 pub use error::DeclarationError;
 pub use event::{Event, decode, encode, key_in};
 pub use lock::Published;
-pub use mapping::{FieldEntry, field_entries, load_contract};
+pub use mapping::{
+    FieldEntry, MappingError, field_entries, load_contract, load_mapping, mapping_contract,
+};
 pub use model::{Contract, Field, FieldType, Version};
 pub use schema::{render_schema, shape_of_schema, shape_of_version};
-pub use upcast::Step;
+pub use upcast::{Step, put as put_path};
 
 #[cfg(test)]
 mod tests;

@@ -291,7 +291,9 @@ fn take(map: &mut Map<String, Value>, path: &str) -> Option<Value> {
     }
 }
 
-fn put(map: &mut Map<String, Value>, path: &str, value: Value) {
+/// Sets the dotted `path` in `map` to `value`, creating (or replacing with) objects
+/// on the way.
+pub fn put(map: &mut Map<String, Value>, path: &str, value: Value) {
     match path.split_once('.') {
         None => {
             map.insert(path.to_owned(), value);
