@@ -135,6 +135,15 @@ pub struct BootstrapError {
     pub message: String,
 }
 
+impl BootstrapError {
+    /// Whether the endpoint could not be reached at all (the SDK's dispatch failure: a
+    /// refused or timed-out connection), as when the service is still starting: worth
+    /// trying again, unlike a refusal the service answered with.
+    pub fn is_unreachable(&self) -> bool {
+        self.message.starts_with("dispatch failure")
+    }
+}
+
 fn fail(resource: impl Into<String>, err: impl std::fmt::Display) -> BootstrapError {
     BootstrapError {
         resource: resource.into(),

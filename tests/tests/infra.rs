@@ -317,3 +317,68 @@ async fn a_key_frozen_by_a_forged_version_is_reset_by_the_documented_repair() ->
     assert_eq!(forged_history, 0);
     stack.finish(&mut [&mut publisher, &mut subscriber]).await
 }
+
+#[tokio::test]
+async fn bootstrap_waits_for_an_endpoint_that_is_still_starting() -> Result<()> {
+    // SNS and SQS refuse every connection for a while, as a LocalStack container does
+    // just after its health check first passes: bootstrap keeps trying (it used to
+    // fail after the SDK's three attempts), then creates everything.
+    let sns_sqs = e2e::outage::CutProxy::start(&std::env::var("AWS_ENDPOINT_URL_SQS")?).await?;
+    sns_sqs.cut();
+    let names = stack::bootstrap::Names::scratch("wait-", &e2e::random_id());
+    let mut cmd = e2e::bin_command(
+        "bootstrap",
+        &[
+            "--table",
+            &names.table,
+            "--checkpoint-table",
+            &names.checkpoint_table,
+            "--topic",
+            &names.topic,
+            "--queue",
+            &names.queue,
+            "--dlq",
+            &names.dlq,
+            "--delivery-dlq",
+            &names.delivery_dlq,
+            "--failure-queue",
+            &names.failure_queue,
+        ],
+    )?;
+    cmd.env("AWS_ENDPOINT_URL_SNS", &sns_sqs.url)
+        .env("AWS_ENDPOINT_URL_SQS", &sns_sqs.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    // The outage lasts until bootstrap has met it and said it will try again (or has
+    // given up: then the assertions below fail).
+    let stderr = child.stderr.take().context("stderr")?;
+    let seen = tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut text = String::new();
+        let mut restored = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if !restored && line.contains("An endpoint cannot be reached yet; trying again.") {
+                sns_sqs.restore();
+                restored = true;
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        (restored, text)
+    });
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await??;
+    let (restored, stderr) = seen.await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        restored,
+        "bootstrap never said it would try again: {stderr}"
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("export PUBLISHER_TABLE={}", names.table)),
+        "{stdout}"
+    );
+    Ok(())
+}

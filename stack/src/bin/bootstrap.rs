@@ -12,6 +12,8 @@ use stack::bootstrap::{Names, bootstrap};
 /// queue. Prints the resulting settings as `export NAME=value` lines for a shell.
 /// Endpoints and credentials come from the standard AWS environment variables.
 /// SIGTERM or Ctrl-C stops at once with 130 (every step is idempotent: run it again).
+/// While an endpoint cannot be reached (a service still starting), it tries again for
+/// up to --wait-secs.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -21,6 +23,18 @@ struct Cli {
     log: runtime::telemetry::LogArgs,
     #[command(flatten)]
     aws: runtime::aws::AwsArgs,
+    /// How long to keep trying while an AWS endpoint cannot be reached at all (a
+    /// refused or timed-out connection: LocalStack, say, a moment after its health
+    /// check first passes). Every step is idempotent, so the whole bootstrap is run
+    /// again, with back-off. An error the service answers with fails at once.
+    /// Default: 60.
+    #[arg(
+        long,
+        env = "BOOTSTRAP_WAIT_SECS",
+        value_name = "SECS",
+        default_value_t = 60
+    )]
+    wait_secs: u64,
 }
 
 #[tokio::main]
@@ -34,11 +48,34 @@ async fn main() -> ExitCode {
         forced: "Second signal, exiting now.",
     });
     let clients = Clients::new(&runtime::aws::sdk_config(&cli.aws).await);
-    let created = tokio::select! {
-        created = bootstrap(&clients, &cli.names) => created,
-        () = shutdown.cancelled() => {
-            eprintln!("error: interrupted; bootstrap is idempotent, run it again to finish");
-            return ExitCode::from(130);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(cli.wait_secs);
+    let backoff = runtime::backoff::Backoff::new(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(8),
+    );
+    let mut attempt = 0;
+    let created = loop {
+        let created = tokio::select! {
+            created = bootstrap(&clients, &cli.names) => created,
+            () = shutdown.cancelled() => {
+                eprintln!("error: interrupted; bootstrap is idempotent, run it again to finish");
+                return ExitCode::from(130);
+            }
+        };
+        match created {
+            Err(e) if e.is_unreachable() && std::time::Instant::now() < deadline => {
+                attempt += 1;
+                let delay = backoff.delay_random(attempt);
+                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "An endpoint cannot be reached yet; trying again.");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => {
+                        eprintln!("error: interrupted; bootstrap is idempotent, run it again to finish");
+                        return ExitCode::from(130);
+                    }
+                }
+            }
+            other => break other,
         }
     };
     match created {
