@@ -224,19 +224,10 @@ fn typed(
                 .map(|(i, v)| member(item, Some(v), label, &format!("{attribute}[{i}]")))
                 .collect::<Result<_, _>>()?,
         ),
-        (FieldType::StringSet, AttributeValue::Ss(items)) => {
-            sorted(items.iter().cloned().map(Value::String).collect())
-        }
-        (FieldType::NumberSet, AttributeValue::Ns(items)) => sorted(
-            items
-                .iter()
-                .map(|n| decimal(n).map(Value::String))
-                .collect::<Result<_, _>>()
-                .map_err(bad)?,
-        ),
-        (FieldType::BytesSet, AttributeValue::Bs(items)) => {
-            sorted(items.iter().map(|b| b64(b)).collect())
-        }
+        // A set of its own type converts as in a free-form value: sorted, exact.
+        (FieldType::StringSet, AttributeValue::Ss(_))
+        | (FieldType::NumberSet, AttributeValue::Ns(_))
+        | (FieldType::BytesSet, AttributeValue::Bs(_)) => free(v, label, attribute)?,
         (ty, other) => {
             return Err(RecordError::WrongType {
                 record: label.to_owned(),

@@ -247,18 +247,27 @@ pub enum SchemaError {
     },
 }
 
-/// Creates or extends the tables of `mapping`, in one transaction. Returns the
-/// statements run (none when the store already matches).
-///
-/// # Errors
-/// [`SchemaError`]: a column of another type, or the database's error.
-pub async fn migrate(pool: &PgPool, mapping: &Mapping) -> Result<Vec<String>, SchemaError> {
+/// The columns of `mapping`'s state and history tables (`None`: missing).
+async fn both(
+    pool: &PgPool,
+    mapping: &Mapping,
+) -> Result<(Option<Columns>, Option<Columns>), SchemaError> {
     let state = columns(pool, &mapping.table)
         .await
         .map_err(SchemaError::Read)?;
     let history = columns(pool, &mapping.history)
         .await
         .map_err(SchemaError::Read)?;
+    Ok((state, history))
+}
+
+/// Creates or extends the tables of `mapping`, in one transaction. Returns the
+/// statements run (none when the store already matches).
+///
+/// # Errors
+/// [`SchemaError`]: a column of another type, or the database's error.
+pub async fn migrate(pool: &PgPool, mapping: &Mapping) -> Result<Vec<String>, SchemaError> {
+    let (state, history) = both(pool, mapping).await?;
     let mut statements =
         plan(mapping, state.as_ref(), history.as_ref()).map_err(SchemaError::Mismatch)?;
     if state.is_some() && history.is_some() {
@@ -288,12 +297,7 @@ pub async fn migrate(pool: &PgPool, mapping: &Mapping) -> Result<Vec<String>, Sc
 /// One line naming the table or column to fix (`subscriber migrate` adds what is
 /// missing), or the database's error.
 pub async fn check(pool: &PgPool, mapping: &Mapping) -> Result<(), SchemaError> {
-    let state = columns(pool, &mapping.table)
-        .await
-        .map_err(SchemaError::Read)?;
-    let history = columns(pool, &mapping.history)
-        .await
-        .map_err(SchemaError::Read)?;
+    let (state, history) = both(pool, mapping).await?;
     let name = |t: &(String, String)| format!("{}.{}", t.0, t.1);
     for (columns, table) in [(&state, &mapping.table), (&history, &mapping.history)] {
         if columns.is_none() {
